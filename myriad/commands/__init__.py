@@ -1,0 +1,1 @@
+"""Sub-commands of the ``myriad`` CLI (orchestration only; compute lives elsewhere)."""

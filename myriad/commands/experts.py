@@ -1,0 +1,33 @@
+"""``myriad experts``: list installed expert plugins."""
+
+from __future__ import annotations
+
+import json
+
+import click
+
+
+@click.command("experts")
+@click.option("--json", "as_json", is_flag=True, help="Print a JSON list of objects.")
+def experts_command(as_json: bool) -> None:
+    """List installed experts: name, modes, distribution, version, description."""
+    from myriad.plugins import list_experts, plugin_errors
+
+    experts = list_experts()
+    errors = plugin_errors()
+    for error in errors:
+        click.echo(f"warning: plugin {error.distribution} ({error.entry_point}) failed to load: {error.error}", err=True)
+    if as_json:
+        click.echo(json.dumps([info.as_dict() for info in experts], indent=2))
+        return
+    if not experts:
+        click.echo("No experts installed. Install one, e.g.: pip install ./myriad_experts_patchcore")
+        return
+    rows = [
+        (info.name, ",".join(m.value for m in info.modes), f"{info.distribution} {info.version or ''}".strip(), info.description)
+        for info in experts
+    ]
+    widths = [max(len(r[i]) for r in rows + [("name", "modes", "distribution", "")]) for i in range(3)]
+    click.echo(f"{'name':<{widths[0]}}  {'modes':<{widths[1]}}  {'distribution':<{widths[2]}}  description")
+    for row in rows:
+        click.echo(f"{row[0]:<{widths[0]}}  {row[1]:<{widths[1]}}  {row[2]:<{widths[2]}}  {row[3]}")

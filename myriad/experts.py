@@ -1,0 +1,227 @@
+"""The expert contract: what every vision expert takes and returns.
+
+An expert turns RGB images into anomaly maps. Images are ``numpy.uint8`` arrays of
+shape ``H x W x 3`` (use :func:`myriad.images.load_image`). ``predict`` returns, per
+image, a :class:`Prediction` holding an ``H x W`` float32 anomaly map at the input
+resolution and a float image score (higher = more anomalous).
+
+Modes (the field's vocabulary, as anomalib's ``LearningType``):
+
+- ``zero_shot``: no normal images needed; ``fit`` is not required.
+- ``few_shot``: ``fit`` takes k normal reference images (k = 1, 2, 4, ...).
+- ``one_class``: ``fit`` takes a training set of normal images.
+
+Fitted state is saved to a directory with safetensors (tensors) and JSON (config),
+never pickle.
+"""
+
+from __future__ import annotations
+
+import json
+from abc import ABC, abstractmethod
+from dataclasses import dataclass, field
+from enum import Enum
+from pathlib import Path
+from typing import TYPE_CHECKING, Any, Callable, ClassVar, Sequence
+
+from myriad.errors import ExpertStateError, MyriadError, WeightsError
+
+if TYPE_CHECKING:  # pragma: no cover
+    import numpy as np
+    from pydantic import BaseModel
+
+STATE_CONFIG_FILE = "expert.json"
+
+
+class Mode(str, Enum):
+    """How an expert learns what normal looks like."""
+
+    ZERO_SHOT = "zero_shot"
+    FEW_SHOT = "few_shot"
+    ONE_CLASS = "one_class"
+
+
+@dataclass(frozen=True)
+class Prediction:
+    """One image's result: ``anomaly_map`` (H x W float32) and ``score`` (float)."""
+
+    anomaly_map: "np.ndarray"
+    score: float
+
+
+@dataclass
+class ExpertInfo:
+    """What a plugin registered for one expert (see :mod:`myriad.hookspecs`)."""
+
+    name: str
+    factory: Callable[..., "Expert"] | str
+    config: type["BaseModel"]
+    modes: tuple[Mode, ...]
+    description: str
+    transductive: bool = False
+    distribution: str | None = None
+    version: str | None = None
+    extra: dict[str, Any] = field(default_factory=dict)
+
+    def load_factory(self) -> Callable[..., "Expert"]:
+        """Resolve ``factory`` (importing ``module:attr`` strings on first use)."""
+        if isinstance(self.factory, str):
+            import importlib
+
+            module_name, _, attr = self.factory.partition(":")
+            try:
+                module = importlib.import_module(module_name)
+                self.factory = getattr(module, attr)
+            except (ImportError, AttributeError) as exc:
+                raise MyriadError(
+                    f"expert {self.name!r} (from {self.distribution or 'unknown distribution'}): "
+                    f"cannot load {self.factory!r}: {exc}"
+                ) from exc
+        return self.factory  # type: ignore[return-value]
+
+    def as_dict(self) -> dict[str, Any]:
+        """The JSON form printed by ``myriad experts --json``."""
+        return {
+            "name": self.name,
+            "modes": [m.value for m in self.modes],
+            "distribution": self.distribution,
+            "version": self.version,
+            "description": self.description,
+        }
+
+
+class Expert(ABC):
+    """Base class of vision experts.
+
+    Subclasses set ``mode`` in ``__init__`` (from their config) and implement
+    :meth:`_fit` (unless zero-shot), :meth:`_predict`, and, when they hold fitted
+    state, :meth:`state_tensors` / :meth:`load_state_tensors`. The public
+    :meth:`fit` / :meth:`predict` validate inputs so every expert gives the same
+    clear errors.
+    """
+
+    #: True if ``predict`` scores a batch jointly (results depend on the batch).
+    transductive: ClassVar[bool] = False
+    #: Smallest batch a transductive expert can score.
+    min_batch: ClassVar[int] = 1
+
+    def __init__(self, config: "BaseModel", mode: Mode | str) -> None:
+        self.config = config
+        self.mode = Mode(mode)
+        self.fitted = False
+
+    # -- public API --------------------------------------------------------------
+    @property
+    def needs_fit(self) -> bool:
+        """Whether :meth:`fit` must be called before :meth:`predict`."""
+        return self.mode is not Mode.ZERO_SHOT
+
+    def fit(self, normal_images: Sequence["np.ndarray"]) -> "Expert":
+        """Learn normality from normal images (k references or a training set)."""
+        from myriad.images import check_batch
+
+        images = check_batch(normal_images, what="normal images")
+        self._fit(images)
+        self.fitted = True
+        return self
+
+    def predict(self, images: Sequence["np.ndarray"]) -> list[Prediction]:
+        """Score a batch: one :class:`Prediction` per image, maps at input size."""
+        from myriad.images import check_batch
+
+        if self.needs_fit and not self.fitted:
+            raise ExpertStateError(
+                f"{type(self).__name__} in mode {self.mode.value!r} must be fitted on normal "
+                "images before predict()"
+            )
+        batch = check_batch(images, what="images")
+        if self.transductive and len(batch) < self.min_batch:
+            raise MyriadError(
+                f"{type(self).__name__} is transductive: it scores images against each other "
+                f"and needs at least {self.min_batch} images per batch, got {len(batch)}"
+            )
+        predictions = self._predict(batch)
+        if len(predictions) != len(batch):  # a plugin bug, reported clearly
+            raise MyriadError(
+                f"{type(self).__name__}.predict returned {len(predictions)} results for {len(batch)} images"
+            )
+        return predictions
+
+    def save(self, directory: str | Path) -> Path:
+        """Write the config (JSON) and fitted tensors (safetensors) to ``directory``."""
+        from myriad.io import atomic_write_text, save_tensors
+
+        directory = Path(directory)
+        directory.mkdir(parents=True, exist_ok=True)
+        tensors = self.state_tensors()
+        if tensors:
+            save_tensors(tensors, directory / "state.safetensors")
+        meta = {
+            "class": f"{type(self).__module__}:{type(self).__qualname__}",
+            "mode": self.mode.value,
+            "fitted": self.fitted,
+            "config": json.loads(self.config.model_dump_json()),
+            "extra": self.state_metadata(),
+        }
+        atomic_write_text(directory / STATE_CONFIG_FILE, json.dumps(meta, indent=2))
+        return directory
+
+    @classmethod
+    def load(cls, directory: str | Path) -> "Expert":
+        """Rebuild an expert saved with :meth:`save` (no pickle involved)."""
+        from myriad.io import load_tensors
+
+        directory = Path(directory)
+        meta_path = directory / STATE_CONFIG_FILE
+        if not meta_path.is_file():
+            raise WeightsError(f"{meta_path}: no saved expert here (missing {STATE_CONFIG_FILE})")
+        try:
+            meta = json.loads(meta_path.read_text())
+        except json.JSONDecodeError as exc:
+            raise WeightsError(f"{meta_path}: not valid JSON: {exc}") from exc
+        saved_class = meta.get("class", "")
+        expected = f"{cls.__module__}:{cls.__qualname__}"
+        if cls is not Expert and saved_class != expected:
+            raise WeightsError(f"{meta_path}: saved by {saved_class}, cannot load into {expected}")
+        target: type[Expert] = cls
+        if cls is Expert:
+            import importlib
+
+            module_name, _, attr = saved_class.partition(":")
+            target = getattr(importlib.import_module(module_name), attr)
+        config = target.config_model().model_validate(meta["config"])
+        expert = target(config)
+        state_file = directory / "state.safetensors"
+        if state_file.is_file():
+            expert.load_state_tensors(load_tensors(state_file), meta.get("extra", {}))
+        expert.fitted = bool(meta.get("fitted", False))
+        return expert
+
+    # -- for subclasses -----------------------------------------------------------
+    @classmethod
+    def config_model(cls) -> type["BaseModel"]:
+        """The pydantic model of this expert's config (default: the ``Config`` attribute)."""
+        model = getattr(cls, "Config", None)
+        if model is None:
+            raise NotImplementedError(f"{cls.__name__} must define Config or override config_model()")
+        return model
+
+    def _fit(self, images: list["np.ndarray"]) -> None:
+        raise ExpertStateError(f"{type(self).__name__} in mode {self.mode.value!r} takes no fit()")
+
+    @abstractmethod
+    def _predict(self, images: list["np.ndarray"]) -> list[Prediction]:
+        """Score validated RGB uint8 images; return maps at each input's size."""
+
+    def state_tensors(self) -> dict[str, Any]:
+        """Fitted tensors to save (name -> torch tensor or numpy array)."""
+        return {}
+
+    def state_metadata(self) -> dict[str, Any]:
+        """JSON-serialisable facts needed to check or rebuild the fitted state."""
+        return {}
+
+    def load_state_tensors(self, tensors: dict[str, Any], metadata: dict[str, Any]) -> None:
+        """Restore what :meth:`state_tensors` returned; check it matches the config."""
+        if tensors:
+            raise WeightsError(f"{type(self).__name__} holds no fitted tensors but some were saved")
