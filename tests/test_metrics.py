@@ -81,20 +81,16 @@ def test_pixel_metrics_match_sklearn(seed: int) -> None:
 
 def _slow_aupro(masks: np.ndarray, maps: np.ndarray, fpr_limit: float = 0.3, num_thresholds: int = 200) -> float:
     """One full pass per threshold, regions from skimage, explicit interpolation at the limit."""
-    regions = []
-    for mask in masks:
-        labelled = connected_components(mask, connectivity=2)
-        regions += [(len(regions) and 0, labelled == k) for k in range(1, labelled.max() + 1)]
-    region_masks = [region for _, region in regions]
-    image_of_region = []
+    regions: list[tuple[int, np.ndarray]] = []  # (image index, region pixels)
     for index, mask in enumerate(masks):
-        image_of_region += [index] * connected_components(mask, connectivity=2).max()
+        labelled = connected_components(mask, connectivity=2)
+        regions += [(index, labelled == k) for k in range(1, labelled.max() + 1)]
     normal = ~masks.astype(bool)
     fprs, pros = [0.0], [0.0]
     for threshold in np.linspace(maps.min(), maps.max(), num_thresholds)[::-1]:
         predicted = maps >= threshold
         fprs.append(np.logical_and(predicted, normal).sum() / normal.sum())
-        overlaps = [np.logical_and(predicted[i], region).sum() / region.sum() for i, region in zip(image_of_region, region_masks)]
+        overlaps = [np.logical_and(predicted[i], region).sum() / region.sum() for i, region in regions]
         pros.append(np.mean(overlaps))
     area = 0.0
     for (x0, y0), (x1, y1) in zip(zip(fprs, pros), zip(fprs[1:], pros[1:])):
@@ -158,8 +154,9 @@ def test_aupro_regions_are_eight_connected_and_averaged_per_region() -> None:
     mask[4:6, 0:3] = True  # a second region of 6 pixels
     amap = np.zeros((6, 6))
     amap[0, 0] = amap[1, 1] = 1.0  # the small region is found entirely, the large one not at all
-    # At threshold 1: FPR 0, PRO = mean(1, 0) = 0.5 (a pixel-weighted overlap would give 0.25).
-    assert M.aupro(mask, amap, num_thresholds=2) == pytest.approx((0.3 * 0.5 + 0.3 * 0.3 / 2 * 0.5 / 1.0) / 0.3)
+    # At threshold 1: FPR 0, PRO = mean(1, 0) = 0.5 (4-connectivity would give 2/3, pixel
+    # weighting 0.25); at threshold 0: (1, 1). Cut at 0.3: PRO 0.65, area 0.3 * (0.5 + 0.65) / 2.
+    assert M.aupro(mask, amap, num_thresholds=2) == pytest.approx(0.575)
 
 
 def test_constant_map_gives_diagonal() -> None:

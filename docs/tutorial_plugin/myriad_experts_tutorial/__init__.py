@@ -1,0 +1,1 @@
+"""A minimal but honest Myriad expert plugin (the tutorial in docs/writing-plugins.md)."""

@@ -1,0 +1,8 @@
+"""The tutorial plugin runs Myriad's contract tests on itself: that is all a plugin needs."""
+
+from myriad.testing import ExpertContractTests
+
+
+class TestColourStats(ExpertContractTests):
+    expert_name = "colour-stats"
+    config = {"size": 32}

@@ -1,0 +1,197 @@
+"""Testing kit for expert plugin authors (a pytest plugin, loaded automatically).
+
+Subclass :class:`ExpertContractTests` in your plugin's tests and set
+``expert_name`` (and ``config``, small and fast)::
+
+    from myriad.testing import ExpertContractTests
+
+    class TestMyExpert(ExpertContractTests):
+        expert_name = "my-expert"
+        config = {"image_size": 64}
+
+Every contract test then runs against your installed expert: shapes and dtypes,
+determinism under a seed, save/load round trip, calibrated range, clear errors on
+bad input. Fixtures ``normal_images``/``test_images`` give small synthetic RGB
+textures (override them for experts that need bigger images). To test an expert
+that is not installed as a distribution, register it in-process with the
+``myriad_plugin`` fixture or :func:`registered_plugin`.
+"""
+
+from __future__ import annotations
+
+import contextlib
+from typing import Any, ClassVar, Iterator
+
+import pytest
+
+__all__ = ["ExpertContractTests", "registered_plugin", "synthetic_images"]
+
+
+def synthetic_images(n: int, size: int = 64, seed: int = 0, defect: bool = False) -> list[Any]:
+    """``n`` RGB uint8 textures (smooth stripes + noise); ``defect`` adds a bright square."""
+    import numpy as np
+
+    rng = np.random.default_rng(seed)
+    yy, xx = np.mgrid[0:size, 0:size]
+    images = []
+    for _ in range(n):
+        phase = rng.uniform(0, 2 * np.pi)
+        base = 128 + 60 * np.sin(2 * np.pi * xx / 8 + phase)
+        img = np.stack([base, base * 0.9, base * 0.8], axis=-1) + rng.normal(0, 6, (size, size, 3))
+        if defect:
+            s = size // 4
+            y, x = rng.integers(0, size - s, 2)
+            img[y : y + s, x : x + s] = [250, 30, 30]
+        images.append(np.clip(img, 0, 255).astype(np.uint8))
+    return images
+
+
+@contextlib.contextmanager
+def registered_plugin(plugin: Any, name: str | None = None) -> Iterator[Any]:
+    """Register an in-process plugin object for the duration of a ``with`` block."""
+    from myriad.plugins import register_plugin, unregister_plugin
+
+    register_plugin(plugin, name=name)
+    try:
+        yield plugin
+    finally:
+        unregister_plugin(plugin)
+
+
+@pytest.fixture
+def myriad_plugin() -> Iterator[Any]:
+    """Fixture returning a function ``register(plugin)`` whose registrations are undone after the test."""
+    from myriad.plugins import register_plugin, unregister_plugin
+
+    registered: list[Any] = []
+
+    def register(plugin: Any, name: str | None = None) -> Any:
+        register_plugin(plugin, name=name)
+        registered.append(plugin)
+        return plugin
+
+    yield register
+    for plugin in registered:
+        unregister_plugin(plugin)
+
+
+class ExpertContractTests:
+    """The contract every expert must pass. Subclass it; set ``expert_name`` and ``config``."""
+
+    expert_name: ClassVar[str] = ""
+    config: ClassVar[dict[str, Any]] = {}
+    #: images per batch given to predict (transductive experts may need more)
+    batch_size: ClassVar[int] = 3
+    image_size: ClassVar[int] = 64
+    num_normal: ClassVar[int] = 4
+
+    # -- fixtures authors may override ------------------------------------------
+    @pytest.fixture
+    def normal_images(self) -> list[Any]:
+        """Normal images for fit/calibration."""
+        return synthetic_images(self.num_normal, self.image_size, seed=1)
+
+    @pytest.fixture
+    def test_images(self) -> list[Any]:
+        """A batch mixing normal and defective images, with different sizes."""
+        normal = synthetic_images(self.batch_size - 1, self.image_size, seed=2)
+        defect = synthetic_images(1, self.image_size + 16, seed=3, defect=True)
+        return normal + defect
+
+    def make_expert(self) -> Any:
+        """A fresh expert with this class's config."""
+        from myriad.plugins import get_expert
+
+        if not self.expert_name:
+            pytest.skip("set expert_name on the ExpertContractTests subclass")
+        return get_expert(self.expert_name, dict(self.config))
+
+    def fitted_expert(self, normal_images: list[Any]) -> Any:
+        """A fresh expert, fitted when its mode needs it."""
+        expert = self.make_expert()
+        if expert.needs_fit:
+            expert.fit(normal_images)
+        return expert
+
+    # -- the contract -------------------------------------------------------------
+    def test_registration(self) -> None:
+        """The expert is registered with modes, a description and a pydantic config."""
+        from pydantic import BaseModel
+
+        from myriad.plugins import get_expert_info
+
+        info = get_expert_info(self.expert_name)
+        assert info.modes, "an expert must declare at least one mode"
+        assert info.description and "\n" not in info.description, "description must be one line"
+        assert issubclass(info.config, BaseModel)
+        info.config.model_validate(dict(self.config))
+        expert = self.make_expert()
+        assert expert.mode in info.modes
+        assert expert.transductive == info.transductive
+
+    def test_predict_shapes_and_dtypes(self, normal_images: list[Any], test_images: list[Any]) -> None:
+        """One float32 H x W map per image, at the input resolution, and a finite float score."""
+        import numpy as np
+
+        expert = self.fitted_expert(normal_images)
+        preds = expert.predict(test_images)
+        assert len(preds) == len(test_images)
+        for image, pred in zip(test_images, preds):
+            assert isinstance(pred.anomaly_map, np.ndarray)
+            assert pred.anomaly_map.dtype == np.float32
+            assert pred.anomaly_map.shape == image.shape[:2]
+            assert np.isfinite(pred.anomaly_map).all()
+            assert isinstance(pred.score, float) and np.isfinite(pred.score)
+
+    def test_deterministic(self, normal_images: list[Any], test_images: list[Any]) -> None:
+        """Two experts built and fitted the same way give the same outputs."""
+        import numpy as np
+
+        a = self.fitted_expert(normal_images).predict(test_images)
+        b = self.fitted_expert(normal_images).predict(test_images)
+        for pa, pb in zip(a, b):
+            np.testing.assert_allclose(pa.anomaly_map, pb.anomaly_map, rtol=1e-4, atol=1e-5)
+            assert abs(pa.score - pb.score) <= 1e-4 * max(1.0, abs(pa.score))
+
+    def test_save_load_round_trip(self, tmp_path: Any, normal_images: list[Any], test_images: list[Any]) -> None:
+        """Saved state (safetensors + JSON, no pickle) reloads to identical predictions."""
+        import numpy as np
+
+        from myriad.plugins import get_expert_info
+
+        expert = self.fitted_expert(normal_images)
+        expert.save(tmp_path / "state")
+        files = {p.suffix for p in (tmp_path / "state").iterdir()}
+        assert files <= {".json", ".safetensors"}, f"only JSON and safetensors allowed, found {files}"
+        cls = get_expert_info(self.expert_name).load_factory()
+        reloaded = cls.load(tmp_path / "state")
+        for pa, pb in zip(expert.predict(test_images), reloaded.predict(test_images)):
+            np.testing.assert_allclose(pa.anomaly_map, pb.anomaly_map, rtol=1e-5, atol=1e-6)
+
+    def test_calibrated_range(self, normal_images: list[Any], test_images: list[Any]) -> None:
+        """Through the host's calibration, maps and scores lie in [0, 1]."""
+        from myriad.detector import Detector
+
+        detector = Detector(self.expert_name, dict(self.config)).fit(normal_images, folds=2)
+        for det in detector.detect(test_images):
+            assert 0.0 <= det.score <= 1.0
+            assert float(det.anomaly_map.min()) >= 0.0 and float(det.anomaly_map.max()) <= 1.0
+            assert det.anomalous == (det.score > det.threshold) or det.score in (0.0, 1.0)
+
+    def test_bad_input_errors(self, normal_images: list[Any]) -> None:
+        """Empty batches and malformed arrays raise MyriadError naming the problem."""
+        import numpy as np
+
+        from myriad.errors import MyriadError
+
+        expert = self.make_expert()
+        if expert.needs_fit:
+            with pytest.raises(MyriadError):
+                expert.predict(normal_images[:1])  # not fitted
+            with pytest.raises(MyriadError):
+                expert.fit([])
+            expert.fit(normal_images)
+        with pytest.raises(MyriadError):
+            expert.predict([])
+        with pytest.raises(MyriadError, match="shape"):
+            expert.predict([np.zeros((8, 8, 8, 3), dtype=np.uint8)])
