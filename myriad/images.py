@@ -93,7 +93,7 @@ def to_rgb_array(img: "object", source: str = "image") -> "np.ndarray":
         rgba = img.convert("RGBA")
         background = Image.new("RGBA", rgba.size, (0, 0, 0, 255))
         img = Image.alpha_composite(background, rgba)
-    arr = np.asarray(img.convert("RGB"), dtype=np.uint8)
+    arr = np.array(img.convert("RGB"), dtype=np.uint8)  # a writable copy
     if arr.ndim != 3 or arr.shape[2] != 3 or arr.size == 0:
         raise ImageError(f"{source}: cannot convert mode {mode} to RGB")
     return np.ascontiguousarray(arr)
@@ -162,7 +162,7 @@ def to_tensor(
     mean, std = NORMALISATIONS[normalisation]
     out = []
     for image in images:
-        t = torch.from_numpy(np.ascontiguousarray(image)).permute(2, 0, 1)[None].float().div_(255.0)
+        t = torch.from_numpy(np.require(image, requirements=("C", "W"))).permute(2, 0, 1)[None].float().div_(255.0)
         if t.shape[-2:] != (height, width):
             kwargs = {"antialias": True} if interpolation in ("bilinear", "bicubic") else {}
             t = F.interpolate(t, size=(height, width), mode=interpolation, align_corners=False, **kwargs)

@@ -8,6 +8,8 @@
 * :mod:`myriad.synthetic.devset`: writes a deterministic MVTec-AD-layout dataset
   (``myriad make-devset``) and :func:`~myriad.synthetic.devset.iter_defect_samples` for
   training generators.
+* :mod:`myriad.synthetic.nsa`: NSA-style (Poisson-blended patch) anomalies for training
+  on real normal images; closest to the ``cut_paste``/``cut_paste_self`` family here.
 
 Everything is numpy/scipy/scikit-image/Pillow (no torch) and deterministic for a seed.
 """

@@ -1,0 +1,449 @@
+"""Run an expert over an MVTec-AD-layout dataset: fit (calibrated), predict, score.
+
+Protocol (the Myriad paper's tables):
+
+* **one-class** (no ``k_shot``): the expert fits on every ``train/good`` image;
+* **few-shot** (``k_shot=K``): it fits on K images drawn from ``train/good`` with the seed;
+  ``runs=N`` repeats the draw with seeds ``seed, seed + 1, ...`` and the report averages
+  the runs;
+* **zero-shot** experts do not fit; the same normal images only calibrate them.
+
+Fitting goes through :class:`myriad.detector.Detector`, so every expert is calibrated the
+same way (threshold = max score of held-out normals over k folds, see
+:mod:`myriad.calibration`); ``expert_accuracy`` counts decisions at that threshold.
+Threshold-free metrics (AUROC, AP, F1-max, AUPRO) use the **raw** scores and maps:
+calibration clips to [0, 1], which would create ties.
+
+Extension point: ``evaluate(settings, steps=[...])`` runs each :class:`EvalStep` on every
+batch (it sees the samples, images, detections and the new :class:`ImageRecord` objects,
+and may fill ``record.extra``) and adds its :meth:`EvalStep.metrics` to each run's
+metrics. An LMM step would ask the model about each image, store its answer in
+``record.extra`` (written to the predictions JSONL) and report ``accuracy`` beside
+``expert_accuracy``.
+"""
+
+from __future__ import annotations
+
+import sys
+import time
+from dataclasses import asdict, dataclass, field
+from pathlib import Path
+from typing import TYPE_CHECKING, Any, Callable, Protocol, Sequence
+
+from myriad.errors import ConfigError
+from myriad.evaluation.records import CategoryResult, EvalResult, Example, ImageRecord, RunResult
+
+if TYPE_CHECKING:  # pragma: no cover
+    import numpy as np
+
+    from myriad.datasets import Category, Sample
+    from myriad.detector import Detection
+    from myriad.experts import ExpertInfo
+
+__all__ = ["EvalSettings", "EvalStep", "evaluate", "expert_config", "peak_rss_mb", "image_metrics"]
+
+#: Image and pixel metrics every run reports (None when undefined for the data).
+METRIC_KEYS = ("image_auroc", "pixel_auroc", "aupro", "f1_max", "image_ap", "expert_accuracy")
+
+
+@dataclass
+class EvalSettings:
+    """What ``myriad eval`` was asked to do."""
+
+    expert: str
+    data: Path
+    categories: tuple[str, ...] | None = None
+    k_shot: int | None = None
+    config: dict[str, Any] = field(default_factory=dict)
+    device: str | None = None
+    seed: int = 0
+    runs: int = 1
+    batch_size: int = 8
+    folds: int = 3
+    #: pixel metrics on maps/masks shrunk so the longer side is at most this (0 = native size)
+    metric_size: int = 256
+    #: rows of the example overlay grid per category
+    examples: int = 6
+    progress: bool = True
+
+    def validate(self) -> "EvalSettings":
+        """Check the numbers; errors name the option."""
+        if self.k_shot is not None and self.k_shot < 1:
+            raise ConfigError(f"--k-shot must be at least 1, got {self.k_shot}")
+        if self.runs < 1:
+            raise ConfigError(f"--runs must be at least 1, got {self.runs}")
+        if self.batch_size < 1:
+            raise ConfigError(f"--batch-size must be at least 1, got {self.batch_size}")
+        if self.folds < 2:
+            raise ConfigError(f"--folds must be at least 2, got {self.folds}")
+        if self.metric_size < 0 or self.examples < 0:
+            raise ConfigError("--metric-size and --examples must not be negative")
+        return self
+
+    def to_json(self) -> dict[str, Any]:
+        """JSON form stored in the report."""
+        data = asdict(self)
+        data["data"] = str(self.data)
+        data["categories"] = list(self.categories) if self.categories else None
+        data.pop("progress")
+        return data
+
+
+class EvalStep(Protocol):
+    """A per-batch add-on to the evaluation (e.g. LMM answers); see the module docstring."""
+
+    name: str
+
+    def process(
+        self,
+        category: "Category",
+        samples: Sequence["Sample"],
+        images: Sequence["np.ndarray"],
+        detections: Sequence["Detection"],
+        records: Sequence[ImageRecord],
+    ) -> None:
+        """Look at one batch; may fill ``record.extra`` of its records."""
+
+    def metrics(self, records: Sequence[ImageRecord]) -> dict[str, float | None]:
+        """Metrics over one category-run's records (merged into the run's metrics)."""
+
+
+# --------------------------------------------------------------------------- helpers
+
+
+def peak_rss_mb() -> float | None:
+    """Peak resident memory of this process so far, in MiB (None where unsupported)."""
+    try:
+        import resource
+    except ImportError:  # pragma: no cover - Windows
+        return None
+    peak = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss
+    return round(peak / (1024 * 1024) if sys.platform == "darwin" else peak / 1024, 1)
+
+
+def _peak_gpu_mb() -> float | None:
+    torch = sys.modules.get("torch")
+    if torch is None:
+        return None
+    try:
+        if torch.cuda.is_available() and torch.cuda.is_initialized():
+            return round(torch.cuda.max_memory_allocated() / 2**20, 1)
+    except Exception:  # noqa: BLE001 - reporting only
+        return None
+    return None
+
+
+def _warn(message: str) -> None:
+    print(f"warning: {message}", file=sys.stderr)
+
+
+def expert_config(info: "ExpertInfo", settings: EvalSettings, warn: Callable[[str], None] = _warn) -> dict[str, Any]:
+    """The expert config for this evaluation: user options plus ``mode`` and ``device``.
+
+    When the expert's config has a ``mode`` field, ``--k-shot`` selects ``few_shot`` and its
+    absence ``one_class`` (or ``zero_shot`` for experts without one-class mode), unless the
+    user's config sets the mode; contradictions are errors. ``device`` is passed when the
+    config has a ``device`` field.
+    """
+    from myriad.experts import Mode
+
+    fields = getattr(info.config, "model_fields", {})
+    config = dict(settings.config)
+    if "mode" in fields:
+        chosen = config.get("mode")
+        if settings.k_shot is not None:
+            if chosen not in (None, Mode.FEW_SHOT.value):
+                raise ConfigError(f"--k-shot {settings.k_shot} asks for few-shot mode, but --config sets mode={chosen!r}")
+            if Mode.FEW_SHOT not in info.modes:
+                supported = ", ".join(m.value for m in info.modes)
+                raise ConfigError(f"expert {info.name!r} has no few_shot mode (modes: {supported}); drop --k-shot")
+            config["mode"] = Mode.FEW_SHOT.value
+        elif chosen is None:
+            if Mode.ONE_CLASS in info.modes:
+                config["mode"] = Mode.ONE_CLASS.value
+            elif Mode.ZERO_SHOT in info.modes:
+                config["mode"] = Mode.ZERO_SHOT.value
+            else:
+                raise ConfigError(f"expert {info.name!r} only works few-shot: give --k-shot K")
+    if settings.device is not None:
+        if "device" in fields:
+            config["device"] = settings.device
+        else:
+            warn(f"expert {info.name!r} has no 'device' setting; --device {settings.device} is ignored")
+    return config
+
+
+def _draw_references(category: "Category", k_shot: int | None, seed: int) -> list["Sample"]:
+    import numpy as np
+
+    if k_shot is None:
+        return list(category.train)
+    order = np.random.default_rng(seed).choice(len(category.train), size=k_shot, replace=False)
+    return [category.train[int(i)] for i in sorted(order)]
+
+
+def _batches(samples: list["Sample"], size: int, min_batch: int) -> list[list["Sample"]]:
+    """Chunks of ``size``; a last chunk smaller than ``min_batch`` joins the previous one."""
+    chunks = [samples[i : i + size] for i in range(0, len(samples), size)]
+    if len(chunks) > 1 and len(chunks[-1]) < min_batch:
+        chunks[-2].extend(chunks.pop())
+    return chunks
+
+
+def _pick_examples(samples: list["Sample"], count: int) -> list["Sample"]:
+    """One normal image, then the first image of each defect type, then more defects."""
+    if count <= 0:
+        return []
+    normals = [s for s in samples if s.label == 0]
+    anomalous = [s for s in samples if s.label != 0]
+    firsts: dict[str, "Sample"] = {}
+    for s in anomalous:
+        firsts.setdefault(s.defect, s)
+    picks = normals[:1] + [firsts[d] for d in sorted(firsts)]
+    picks += [s for s in anomalous if s not in picks]
+    return picks[:count]
+
+
+def _shrunk_shape(height: int, width: int, limit: int) -> tuple[int, int]:
+    if limit <= 0 or max(height, width) <= limit:
+        return height, width
+    scale = limit / max(height, width)
+    return max(1, round(height * scale)), max(1, round(width * scale))
+
+
+def _shrink_map(values: "np.ndarray", shape: tuple[int, int]) -> "np.ndarray":
+    from myriad.evaluation.overlay import resize_to
+
+    return resize_to(values, *shape)
+
+
+def _shrink_mask(mask: "np.ndarray", shape: tuple[int, int]) -> "np.ndarray":
+    """Area-resize a bool mask; keeps thin defects that plain thresholding would drop."""
+    import numpy as np
+
+    if mask.shape == shape:
+        return mask
+    from myriad.evaluation.overlay import resize_to
+
+    cover = resize_to(mask.astype(np.float32), *shape)
+    small = cover >= 0.5
+    if mask.any() and not small.any():
+        small = cover > 0
+    return small
+
+
+def _shrink_image(image: "np.ndarray", shape: tuple[int, int]) -> "np.ndarray":
+    import numpy as np
+    from PIL import Image
+
+    if image.shape[:2] == shape:
+        return image
+    return np.asarray(Image.fromarray(image).resize((shape[1], shape[0]), Image.Resampling.BILINEAR))
+
+
+def image_metrics(
+    labels: Sequence[int],
+    raw_scores: Sequence[float],
+    decisions: Sequence[bool],
+    masks: Sequence["np.ndarray"] | None = None,
+    raw_maps: Sequence["np.ndarray"] | None = None,
+) -> tuple[dict[str, float | None], list[str]]:
+    """Metrics of one category-run and notes on those that are undefined for the data."""
+    import numpy as np
+
+    from myriad import metrics
+
+    notes: list[str] = []
+    y = np.asarray(labels, dtype=bool)
+    out: dict[str, float | None] = {key: None for key in METRIC_KEYS}
+    out["expert_accuracy"] = metrics.accuracy(y, np.asarray(decisions, dtype=bool))
+    if y.all() or not y.any():
+        notes.append("test set has only one class: image AUROC, AP and F1-max are undefined")
+    else:
+        out["image_auroc"] = metrics.image_auroc(y, raw_scores)
+        out["image_ap"] = metrics.average_precision(y, raw_scores)
+        out["f1_max"] = metrics.f1_max(y, raw_scores)[0]
+    if masks is not None and raw_maps is not None:
+        try:
+            out["pixel_auroc"] = metrics.pixel_auroc(list(masks), list(raw_maps))
+            out["aupro"] = metrics.aupro(list(masks), list(raw_maps))
+        except ValueError as exc:
+            notes.append(f"pixel metrics undefined: {exc}")
+    return out, notes
+
+
+# --------------------------------------------------------------------------- main loop
+
+
+def evaluate(
+    settings: EvalSettings,
+    steps: Sequence[EvalStep] = (),
+    warn: Callable[[str], None] = _warn,
+) -> EvalResult:
+    """Evaluate ``settings.expert`` on ``settings.data``; nothing is written to disk."""
+    from myriad.datasets import read_mvtec
+    from myriad.detector import Detector
+    from myriad.plugins import get_expert_info
+
+    start = time.perf_counter()
+    settings.validate()
+    info = get_expert_info(settings.expert)
+    config = expert_config(info, settings, warn)
+    categories = read_mvtec(settings.data, settings.categories)
+
+    # Check everything that can fail before the first (possibly long) fit.
+    probe = Detector(settings.expert, config)
+    mode = probe.mode
+    if mode == "few_shot" and settings.k_shot is None:
+        raise ConfigError(
+            f"expert {settings.expert!r} is configured few-shot: give --k-shot K "
+            "(or set a one-class mode in --config)"
+        )
+    if settings.k_shot is not None:
+        for category in categories:
+            if settings.k_shot > len(category.train):
+                train_dir = category.train[0].path.parent if category.train else category.root / "train" / "good"
+                raise ConfigError(
+                    f"--k-shot {settings.k_shot} is larger than the {len(category.train)} training images "
+                    f"in {train_dir} (category {category.name!r})"
+                )
+    min_batch = type(probe.expert).min_batch if probe.expert.transductive else 1
+    if settings.batch_size < min_batch:
+        raise ConfigError(
+            f"--batch-size {settings.batch_size} is too small: expert {settings.expert!r} is transductive "
+            f"and needs at least {min_batch} images per batch"
+        )
+    resolved_config = probe.expert.config.model_dump(mode="json")
+    del probe
+    import torch  # noqa: F401  - imported now so that the first category's fit time does not include it
+
+    results: list[CategoryResult] = []
+    records: list[ImageRecord] = []
+    for category in categories:
+        result = CategoryResult(
+            name=category.name, root=str(category.root), num_train=len(category.train), has_masks=category.has_masks
+        )
+        for run in range(settings.runs):
+            run_result, run_records = _run_category(settings, config, category, run, min_batch, result, steps)
+            result.runs.append(run_result)
+            records.extend(run_records)
+        result.peak_rss_mb = peak_rss_mb() or 0.0
+        results.append(result)
+
+    return EvalResult(
+        expert=settings.expert,
+        mode=mode,
+        config=resolved_config,
+        settings=settings.to_json(),
+        categories=results,
+        records=records,
+        total_seconds=round(time.perf_counter() - start, 3),
+        peak_rss_mb=peak_rss_mb() or 0.0,
+        peak_gpu_mb=_peak_gpu_mb(),
+        expert_info={"distribution": info.distribution, "version": info.version, "description": info.description},
+    )
+
+
+def _run_category(
+    settings: EvalSettings,
+    config: dict[str, Any],
+    category: "Category",
+    run: int,
+    min_batch: int,
+    result: CategoryResult,
+    steps: Sequence[EvalStep],
+) -> tuple[RunResult, list[ImageRecord]]:
+    from tqdm import tqdm
+
+    from myriad.datasets import load_mask
+    from myriad.detector import Detector
+    from myriad.images import load_image
+
+    seed = settings.seed + run
+    references = _draw_references(category, settings.k_shot, seed)
+    normal_images = [load_image(s.path) for s in references]
+    detector = Detector(settings.expert, config)
+    started = time.perf_counter()
+    detector.fit(normal_images, folds=settings.folds, seed=seed)
+    fit_seconds = time.perf_counter() - started
+    del normal_images
+
+    examples = {s.path for s in _pick_examples(category.test, settings.examples)} if run == 0 else set()
+    kept: dict[Path, Example] = {}
+    labels: list[int] = []
+    raw_scores: list[float] = []
+    decisions: list[bool] = []
+    masks: list[np.ndarray] | None = [] if category.has_masks else None
+    maps: list[np.ndarray] | None = [] if category.has_masks else None
+    run_records: list[ImageRecord] = []
+    detect_seconds = 0.0
+
+    desc = f"{category.name}" + (f" run {run + 1}/{settings.runs}" if settings.runs > 1 else "")
+    with tqdm(total=len(category.test), desc=desc, unit="img", disable=None if settings.progress else True, leave=False, file=sys.stderr) as bar:
+        for batch in _batches(list(category.test), settings.batch_size, min_batch):
+            images = [load_image(s.path) for s in batch]
+            started = time.perf_counter()
+            detections = detector.detect(images)
+            detect_seconds += time.perf_counter() - started
+            new_records = []
+            for sample, image, det in zip(batch, images, detections):
+                record = ImageRecord(
+                    category=category.name,
+                    run=run,
+                    path=str(sample.path),
+                    label=int(sample.label),
+                    defect=sample.defect,
+                    raw_score=float(det.raw_score),
+                    score=float(det.score),
+                    anomalous=bool(det.anomalous),
+                )
+                new_records.append(record)
+                labels.append(record.label)
+                raw_scores.append(record.raw_score)
+                decisions.append(record.anomalous)
+                mask = None
+                if masks is not None or sample.path in examples:
+                    mask = load_mask(sample, shape=image.shape[:2]) if (sample.mask_path is not None or sample.label == 0) else None
+                if masks is not None and maps is not None:
+                    shape = _shrunk_shape(*image.shape[:2], settings.metric_size)
+                    masks.append(_shrink_mask(mask, shape))
+                    maps.append(_shrink_map(det.raw_map, shape))
+                if sample.path in examples:
+                    shape = _shrunk_shape(*image.shape[:2], 256)
+                    kept[sample.path] = Example(
+                        path=str(sample.path),
+                        label=record.label,
+                        defect=sample.defect,
+                        image=_shrink_image(image, shape),
+                        calibrated_map=_shrink_map(det.anomaly_map, shape),
+                        mask=None if mask is None else _shrink_mask(mask, shape),
+                        score=record.score,
+                        anomalous=record.anomalous,
+                    )
+            for step in steps:
+                step.process(category, batch, images, detections, new_records)
+            run_records.extend(new_records)
+            bar.update(len(batch))
+
+    metrics, notes = image_metrics(labels, raw_scores, decisions, masks, maps)
+    for step in steps:
+        metrics.update(step.metrics(run_records))
+    if run == 0:
+        order = {s.path: i for i, s in enumerate(_pick_examples(category.test, settings.examples))}
+        result.examples = sorted(kept.values(), key=lambda e: order[Path(e.path)])
+    calibration = detector.calibrator.to_dict() if detector.calibrator is not None else {}
+    run_result = RunResult(
+        category=category.name,
+        run=run,
+        seed=seed,
+        metrics=metrics,
+        fit_seconds=round(fit_seconds, 4),
+        ms_per_image=round(1000.0 * detect_seconds / max(len(category.test), 1), 3),
+        num_fit=len(references),
+        num_test=len(category.test),
+        num_anomalous=sum(labels),
+        calibration=calibration,
+        references=[s.path.name for s in references] if settings.k_shot is not None else None,
+        notes=notes,
+    )
+    return run_result, run_records
