@@ -14,7 +14,10 @@ COMMANDS = {
     "experts": "myriad.commands.experts:experts_command",
     "check-backbone": "myriad.commands.check_backbone:check_backbone_command",
     "eval": "myriad.commands.eval:eval_command",
+    "make-devset": "myriad.commands.make_devset:make_devset_command",
     "model-info": "myriad.commands.model_info:model_info_command",
+    "train": "myriad.commands.train:train_command",
+    "inspect": "myriad.commands.inspect:inspect_command",
 }
 
 

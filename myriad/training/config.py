@@ -1,0 +1,133 @@
+"""Training configuration (pydantic), read from a JSON or TOML file by ``myriad train --config``.
+
+Two schedules are expressible:
+
+- the published code (default): one phase, lr 1e-4 with per-step cosine to 0, each
+  step picking TPG-only / VPG+TPG / VPG-only at random;
+- the paper: phase 1 trains the VE-guided encoder (VPG path) and the TPG separately,
+  phase 2 fine-tunes jointly at a lower learning rate (3e-5 -> 1e-5). See
+  :func:`paper_schedule`.
+"""
+
+from __future__ import annotations
+
+import json
+import tomllib
+from pathlib import Path
+from typing import Literal
+
+from pydantic import BaseModel, ConfigDict, Field, ValidationError, model_validator
+
+from myriad.errors import ConfigError
+
+Route = Literal["tpg", "vpg_tpg", "vpg"]
+
+
+class Phase(BaseModel):
+    """A run of steps with one learning-rate schedule and one mix of module routes."""
+
+    model_config = ConfigDict(extra="forbid")
+
+    steps: int = Field(gt=0)
+    lr: float = Field(1e-4, gt=0)
+    min_lr: float = Field(0.0, ge=0)
+    warmup_steps: int = Field(0, ge=0)
+    #: probability of each route per step: TPG only, VPG + TPG, VPG only
+    routes: dict[Route, float] = Field(default_factory=lambda: {"tpg": 1 / 3, "vpg_tpg": 1 / 3, "vpg": 1 / 3})
+
+    @model_validator(mode="after")
+    def _check(self) -> "Phase":
+        if not self.routes or any(p < 0 for p in self.routes.values()) or sum(self.routes.values()) <= 0:
+            raise ValueError("routes must hold non-negative probabilities with a positive sum")
+        return self
+
+
+class DataConfig(BaseModel):
+    """Where training images come from (never the data evaluated on)."""
+
+    model_config = ConfigDict(extra="forbid")
+
+    #: texture sources of :mod:`myriad.synthetic.textures`, one category each
+    textures: list[str] = Field(default_factory=list)
+    #: extra folders of normal images, one category each (the folder name is the category)
+    folders: list[Path] = Field(default_factory=list)
+    #: normal training images per category (synthetic anomalies are made from these)
+    images_per_category: int = Field(64, ge=2)
+    #: normal references per category given to a few-shot expert (held apart from the images)
+    reference_shots: int = Field(4, ge=1)
+    image_size: int = Field(256, ge=32)
+    #: "nsa" (Poisson-blended patches, the reference) or "cutpaste"
+    synthesis: Literal["nsa", "cutpaste"] = "nsa"
+
+
+class TrainConfig(BaseModel):
+    """Everything ``myriad train`` needs."""
+
+    model_config = ConfigDict(extra="forbid")
+
+    preset: Literal["mini", "tiny"] = "mini"
+    #: changes to the preset's MyriadConfig (e.g. {"template": "chat"})
+    model: dict = Field(default_factory=dict)
+    #: initial trainable weights (a checkpoint of ours) to start from
+    init_from: Path | None = None
+    expert: str = "patchcore"
+    expert_config: dict = Field(default_factory=lambda: {"mode": "few_shot"})
+    data: DataConfig = Field(default_factory=DataConfig)
+    phases: list[Phase] = Field(default_factory=lambda: [Phase(steps=1000)])
+    #: normal images per step; as many synthetic anomalous images are added (half/half batches)
+    batch_size: int = Field(2, ge=1)
+    grad_accum: int = Field(1, ge=1)
+    weight_decay: float = 0.05
+    betas: tuple[float, float] = (0.9, 0.999)
+    max_grad_norm: float | None = 1.0
+    #: expert maps: "cache" (computed once, saved as safetensors keyed by the expert config) or "online"
+    maps: Literal["cache", "online"] = "cache"
+    cache_dir: Path | None = None
+    output_dir: Path = Path("runs/myriad-mini")
+    checkpoint_every: int = Field(100, ge=1)
+    keep_checkpoints: int = Field(2, ge=1)
+    seed: int = 42
+    amp: bool = True
+    device: str = "cpu"
+    threads: int | None = None
+
+    @property
+    def total_steps(self) -> int:
+        """Steps over all phases."""
+        return sum(p.steps for p in self.phases)
+
+    @classmethod
+    def from_file(cls, path: str | Path) -> "TrainConfig":
+        """Read a JSON or TOML config; errors name the file and the field."""
+        path = Path(path)
+        if not path.is_file():
+            raise ConfigError(f"{path}: config file not found")
+        try:
+            text = path.read_text()
+            data = tomllib.loads(text) if path.suffix == ".toml" else json.loads(text)
+        except (json.JSONDecodeError, tomllib.TOMLDecodeError) as exc:
+            raise ConfigError(f"{path}: cannot parse: {exc}") from exc
+        try:
+            config = cls.model_validate(data)
+        except ValidationError as exc:
+            raise ConfigError(f"{path}: invalid training config:\n{exc}") from exc
+        base = path.parent
+        if not config.output_dir.is_absolute():
+            config.output_dir = base / config.output_dir
+        config.data.folders = [f if f.is_absolute() else base / f for f in config.data.folders]
+        if config.init_from is not None and not config.init_from.is_absolute():
+            config.init_from = base / config.init_from
+        return config
+
+
+def reference_schedule(steps: int = 16000) -> list[Phase]:
+    """The published code: one phase, lr 1e-4 cosine to 0, random TPG / VPG+TPG / VPG routes."""
+    return [Phase(steps=steps)]
+
+
+def paper_schedule(stage1_steps: int = 32000, stage2_steps: int = 16000) -> list[Phase]:
+    """The paper: stage 1 trains encoder (VPG path) and TPG separately, stage 2 jointly at a lower lr."""
+    return [
+        Phase(steps=stage1_steps, lr=1e-4, routes={"tpg": 0.5, "vpg": 0.5}),
+        Phase(steps=stage2_steps, lr=3e-5, min_lr=1e-5, routes={"vpg_tpg": 1.0}),
+    ]

@@ -1,0 +1,172 @@
+"""Training data: categories of normal images and seeded synthetic anomalies made from them.
+
+A category is either a texture source of :mod:`myriad.synthetic.textures`, an
+"object" (a fixed window of one of scikit-image's bundled photos, jittered a little
+per image, so it behaves like an aligned MVTec object), or a folder of normal
+images. Every item is defined by ``(category, index, anomalous)`` and regenerated
+deterministically from the seed, so nothing but expert maps needs caching.
+
+Anomalies for training: NSA (Poisson-blended patches from another image of the same
+category, as the reference) and, with probability ``painted_fraction``, one of the
+*training* defect kinds of :mod:`myriad.synthetic.defects` (disjoint from the kinds
+the development benchmark evaluates).
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from functools import lru_cache
+from pathlib import Path
+from typing import Callable
+
+import numpy as np
+
+from myriad.errors import DatasetError
+from myriad.training.config import DataConfig
+
+#: Default training categories: none of them is used by the development benchmark.
+TRAIN_TEXTURES = ("tissue", "concrete")
+#: name -> (scikit-image photo, (top, left, height, width) as fractions of the photo)
+TRAIN_OBJECTS: dict[str, tuple[str, tuple[float, float, float, float]]] = {
+    "astronaut": ("astronaut", (0.05, 0.3, 0.5, 0.45)),
+    "coffee": ("coffee", (0.05, 0.15, 0.75, 0.55)),
+    "cat": ("chelsea", (0.0, 0.2, 0.9, 0.55)),
+    "rocket": ("rocket", (0.0, 0.25, 0.9, 0.45)),
+    "coins": ("coins", (0.0, 0.0, 0.6, 0.6)),
+    "camera": ("camera", (0.1, 0.2, 0.6, 0.6)),
+    "moon": ("moon", (0.2, 0.2, 0.6, 0.6)),
+    "galaxy": ("hubble_deep_field", (0.2, 0.2, 0.5, 0.5)),
+    "retina": ("retina", (0.2, 0.2, 0.6, 0.6)),
+    "clock": ("clock", (0.0, 0.1, 1.0, 0.75)),
+}
+DEFAULT_CATEGORIES = TRAIN_TEXTURES + tuple(TRAIN_OBJECTS)
+#: objects tolerate smaller resizes of pasted patches than textures (the reference's bounds)
+OBJECT_RESIZE, TEXTURE_RESIZE = (0.7, 1.3), (0.5, 2.0)
+
+
+@lru_cache(maxsize=None)
+def _photo(name: str) -> np.ndarray:
+    from skimage import data
+
+    from myriad.images import as_rgb
+
+    return as_rgb(getattr(data, name)(), source=f"skimage.data.{name}")
+
+
+def _object_image(name: str, rng: np.random.Generator, size: int) -> np.ndarray:
+    from myriad.synthetic.textures import resize_rgb
+
+    photo_name, (top, left, height, width) = TRAIN_OBJECTS[name]
+    photo = _photo(photo_name)
+    h, w = photo.shape[:2]
+    jitter = rng.uniform(-0.03, 0.03, 2)
+    t = int(np.clip(top + jitter[0], 0, 1 - height) * h)
+    l = int(np.clip(left + jitter[1], 0, 1 - width) * w)
+    crop = photo[t : t + int(height * h), l : l + int(width * w)].astype(np.float32)
+    crop = crop * rng.uniform(0.92, 1.08) + rng.normal(0, 2.0, crop.shape)
+    return resize_rgb(np.clip(crop, 0, 255).astype(np.uint8), size, size)
+
+
+@dataclass(frozen=True)
+class TrainCategory:
+    """One category: a generator of normal images and the NSA settings that suit it."""
+
+    name: str
+    kind: str  # "texture", "object" or "folder"
+    make: Callable[[np.random.Generator, int], np.ndarray]
+    resize_bounds: tuple[float, float]
+
+
+def _folder_category(folder: Path) -> TrainCategory:
+    from myriad.images import list_images, load_image
+    from myriad.synthetic.textures import resize_rgb
+
+    if not folder.is_dir():
+        raise DatasetError(f"{folder}: training folder not found")
+    files = list_images(folder)
+    if len(files) < 2:
+        raise DatasetError(f"{folder}: needs at least 2 normal images to train on, found {len(files)}")
+
+    def make(rng: np.random.Generator, size: int) -> np.ndarray:
+        return resize_rgb(load_image(files[int(rng.integers(len(files)))]), size, size)
+
+    return TrainCategory(folder.name, "folder", make, OBJECT_RESIZE)
+
+
+def build_categories(data: DataConfig) -> list[TrainCategory]:
+    """The categories named by the data config (defaults: :data:`DEFAULT_CATEGORIES`)."""
+    from myriad.synthetic.textures import get_texture
+
+    names = list(data.textures) or ([] if data.folders else list(DEFAULT_CATEGORIES))
+    categories = []
+    for name in names:
+        if name in TRAIN_OBJECTS:
+            categories.append(TrainCategory(name, "object", lambda rng, size, n=name: _object_image(n, rng, size), OBJECT_RESIZE))
+        else:
+            texture = get_texture(name)
+            categories.append(TrainCategory(name, "texture", texture.sample, TEXTURE_RESIZE))
+    categories += [_folder_category(Path(f)) for f in data.folders]
+    if not categories:
+        raise DatasetError("the training config names no categories (data.textures or data.folders)")
+    return categories
+
+
+@dataclass(frozen=True)
+class Item:
+    """One training image: the pixels, whether it is anomalous, and its mask."""
+
+    category: int
+    index: int
+    anomalous: bool
+    image: np.ndarray
+    mask: np.ndarray | None
+
+
+class TrainingPool:
+    """All training items, regenerated deterministically from ``(seed, category, index)``."""
+
+    def __init__(self, data: DataConfig, seed: int, painted_fraction: float = 0.3) -> None:
+        self.data = data
+        self.seed = seed
+        self.painted_fraction = painted_fraction
+        self.categories = build_categories(data)
+
+    def __len__(self) -> int:
+        return len(self.categories) * self.data.images_per_category
+
+    def normal(self, category: int, index: int) -> np.ndarray:
+        """Normal image ``index`` of a category (negative indices are the held-apart references)."""
+        rng = np.random.default_rng([self.seed, category, index + 1_000_000])
+        return self.categories[category].make(rng, self.data.image_size)
+
+    def references(self, category: int) -> list[np.ndarray]:
+        """The few-shot references of a category (never used as training images)."""
+        return [self.normal(category, -1 - k) for k in range(self.data.reference_shots)]
+
+    def item(self, category: int, index: int, anomalous: bool) -> Item:
+        """A normal item, or an anomalous one synthesised from it."""
+        image = self.normal(category, index)
+        if not anomalous:
+            return Item(category, index, False, image, None)
+        rng = np.random.default_rng([self.seed, category, index, 7])
+        if rng.random() < self.painted_fraction:
+            from myriad.synthetic.defects import TRAIN_DEFECTS, applicable_defects, paint_defect
+
+            kinds = applicable_defects(TRAIN_DEFECTS, oriented=self._oriented(category))
+            kind = kinds[int(rng.integers(len(kinds)))]
+            donor = self.normal((category + 1) % len(self.categories), index)
+            painted_image, painted_mask = paint_defect(kind, image, rng, donor=donor)
+            return Item(category, index, True, painted_image, painted_mask)
+        from myriad.synthetic.nsa import NSASettings, synthesize
+
+        n = self.data.images_per_category
+        other = self.normal(category, (index + 1 + int(rng.integers(n - 1))) % n)
+        settings = NSASettings(resize_bounds=self.categories[category].resize_bounds, method=self.data.synthesis)
+        made = synthesize(image, other, rng, settings)
+        return Item(category, index, True, made.image, made.mask)
+
+    def _oriented(self, category: int) -> bool:
+        from myriad.synthetic.textures import TEXTURES
+
+        cat = self.categories[category]
+        return cat.kind != "texture" or TEXTURES[cat.name].oriented

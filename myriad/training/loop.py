@@ -1,0 +1,213 @@
+"""The training loop of ``myriad train``: half normal / half synthetic batches, answers-only loss.
+
+Deterministic and resumable: each step's data, route and dropout come from
+``(seed, step)`` alone, so a run resumed from a checkpoint follows the same loss curve.
+Distributed data-parallel through ``torchrun`` (DDP, gloo on CPU / nccl on GPU): each
+rank takes its share of the step's (normal, synthetic) pairs.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import time
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any, Callable
+
+import numpy as np
+import torch
+
+from myriad.training.config import TrainConfig
+
+ROUTES = {"tpg": (False, True), "vpg_tpg": (True, True), "vpg": (True, False)}  # route -> (use_vpg, use_tpg)
+FINAL_WEIGHTS = "trainable.safetensors"
+
+
+@dataclass
+class TrainResult:
+    """What a run produced."""
+
+    steps: int
+    losses: list[float] = field(default_factory=list)
+    routes: list[str] = field(default_factory=list)
+    weights: Path | None = None
+    seconds: float = 0.0
+
+
+def build_model(config: TrainConfig) -> Any:
+    """The model named by the config's preset, with real frozen weights for ``mini``."""
+    from myriad.lmm.model import MyriadLMM
+
+    if config.preset == "mini":
+        from myriad.lmm.config import mini_config
+
+        return MyriadLMM.mini(mini_config(**config.model))
+    from myriad.lmm.tiny import build_tiny_tokenizer, tiny_paper_config
+
+    tokenizer = build_tiny_tokenizer()
+    torch.manual_seed(config.seed)
+    return MyriadLMM(tiny_paper_config(len(tokenizer), **config.model), tokenizer)
+
+
+def _distributed() -> tuple[int, int]:
+    world = int(os.environ.get("WORLD_SIZE", "1"))
+    if world > 1 and not torch.distributed.is_initialized():
+        backend = "nccl" if torch.cuda.is_available() and os.environ.get("MYRIAD_DIST_BACKEND") != "gloo" else "gloo"
+        torch.distributed.init_process_group(backend=backend)
+    rank = torch.distributed.get_rank() if world > 1 else 0
+    return rank, world
+
+
+def _step_plan(config: TrainConfig, step: int, num_categories: int, route_probs: dict[str, float]) -> tuple[str, list[tuple[int, int]]]:
+    rng = np.random.default_rng([config.seed, step])
+    names = list(route_probs)
+    probs = np.array([route_probs[n] for n in names], dtype=np.float64)
+    route = names[int(rng.choice(len(names), p=probs / probs.sum()))]
+    pairs = [
+        (int(rng.integers(num_categories)), int(rng.integers(config.data.images_per_category)))
+        for _ in range(config.batch_size)
+    ]
+    return route, pairs
+
+
+def train(
+    config: TrainConfig,
+    resume: bool = True,
+    progress: bool = True,
+    model: Any = None,
+    stop_after: int | None = None,
+    on_step: Callable[[int, float], None] | None = None,
+) -> TrainResult:
+    """Train the trainable parts of Myriad; returns the loss curve and the final weights' path.
+
+    ``stop_after`` ends the run after that many steps in this call (tests use it to
+    simulate an interruption); the checkpoint written then lets a later call resume.
+    """
+    from tqdm.auto import tqdm
+
+    from myriad.lmm.prompting import ANSWER_ANOMALOUS, ANSWER_NORMAL
+    from myriad.training.checkpoint import load_latest, restore_optimizer, save_checkpoint
+    from myriad.training.data import TrainingPool
+    from myriad.training.maps import ExpertMaps
+    from myriad.training.optim import named_trainable, param_groups, schedule, set_lr
+
+    if config.threads:
+        torch.set_num_threads(config.threads)
+    rank, world = _distributed()
+    if config.batch_size % (world * config.grad_accum):
+        from myriad.errors import ConfigError
+
+        raise ConfigError(
+            f"batch_size {config.batch_size} must be divisible by world size {world} x grad_accum {config.grad_accum}"
+        )
+    device = torch.device(config.device)
+    output = Path(config.output_dir)
+    ckpt_dir = output / "checkpoints"
+    torch.manual_seed(config.seed)
+    model = model if model is not None else build_model(config)
+    model.to(device)
+    if config.init_from is not None:
+        from myriad.io import load_tensors
+
+        model.load_trainable_state_dict(load_tensors(config.init_from))
+    model.train()
+
+    pool = TrainingPool(config.data, config.seed)
+    cache_dir = (config.cache_dir or output / "map-cache") if config.maps == "cache" else None
+    maps = ExpertMaps(pool, config.expert, config.expert_config, map_size=model.config.prompt_generators.map_size, cache_dir=cache_dir)
+    if rank == 0:
+        maps.prepare(progress=progress)
+    if world > 1:
+        torch.distributed.barrier()
+
+    result = TrainResult(steps=0)
+    start = 0
+    checkpoint = load_latest(ckpt_dir) if resume else None
+    if checkpoint is not None:
+        model.load_trainable_state_dict(checkpoint.model_state)
+    # The optimizer is built after loading: loading may replace parameter objects.
+    named = named_trainable(model)
+    param_names = {id(p): n for n, p in named}
+    optimizer = torch.optim.AdamW(param_groups(model, config.weight_decay), lr=config.phases[0].lr, betas=config.betas)
+    if checkpoint is not None:
+        restore_optimizer(optimizer, checkpoint.optim_state, param_names)
+        start = checkpoint.step
+        result.losses = list(checkpoint.meta.get("losses", []))[:start]
+        result.routes = list(checkpoint.meta.get("routes", []))[:start]
+
+    engine = model
+    if world > 1:
+        engine = torch.nn.parallel.DistributedDataParallel(model, find_unused_parameters=True)
+    use_amp = config.amp and device.type == "cuda"
+    total = config.total_steps
+    end = total if stop_after is None else min(total, start + stop_after)
+    bar = tqdm(range(start, end), initial=start, total=total, desc="train", unit="step", disable=not progress or rank != 0)
+    began = time.perf_counter()
+    samples = 0
+    for step in bar:
+        phase_index, lr = schedule(step, config.phases)
+        set_lr(optimizer, lr)
+        route, pairs = _step_plan(config, step, len(pool.categories), config.phases[phase_index].routes)
+        use_vpg, use_tpg = ROUTES[route]
+        mine = pairs[rank::world]
+        micro = len(mine) // config.grad_accum
+        torch.manual_seed(config.seed * 1_000_003 + step)
+        step_loss = torch.zeros((), device=device)
+        for m in range(config.grad_accum):
+            chunk = mine[m * micro : (m + 1) * micro]
+            items = [pool.item(c, i, anomalous) for c, i in chunk for anomalous in (False, True)]
+            pixels = model.preprocess([it.image for it in items]).to(device)
+            answer_maps = maps.maps(items).to(device)
+            answers = [ANSWER_ANOMALOUS if it.anomalous else ANSWER_NORMAL for it in items]
+            sync = world > 1 and m < config.grad_accum - 1
+            context = engine.no_sync() if sync else _null()
+            with context, torch.autocast(device.type, dtype=torch.bfloat16, enabled=use_amp):
+                loss = engine(pixels, answer_maps, answers, use_vpg=use_vpg, use_tpg=use_tpg).loss / config.grad_accum
+                loss.backward()
+            step_loss += loss.detach()
+            samples += len(items) * world
+        if config.max_grad_norm:
+            torch.nn.utils.clip_grad_norm_([p for _, p in named], config.max_grad_norm)
+        optimizer.step()
+        optimizer.zero_grad(set_to_none=True)
+        if world > 1:
+            torch.distributed.all_reduce(step_loss)
+            step_loss /= world
+        value = float(step_loss)
+        result.losses.append(value)
+        result.routes.append(route)
+        if on_step is not None:
+            on_step(step, value)
+        elapsed = time.perf_counter() - began
+        bar.set_postfix(loss=f"{value:.3f}", lr=f"{lr:.1e}", img_s=f"{samples / max(elapsed, 1e-9):.2f}")
+        done = step + 1
+        if rank == 0 and (done % config.checkpoint_every == 0 or done == end):
+            meta = {"losses": result.losses, "routes": result.routes, "config": json.loads(config.model_dump_json())}
+            save_checkpoint(ckpt_dir, done, model.trainable_state_dict(), optimizer, param_names, meta, config.keep_checkpoints)
+    bar.close()
+    result.steps = len(result.losses)
+    result.seconds = time.perf_counter() - began
+    if rank == 0 and result.steps == total:
+        from myriad.io import save_tensors
+
+        result.weights = output / FINAL_WEIGHTS
+        save_tensors(
+            {k: v.detach().float() if v.dtype == torch.bfloat16 else v for k, v in model.trainable_state_dict().items()},
+            result.weights,
+            metadata={"preset": config.preset, "steps": str(total), "expert": config.expert},
+        )
+        from myriad.training.curves import plot_losses
+
+        plot_losses(result.losses, result.routes, output / "loss.png")
+    if world > 1:
+        torch.distributed.barrier()
+    return result
+
+
+class _null:
+    def __enter__(self) -> None:
+        return None
+
+    def __exit__(self, *exc: object) -> None:
+        return None

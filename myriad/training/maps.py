@@ -1,0 +1,128 @@
+"""Expert maps for training items: a frozen, calibrated expert per category.
+
+Each category gets a :class:`~myriad.detector.Detector` fitted on its held-apart
+references (few-shot) or on its references as a small training set (one-class).
+Maps are the *calibrated* maps (the documented [0, 1] scale, threshold 0.5) resized
+to the VPG input size, so the LMM never depends on an expert's raw scale.
+
+``mode="cache"`` computes every item's map once and stores it as safetensors under a
+key hashed from everything that changes maps (expert name and config, data config,
+seed, map size, Myriad version): another expert never reuses stale maps.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+from pathlib import Path
+from typing import Any, Sequence
+
+import numpy as np
+
+from myriad.training.data import Item, TrainingPool
+
+
+def cache_key(pool: TrainingPool, expert: str, expert_config: dict, map_size: int) -> str:
+    """Hash of every setting that changes the maps."""
+    from myriad import __version__
+    from myriad.plugins import get_expert_info
+
+    info = get_expert_info(expert)
+    full_config = info.config.model_validate(expert_config).model_dump(mode="json")
+    payload = {
+        "expert": expert,
+        "distribution": info.distribution,
+        "expert_version": info.version,
+        "config": full_config,
+        "data": pool.data.model_dump(mode="json"),
+        "seed": pool.seed,
+        "painted_fraction": pool.painted_fraction,
+        "map_size": map_size,
+        "myriad": __version__,
+    }
+    return hashlib.sha256(json.dumps(payload, sort_keys=True).encode()).hexdigest()[:16]
+
+
+class ExpertMaps:
+    """Calibrated expert maps of training items, online or from a safetensors cache."""
+
+    def __init__(
+        self,
+        pool: TrainingPool,
+        expert: str,
+        expert_config: dict,
+        map_size: int = 224,
+        cache_dir: Path | None = None,
+        batch_size: int = 16,
+    ) -> None:
+        self.pool = pool
+        self.expert = expert
+        self.expert_config = dict(expert_config)
+        self.map_size = map_size
+        self.batch_size = batch_size
+        self.cache_dir = None
+        if cache_dir is not None:
+            self.cache_dir = Path(cache_dir) / cache_key(pool, expert, expert_config, map_size)
+        self._detectors: dict[int, Any] = {}
+        self._cached: dict[int, dict[str, Any]] = {}
+
+    def detector(self, category: int) -> Any:
+        """The calibrated detector of a category (fitted on first use)."""
+        if category not in self._detectors:
+            from myriad.detector import Detector
+
+            detector = Detector(self.expert, self.expert_config)
+            detector.fit(self.pool.references(category))
+            self._detectors[category] = detector
+        return self._detectors[category]
+
+    def _compute(self, category: int, images: Sequence[np.ndarray]) -> np.ndarray:
+        from myriad.images import resize_map
+
+        out = []
+        for start in range(0, len(images), self.batch_size):
+            for det in self.detector(category).detect(list(images[start : start + self.batch_size])):
+                out.append(resize_map(det.anomaly_map, self.map_size, self.map_size))
+        return np.stack(out).astype(np.float16)
+
+    def _category_cache(self, category: int) -> dict[str, Any]:
+        if category in self._cached:
+            return self._cached[category]
+        from myriad.io import atomic_write_text, load_tensors, save_tensors
+
+        assert self.cache_dir is not None
+        path = self.cache_dir / f"{self.pool.categories[category].name}.safetensors"
+        if path.is_file():
+            tensors = load_tensors(path)
+        else:
+            n = self.pool.data.images_per_category
+            normal = [self.pool.item(category, i, False).image for i in range(n)]
+            anomalous = [self.pool.item(category, i, True).image for i in range(n)]
+            tensors = {"normal": self._compute(category, normal), "anomalous": self._compute(category, anomalous)}
+            save_tensors(tensors, path)
+            atomic_write_text(self.cache_dir / "key.json", json.dumps({"expert": self.expert, "config": self.expert_config}, indent=2))
+            tensors = load_tensors(path)
+        self._cached[category] = tensors
+        return tensors
+
+    def prepare(self, progress: bool = True) -> None:
+        """Fill the cache for every category up front (with a progress bar)."""
+        if self.cache_dir is None:
+            return
+        from tqdm.auto import tqdm
+
+        for c in tqdm(range(len(self.pool.categories)), desc="expert maps", unit="category", disable=not progress):
+            self._category_cache(c)
+
+    def maps(self, items: Sequence[Item]) -> "Any":
+        """``B x 1 x S x S`` float32 tensor of calibrated maps for ``items``."""
+        import torch
+
+        rows = []
+        for item in items:
+            if self.cache_dir is not None:
+                cached = self._category_cache(item.category)["anomalous" if item.anomalous else "normal"]
+                rows.append(cached[item.index].float())
+            else:
+                rows.append(torch.from_numpy(self._compute(item.category, [item.image])[0]).float())
+        return torch.stack(rows)[:, None]
