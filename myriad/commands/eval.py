@@ -64,6 +64,9 @@ def _names(values: tuple[str, ...]) -> tuple[str, ...] | None:
 @click.option("--examples", type=click.IntRange(0), default=6, show_default=True, help="Rows of the overlay grid per category.")
 @click.option("--no-plots", is_flag=True, help="Skip the PNG plots.")
 @click.option("--quiet", "-q", is_flag=True, help="No progress bars or summary table.")
+@click.option("--lmm", default=None, metavar="mini|FILE",
+              help="Also evaluate Myriad's text answers: 'mini' (shipped weights) or a trained weights file.")
+@click.option("--ask", default=None, help="Instruction for --lmm instead of the default question.")
 def eval_command(
     expert: str,
     data: Path,
@@ -80,6 +83,8 @@ def eval_command(
     examples: int,
     no_plots: bool,
     quiet: bool,
+    lmm: str | None = None,
+    ask: str | None = None,
 ) -> None:
     """Evaluate an expert: image/pixel AUROC, AUPRO, F1-max and accuracy at the calibrated threshold.
 
@@ -112,7 +117,13 @@ def eval_command(
     def warn(message: str) -> None:
         click.echo(f"warning: {message}", err=True)
 
-    result = evaluate(settings, warn=warn)
+    steps = []
+    if lmm is not None:
+        from myriad.evaluation.lmm_step import LMMStep
+        from myriad.inspection import load_lmm
+
+        steps.append(LMMStep(load_lmm(lmm, device or "cpu"), instruction=ask, device=device or "cpu"))
+    result = evaluate(settings, steps=steps, warn=warn)
     report = write_outputs(result, output, plots=not no_plots)
     if not quiet:
         from myriad.evaluation.report import markdown

@@ -1,0 +1,114 @@
+"""``myriad inspect``: the main job — expert maps + Myriad's answers for a folder of images."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+import click
+
+
+def collect_images(sources: tuple[Path, ...] | list[Path], what: str) -> tuple[list[Path], list[tuple[Path, str]]]:
+    """Readable image files from files/folders, and (path, reason) for each one skipped."""
+    from myriad.errors import ImageError
+    from myriad.images import is_image_file, list_images, load_image
+
+    candidates: list[Path] = []
+    for source in sources:
+        if source.is_dir():
+            candidates += list_images(source)
+        elif source.is_file():
+            candidates.append(source)
+        else:
+            raise click.UsageError(f"{what}: {source} does not exist")
+    readable, skipped = [], []
+    for path in candidates:
+        if not is_image_file(path):
+            skipped.append((path, "not an image file suffix"))
+            continue
+        try:
+            load_image(path)
+        except ImageError as exc:
+            skipped.append((path, str(exc)))
+            continue
+        readable.append(path)
+    return readable, skipped
+
+
+@click.command("inspect")
+@click.argument("images", nargs=-1, required=True, type=click.Path(path_type=Path))
+@click.option("--normal", "normal", multiple=True, type=click.Path(path_type=Path), help="Normal reference images or folders (repeatable).")
+@click.option("--expert", default="patchcore", show_default=True, help="Expert plugin to use (see `myriad experts`).")
+@click.option("--config", "config_json", default=None, help="Expert options as JSON (or a JSON file).")
+@click.option("--ask", default=None, help="Instruction to send instead of the default question.")
+@click.option("--output", "-o", type=click.Path(path_type=Path), default=Path("myriad-output"), show_default=True)
+@click.option("--lmm", default="mini", show_default=True, help="'mini' (shipped weights), a weights file, or 'none' (expert only).")
+@click.option("--batch-size", "-b", default=8, show_default=True, type=int)
+@click.option("--device", default="cpu", show_default=True)
+def inspect_command(images, normal, expert, config_json, ask, output, lmm, batch_size, device) -> None:
+    """Fit EXPERT on --normal images, then inspect IMAGES (files or folders).
+
+    Prints one line per image and writes OUTPUT/results.jsonl and OUTPUT/<image>_overlay.png.
+    """
+    from myriad.evaluation.overlay import overlay
+    from myriad.inspection import Inspector
+    from myriad.io import atomic_path, atomic_write_text
+
+    config = _parse_config(config_json)
+    test_paths, skipped = collect_images(images, "IMAGES")
+    normal_paths, skipped_normal = collect_images(normal, "--normal") if normal else ([], [])
+    for path, reason in skipped + skipped_normal:
+        click.echo(f"warning: skipped {path}: {reason}", err=True)
+    if not test_paths:
+        raise click.ClickException(f"no readable images to inspect in {', '.join(map(str, images))}")
+    inspector = Inspector(expert, config, lmm=lmm, device=device)
+    if normal_paths:
+        inspector.fit(normal_paths)
+    elif normal:
+        raise click.ClickException(f"no readable normal images in {', '.join(map(str, normal))}")
+    output.mkdir(parents=True, exist_ok=True)
+    overlay_names = _overlay_names(test_paths)
+    records = []
+    from PIL import Image
+
+    for start in range(0, len(test_paths), batch_size):
+        batch = test_paths[start : start + batch_size]
+        for path, result in zip(batch, inspector.inspect(batch, ask=ask, names=[str(p) for p in batch])):
+            flag = result.decision.upper()
+            answer = f' "{result.answer}"' if result.answer else ""
+            click.echo(f"{path.name}: {flag} (expert score {result.score:.2f}, threshold {result.threshold:.2f}){answer}")
+            caption = f"{result.decision} ({result.score:.2f})" + (f": {result.answer}" if result.answer else "")
+            overlay_path = output / overlay_names[path]
+            with atomic_path(overlay_path) as tmp:
+                Image.fromarray(overlay(result.pixels, result.anomaly_map, caption=caption)).save(tmp, format="PNG")
+            records.append({**result.as_record(), "overlay": overlay_path.name})
+    atomic_write_text(output / "results.jsonl", "".join(json.dumps(r) + "\n" for r in records))
+    click.echo(f"wrote {output / 'results.jsonl'} ({len(records)} images) and overlays in {output}")
+
+
+def _overlay_names(paths: list[Path]) -> dict[Path, str]:
+    """``<stem>_overlay.png``, prefixed by parent folders where stems collide (e.g. MVTec's 000.png)."""
+    from collections import Counter
+
+    stems = Counter(p.stem for p in paths)
+    names = {}
+    for p in paths:
+        if stems[p.stem] == 1:
+            names[p] = f"{p.stem}_overlay.png"
+        else:
+            names[p] = "_".join([*p.parent.parts[-2:], p.stem]).lstrip("/").replace("/", "_") + "_overlay.png"
+    return names
+
+
+def _parse_config(value: str | None) -> dict:
+    if not value:
+        return {}
+    path = Path(value)
+    text = path.read_text() if path.is_file() else value
+    try:
+        data = json.loads(text)
+    except json.JSONDecodeError as exc:
+        raise click.BadParameter(f"not valid JSON: {exc}", param_hint="--config") from exc
+    if not isinstance(data, dict):
+        raise click.BadParameter("must be a JSON object", param_hint="--config")
+    return data

@@ -1,0 +1,210 @@
+"""Inspect images: a calibrated expert finds anomalies, Myriad answers in text.
+
+The Python API behind ``myriad inspect``::
+
+    from myriad.inspection import Inspector
+
+    inspector = Inspector(expert="patchcore").fit(["refs/good1.png", "refs/good2.png"])
+    for result in inspector.inspect(["parts/0001.png"]):
+        print(result.decision, result.score, result.answer)
+    print(inspector.follow_up(result, "Where is the defect?"))
+"""
+
+from __future__ import annotations
+
+import time
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import TYPE_CHECKING, Any, Sequence
+
+from myriad.calibration import DECISION_THRESHOLD
+from myriad.errors import ConfigError, WeightsError
+
+if TYPE_CHECKING:  # pragma: no cover
+    import numpy as np
+
+#: The shipped trainable weights of the ``mini`` preset (see myriad/weights/MODEL_CARD.md).
+SHIPPED_MINI_WEIGHTS = Path(__file__).resolve().parent / "weights" / "myriad-mini.safetensors"
+#: Few-shot when at most this many normal images are given (and the expert supports both modes).
+FEW_SHOT_MAX = 16
+
+
+@dataclass
+class InspectionResult:
+    """One image's outcome (the fields of ``results.jsonl``)."""
+
+    image: str
+    expert: str
+    mode: str
+    score: float
+    threshold: float
+    expert_decision: str
+    decision: str
+    answer: str
+    timings_ms: dict[str, float]
+    anomaly_map: "np.ndarray | None" = field(default=None, repr=False)
+    pixels: "np.ndarray | None" = field(default=None, repr=False)
+
+    def as_record(self) -> dict[str, Any]:
+        """The JSON-serialisable record (maps and pixels left out)."""
+        return {
+            "image": self.image,
+            "expert": self.expert,
+            "mode": self.mode,
+            "score": round(self.score, 6),
+            "threshold": self.threshold,
+            "expert_decision": self.expert_decision,
+            "decision": self.decision,
+            "answer": self.answer,
+            "timings_ms": {k: round(v, 2) for k, v in self.timings_ms.items()},
+        }
+
+
+def choose_mode(expert: str, config: dict, num_normal: int) -> dict:
+    """Pick few-shot or one-class by the number of normal images, unless the config says."""
+    from myriad.experts import Mode
+    from myriad.plugins import get_expert_info
+
+    info = get_expert_info(expert)
+    config = dict(config)
+    if "mode" not in config and "mode" in info.config.model_fields:
+        if Mode.FEW_SHOT in info.modes and (num_normal <= FEW_SHOT_MAX or Mode.ONE_CLASS not in info.modes):
+            config["mode"] = Mode.FEW_SHOT.value
+        elif Mode.ONE_CLASS in info.modes:
+            config["mode"] = Mode.ONE_CLASS.value
+    return config
+
+
+def load_lmm(lmm: str | Path | None = "mini", device: str = "cpu") -> Any:
+    """The Myriad model: ``"mini"`` (shipped weights), a path to trained ``mini`` weights, or None."""
+    if lmm is None or lmm == "none":
+        return None
+    from myriad.io import load_tensors
+    from myriad.lmm.model import MyriadLMM
+
+    weights = SHIPPED_MINI_WEIGHTS if lmm == "mini" else Path(lmm)
+    if not weights.is_file():
+        if lmm == "mini":
+            raise WeightsError(
+                f"{weights}: the shipped weights of the mini preset are missing; reinstall myriad or train them "
+                "with `myriad train --config benchmarks/train/mini.toml`"
+            )
+        raise WeightsError(f"{weights}: trained Myriad weights not found")
+    model = MyriadLMM.mini()
+    model.load_trainable_state_dict(load_tensors(weights))
+    return model.to(device).eval()
+
+
+class Inspector:
+    """A calibrated expert plus (optionally) the Myriad LMM."""
+
+    def __init__(
+        self,
+        expert: str = "patchcore",
+        expert_config: dict | None = None,
+        lmm: str | Path | None = "mini",
+        device: str = "cpu",
+        model: Any = None,
+    ) -> None:
+        self.expert_name = expert
+        self.expert_config = dict(expert_config or {})
+        self.device = device
+        self.detector: Any = None
+        self.model = model if model is not None else load_lmm(lmm, device)
+
+    def fit(self, normal_images: Sequence["np.ndarray | str | Path"]) -> "Inspector":
+        """Fit and calibrate the expert on normal images (paths or RGB arrays)."""
+        from myriad.detector import Detector
+        from myriad.images import check_batch
+
+        images = check_batch(normal_images, what="normal images")
+        config = choose_mode(self.expert_name, self.expert_config, len(images))
+        from myriad.plugins import get_expert_info
+
+        if "device" in get_expert_info(self.expert_name).config.model_fields and "device" not in config:
+            config["device"] = self.device
+        self.detector = Detector(self.expert_name, config).fit(images)
+        return self
+
+    @property
+    def mode(self) -> str:
+        """The active expert's mode."""
+        if self.detector is None:
+            raise ConfigError("call fit() before inspecting")
+        return self.detector.mode
+
+    def inspect(
+        self, images: Sequence["np.ndarray | str | Path"], ask: str | None = None, names: Sequence[str] | None = None
+    ) -> list[InspectionResult]:
+        """Score a batch with the expert and answer ``ask`` (default: the paper's question) with Myriad."""
+        import numpy as np
+
+        from myriad.images import check_batch, resize_map
+
+        if self.detector is None:
+            if not self._zero_shot():
+                raise ConfigError(f"expert {self.expert_name!r} must be fitted on normal images first (fit())")
+            from myriad.detector import Detector
+
+            self.detector = Detector(self.expert_name, self.expert_config)
+        names = list(names) if names is not None else [str(i) if isinstance(i, (str, Path)) else f"image-{k}" for k, i in enumerate(images)]
+        pixels = check_batch(images)
+        t0 = time.perf_counter()
+        detections = self.detector.detect(pixels)
+        expert_ms = (time.perf_counter() - t0) * 1000 / len(pixels)
+        answers: list[str] = [""] * len(pixels)
+        decisions = ["anomalous" if d.anomalous else "normal" for d in detections]
+        lmm_ms = 0.0
+        if self.model is not None:
+            import torch
+
+            from myriad.lmm.prompting import parse_answer
+
+            t1 = time.perf_counter()
+            size = self.model.config.prompt_generators.map_size
+            maps = torch.from_numpy(np.stack([resize_map(d.anomaly_map, size, size) for d in detections]))[:, None]
+            batch = self.model.preprocess(pixels).to(self.device)
+            with torch.inference_mode():
+                answers = self.model.generate(batch, maps.to(self.device), ask)
+            decisions = [parse_answer(a) for a in answers]
+            lmm_ms = (time.perf_counter() - t1) * 1000 / len(pixels)
+        results = []
+        for name, image, det, answer, decision in zip(names, pixels, detections, answers, decisions):
+            expert_decision = "anomalous" if det.anomalous else "normal"
+            results.append(
+                InspectionResult(
+                    image=name,
+                    expert=self.expert_name,
+                    mode=self.detector.mode,
+                    score=det.score,
+                    threshold=DECISION_THRESHOLD,
+                    expert_decision=expert_decision,
+                    decision=decision if self.model is not None else expert_decision,
+                    answer=answer,
+                    timings_ms={"expert": expert_ms, "lmm": lmm_ms, "total": expert_ms + lmm_ms},
+                    anomaly_map=det.anomaly_map,
+                    pixels=image,
+                )
+            )
+        return results
+
+    def follow_up(self, result: InspectionResult, question: str, conversation: Any = None) -> tuple[str, Any]:
+        """Ask a follow-up about an inspected image; returns (answer, conversation to continue)."""
+        import numpy as np
+        import torch
+
+        from myriad.images import resize_map
+
+        if self.model is None:
+            raise ConfigError("follow-up questions need the Myriad LMM (lmm='mini' or a weights path)")
+        if conversation is None:
+            size = self.model.config.prompt_generators.map_size
+            amap = torch.from_numpy(resize_map(np.asarray(result.anomaly_map), size, size))[None, None]
+            conversation = self.model.start_conversation(self.model.preprocess([result.pixels]).to(self.device), amap.to(self.device))
+        return self.model.chat(conversation, question), conversation
+
+    def _zero_shot(self) -> bool:
+        from myriad.experts import Mode
+        from myriad.plugins import get_expert_info
+
+        return get_expert_info(self.expert_name).modes == (Mode.ZERO_SHOT,)

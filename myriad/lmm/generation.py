@@ -1,0 +1,153 @@
+"""Batched decoding from input embeddings with a KV cache and a stop string.
+
+Sequences are left-padded (zero embeddings, attention mask 0); positions count only
+real tokens, so a padded row generates exactly what it would alone. Greedy by
+default; ``do_sample`` enables temperature / top-p sampling.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from typing import Any, Callable, Sequence
+
+import torch
+
+__all__ = ["GenerationResult", "generate_from_embeds", "left_pad"]
+
+#: Tokens decoded at the end of a sequence to look for the stop string.
+_STOP_WINDOW = 8
+
+
+@dataclass
+class GenerationResult:
+    """Texts (cut before the stop string, stripped), token ids and why each sequence ended.
+
+    ``token_ids`` are the raw generated ids: EOS excluded, the stop string's tokens included.
+    """
+
+    texts: list[str]
+    token_ids: list[list[int]]
+    finish_reasons: list[str]  # "stop" | "eos" | "length" | "decided"
+    prompt_lengths: list[int]
+
+
+def left_pad(sequences: Sequence[torch.Tensor]) -> tuple[torch.Tensor, torch.Tensor]:
+    """Stack ``T_i x H`` embeddings into ``B x T x H`` (zeros on the left) and a ``B x T`` mask."""
+    longest = max(s.shape[0] for s in sequences)
+    first = sequences[0]
+    embeds = first.new_zeros(len(sequences), longest, first.shape[-1])
+    mask = torch.zeros(len(sequences), longest, dtype=torch.long, device=first.device)
+    for i, s in enumerate(sequences):
+        embeds[i, longest - s.shape[0] :] = s
+        mask[i, longest - s.shape[0] :] = 1
+    return embeds, mask
+
+
+def _sample(logits: torch.Tensor, temperature: float, top_p: float, generator: torch.Generator | None) -> torch.Tensor:
+    probs = torch.softmax(logits.float() / max(temperature, 1e-5), dim=-1)
+    if top_p < 1.0:
+        sorted_probs, order = probs.sort(dim=-1, descending=True)
+        keep = sorted_probs.cumsum(-1) - sorted_probs < top_p  # always keeps the top token
+        sorted_probs = sorted_probs * keep
+        choice = torch.multinomial(sorted_probs / sorted_probs.sum(-1, keepdim=True), 1, generator=generator)
+        return order.gather(-1, choice).squeeze(-1)
+    return torch.multinomial(probs, 1, generator=generator).squeeze(-1)
+
+
+def _cache_names(language_model: Any) -> tuple[str, str]:
+    """(forward keyword, output attribute) of the KV cache: ``cache`` in transformers >= 5.2x, else ``past_key_values``."""
+    import inspect
+
+    params = inspect.signature(language_model.forward).parameters
+    return ("cache", "cache") if "cache" in params else ("past_key_values", "past_key_values")
+
+
+@torch.no_grad()
+def generate_from_embeds(
+    language_model: Any,
+    tokenizer: Any,
+    embeds: torch.Tensor,
+    attention_mask: torch.Tensor,
+    *,
+    max_new_tokens: int,
+    stop: str | None,
+    eos_token_id: int | None,
+    do_sample: bool = False,
+    temperature: float = 1.0,
+    top_p: float = 1.0,
+    generator: torch.Generator | None = None,
+    stop_fn: Callable[[str], bool] | None = None,
+    min_new_tokens: int = 0,
+) -> GenerationResult:
+    """Decode up to ``max_new_tokens`` per row of a left-padded embedding batch.
+
+    A row ends at EOS, when its decoded text contains ``stop`` (the text is cut before
+    it), when ``stop_fn(text)`` is true (``decided``), or at the length limit. Before
+    ``min_new_tokens`` tokens, EOS is suppressed and stops are not checked (benchmarks).
+    """
+    batch = embeds.shape[0]
+    cache_kw, cache_attr = _cache_names(language_model)
+    position_ids = (attention_mask.cumsum(-1) - 1).clamp(min=0)
+    out = language_model(
+        inputs_embeds=embeds,
+        attention_mask=attention_mask,
+        position_ids=position_ids,
+        use_cache=True,
+        logits_to_keep=1,
+    )
+    cache = getattr(out, cache_attr)
+    logits = out.logits[:, -1, :]
+    generated: list[list[int]] = [[] for _ in range(batch)]
+    reasons: list[str | None] = [None] * batch
+    next_pos = position_ids[:, -1:] + 1
+    mask = attention_mask
+    pad_id = eos_token_id if eos_token_id is not None else 0
+    for step in range(max_new_tokens):
+        early = step < min_new_tokens
+        if early and eos_token_id is not None:
+            logits = logits.clone()
+            logits[:, eos_token_id] = float("-inf")
+        if do_sample:
+            tokens = _sample(logits, temperature, top_p, generator)
+        else:
+            tokens = logits.argmax(dim=-1)
+        token_list = tokens.tolist()
+        for i in range(batch):
+            if reasons[i] is not None:
+                continue
+            tok = token_list[i]
+            if eos_token_id is not None and tok == eos_token_id:
+                reasons[i] = "eos"
+                continue
+            generated[i].append(tok)
+            if not early and (stop or stop_fn is not None):
+                tail = tokenizer.decode(generated[i][-_STOP_WINDOW:], skip_special_tokens=False)
+                if stop and stop in tail:
+                    reasons[i] = "stop"
+                elif stop_fn is not None and stop_fn(tokenizer.decode(generated[i], skip_special_tokens=True)):
+                    reasons[i] = "decided"
+        if all(r is not None for r in reasons) or step == max_new_tokens - 1:
+            break
+        feed = torch.tensor(
+            [t if reasons[i] is None else pad_id for i, t in enumerate(token_list)], device=embeds.device
+        ).unsqueeze(1)
+        mask = torch.cat([mask, mask.new_ones(batch, 1)], dim=1)
+        out = language_model(
+            input_ids=feed,
+            attention_mask=mask,
+            position_ids=next_pos,
+            use_cache=True,
+            **{cache_kw: cache},
+        )
+        cache = getattr(out, cache_attr)
+        logits = out.logits[:, -1, :]
+        next_pos = next_pos + 1
+    texts = []
+    for i in range(batch):
+        if reasons[i] is None:
+            reasons[i] = "length"
+        text = tokenizer.decode(generated[i], skip_special_tokens=True)
+        if stop and stop in text:
+            text = text[: text.index(stop)]
+        texts.append(text.strip())
+    return GenerationResult(texts, generated, [str(r) for r in reasons], attention_mask.sum(-1).tolist())

@@ -1,0 +1,118 @@
+"""The MuSc expert: zero-shot and transductive (it scores a batch of images against each other).
+
+``predict(images)`` needs at least two images: every image is scored by its patches'
+distances to the OTHER images of the same batch, so a single image has nothing to be
+compared with and raises :class:`myriad.errors.MyriadError`. Give it the whole test
+set of one product (the paper scores each MVTec class's test split at once); results
+depend on the batch. Nothing is fitted and nothing is saved but the config.
+"""
+
+from __future__ import annotations
+
+from typing import TYPE_CHECKING
+
+from myriad.experts import Expert, Prediction
+from myriad_experts_musc.plugin import MuScConfig
+
+if TYPE_CHECKING:  # pragma: no cover
+    import numpy as np
+    import torch
+
+    from myriad_experts_musc.backbones import CnnTokens, OpenClipTokens, TimmVitTokens
+
+
+class MuScExpert(Expert):
+    """Zero-shot MuSc: LNAMD + mutual scoring + RsCIN over one batch."""
+
+    Config = MuScConfig
+    transductive = True
+    min_batch = 2
+
+    def __init__(self, config: MuScConfig) -> None:
+        super().__init__(config, config.mode)
+        self._backbone: "CnnTokens | OpenClipTokens | TimmVitTokens | None" = None
+
+    # -- pieces -------------------------------------------------------------------
+    @property
+    def backbone(self) -> "CnnTokens | OpenClipTokens | TimmVitTokens":
+        """The token backbone, built (and its weights loaded) on first use."""
+        if self._backbone is None:
+            from myriad_experts_musc.backbones import build_backbone
+
+            self._backbone = build_backbone(self.config)
+        return self._backbone
+
+    @property
+    def image_size(self) -> int:
+        """Square size images are resized to."""
+        backbone = self.backbone
+        return int(self.config.image_size or getattr(backbone, "image_size", None) or backbone.default_image_size)
+
+    def extract(self, images: list["np.ndarray"]) -> tuple[list["torch.Tensor"], "torch.Tensor"]:
+        """Per-layer grids (``N x C x h x w``, float16 on the CPU) and ``N x D`` image embeddings."""
+        import torch
+        from tqdm.auto import tqdm
+
+        from myriad.images import to_tensor
+
+        backbone, size, step = self.backbone, self.image_size, self.config.batch_size
+        layers: list[list[torch.Tensor]] = []
+        embeddings = []
+        bar = tqdm(total=len(images), desc="MuSc features", unit="img", disable=not self.config.progress, leave=False)
+        for start in range(0, len(images), step):
+            chunk = images[start : start + step]
+            grids, embedding = backbone(to_tensor(chunk, size, backbone.normalisation, interpolation="bicubic"))
+            if not layers:
+                layers = [[] for _ in grids]
+            for store, grid in zip(layers, grids):
+                store.append(grid.detach().to("cpu", torch.float16))
+            embeddings.append(embedding.detach().float().cpu())
+            bar.update(len(chunk))
+        bar.close()
+        return [torch.cat(store) for store in layers], torch.cat(embeddings)
+
+    def score_maps(self, grids: list["torch.Tensor"]) -> "torch.Tensor":
+        """``N x h x w`` patch-score maps: mutual scoring averaged over layers, then over ``r``."""
+        import torch
+        from tqdm.auto import tqdm
+
+        from myriad_experts_musc.scoring import lnamd, mutual_scores, num_pairs
+
+        cfg = self.config
+        device = torch.device(cfg.device)
+        n = grids[0].shape[0]
+        grid = tuple(int(s) for s in grids[0].shape[-2:])  # the shallowest layer's grid
+        total = len(cfg.r_list) * len(grids) * num_pairs(n)
+        bar = tqdm(total=total, desc="MuSc mutual scoring", unit="pair", disable=not cfg.progress, leave=False)
+        per_r = []
+        for r in cfg.r_list:
+            per_layer = torch.zeros(n, grid[0] * grid[1], dtype=torch.float64)
+            for raw in grids:
+                z = torch.empty(n, grid[0] * grid[1], raw.shape[1], dtype=torch.float32, device=device)
+                for start in range(0, n, cfg.batch_size):  # LNAMD in chunks: bounded memory
+                    part = raw[start : start + cfg.batch_size].to(device)
+                    z[start : start + part.shape[0]] = lnamd(part, r, grid)
+                per_layer += mutual_scores(z, cfg.topmin, cfg.chunk_mb * 2**20, progress=bar.update).double().cpu()
+                del z
+            per_r.append(per_layer / len(grids))
+        bar.close()
+        return (torch.stack(per_r).mean(dim=0)).float().reshape(n, *grid)
+
+    # -- the expert contract ----------------------------------------------------------
+    def _predict(self, images: list["np.ndarray"]) -> list[Prediction]:
+        import numpy as np
+        import torch
+        import torch.nn.functional as F
+
+        from myriad_experts_musc.scoring import rscin
+
+        grids, embeddings = self.extract(images)
+        maps = self.score_maps(grids)
+        # Image score: the maximum of the map (bilinear, align_corners=True keeps the grid maximum), then RsCIN.
+        scores = rscin(maps.flatten(1).amax(dim=1).double(), embeddings, self.config.rscin_k)
+        out = []
+        for image, grid_map, score in zip(images, maps, scores):
+            h, w = image.shape[:2]
+            full = F.interpolate(grid_map[None, None], size=(h, w), mode="bilinear", align_corners=True)[0, 0]
+            out.append(Prediction(anomaly_map=full.numpy().astype(np.float32), score=float(score)))
+        return out

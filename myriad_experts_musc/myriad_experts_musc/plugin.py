@@ -1,0 +1,80 @@
+"""Registers the ``musc`` expert. Only cheap imports here: discovery must stay instant."""
+
+from __future__ import annotations
+
+from typing import Any, Literal
+
+from pydantic import BaseModel, ConfigDict, Field, field_validator
+
+from myriad import hookimpl
+
+#: The embedded ImageNet CNN (ships with Myriad, so MuSc runs without any download).
+EMBEDDED_BACKBONE = "efficientnet_lite0"
+
+
+class MuScConfig(BaseModel):
+    """Settings of the MuSc expert (defaults: the embedded EfficientNet-Lite0, MVTec settings)."""
+
+    model_config = ConfigDict(extra="forbid")
+
+    mode: Literal["zero_shot"] = "zero_shot"
+    backbone: str = Field(
+        EMBEDDED_BACKBONE,
+        description=(
+            "'efficientnet_lite0' (embedded), another timm CNN name (needs `weights`), "
+            "'open_clip:<arch>' (e.g. open_clip:ViT-L-14-336) or 'timm:<vit>' (e.g. timm:vit_large_patch14_dinov2)"
+        ),
+    )
+    weights: str | None = Field(None, description="local weights file of the backbone (none for the embedded CNN)")
+    image_size: int | None = Field(
+        None, ge=16, le=2048, description="square input size; None: 320 for CNNs, 518 for patch-14 ViTs, else native"
+    )
+    layers: list[int] | None = Field(
+        None,
+        description="CNN: stage indices (timm out_indices); ViT: 1-indexed blocks. None: (1, 2, 3) for CNNs, "
+        "the blocks at 1/4, 1/2, 3/4 and all of the depth for ViTs (6/12/18/24 for ViT-L)",
+    )
+    r_list: list[int] = Field([1, 3, 5], min_length=1, description="LNAMD aggregation degrees (odd)")
+    topmin: float = Field(0.3, gt=0.0, le=1.0, description="fraction of the other images averaged (lowest distances)")
+    rscin_k: list[int] = Field([1, 2, 3], description="RsCIN k-list ([1, 2, 3] MVTec, [1, 8, 9] VisA); [] disables")
+    chunk_mb: int = Field(512, ge=1, description="memory budget of one block of the N^2 mutual-scoring step")
+    batch_size: int = Field(8, ge=1, description="images per backbone forward pass")
+    device: str = Field("cpu", description="torch device, e.g. 'cpu' or 'cuda:0'")
+    progress: bool = Field(True, description="show tqdm progress bars")
+    quick_gelu: bool = Field(True, description="open_clip: QuickGELU activations (True for OpenAI weights)")
+    architecture: dict[str, Any] | None = Field(
+        None, description="override of the named architecture (open_clip model config or timm kwargs), e.g. for tests"
+    )
+
+    @field_validator("r_list")
+    @classmethod
+    def _odd(cls, value: list[int]) -> list[int]:
+        if any(r < 1 or r % 2 == 0 for r in value):
+            raise ValueError(f"r_list must hold odd positive integers, got {value}")
+        return value
+
+    @field_validator("rscin_k")
+    @classmethod
+    def _non_negative(cls, value: list[int]) -> list[int]:
+        if any(k < 0 for k in value):
+            raise ValueError(f"rscin_k must hold non-negative integers, got {value}")
+        return value
+
+    @field_validator("layers")
+    @classmethod
+    def _layers(cls, value: list[int] | None) -> list[int] | None:
+        if value is not None and (not value or len(set(value)) != len(value) or min(value) < 0):
+            raise ValueError(f"layers must be distinct non-negative integers, got {value}")
+        return value
+
+
+@hookimpl
+def register_experts(register):  # type: ignore[no-untyped-def]
+    register(
+        "musc",
+        factory="myriad_experts_musc.expert:MuScExpert",
+        config=MuScConfig,
+        modes=["zero_shot"],
+        description="MuSc: zero-shot maps by mutual scoring of a batch of unlabeled images (transductive, >= 2 images).",
+        transductive=True,
+    )

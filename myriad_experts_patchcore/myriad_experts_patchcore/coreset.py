@@ -1,0 +1,195 @@
+"""Greedy k-center coreset selection that never builds an N x N matrix.
+
+PatchCore keeps a subset of the training patches that covers all of them: the
+greedy k-center rule (Gonzalez) repeatedly adds the point farthest from the
+points chosen so far. Distances are measured on a random Gaussian projection of
+the features to ``projection_dim`` (128) dimensions, as in the paper.
+
+The naive loop updates a running min-distance vector of all N points after every
+pick: ``M`` passes over ``N x d`` floats, which is what makes coreset selection
+crawl (or, in the "exact" variant that builds an N x N matrix, run out of memory)
+on a CPU with thousands of images. This implementation gives *the same picks* as
+the naive loop but does far less work:
+
+- **lazy picks in blocks**: min-distances only shrink, so the running vector is an
+  upper bound. Each block takes the ``pool`` points with the largest bounds, keeps
+  their exact values up to date against the centers picked in this block (a
+  ``pool x d`` update per pick) and picks from them while the best exact value is
+  at least the largest bound outside the pool; that proves it is the global
+  farthest point. Every ``block`` picks, all points are refreshed against the
+  block's centers with one chunked matrix product;
+- **triangle-inequality pruning**: a new center ``c`` was at squared distance
+  ``>= v_c`` from every older center, so a point whose squared distance to its
+  nearest older center is ``<= v_c / 4`` cannot get closer to ``c``. Such points are
+  skipped in the refresh; as the radius shrinks most points are.
+
+Memory: the projected points (``N x projection_dim`` float32) plus O(N) vectors
+and ``chunk x block`` scratch.
+"""
+
+from __future__ import annotations
+
+import math
+from typing import TYPE_CHECKING
+
+if TYPE_CHECKING:  # pragma: no cover
+    import numpy as np
+    import torch
+
+#: Rows per chunk of distance computations (chunk x block floats of scratch, sized for the CPU cache).
+DEFAULT_CHUNK = 4096
+
+
+def projection_matrix(in_dim: int, out_dim: int, seed: int = 0) -> "torch.Tensor":
+    """Seeded Gaussian random projection ``in_dim x out_dim`` (entries N(0, 1/out_dim))."""
+    import torch
+
+    generator = torch.Generator().manual_seed(int(seed))
+    return torch.randn(in_dim, out_dim, generator=generator) / math.sqrt(out_dim)
+
+
+def project(features: "np.ndarray | torch.Tensor", out_dim: int, seed: int = 0, chunk: int = DEFAULT_CHUNK) -> "torch.Tensor":
+    """Random projection of ``N x D`` features to ``N x out_dim`` float32 (no-op when ``D <= out_dim`` or ``out_dim <= 0``)."""
+    import torch
+
+    x = torch.as_tensor(features)
+    n, d = x.shape
+    if out_dim <= 0 or d <= out_dim:
+        return x.float().contiguous()
+    matrix = projection_matrix(d, out_dim, seed)
+    out = torch.empty(n, out_dim, dtype=torch.float32)
+    for start in range(0, n, chunk):
+        out[start : start + chunk] = x[start : start + chunk].float() @ matrix
+    return out
+
+
+def _sq_dist(x: "torch.Tensor", x_norm: "torch.Tensor", centers: "torch.Tensor", c_norm: "torch.Tensor") -> "torch.Tensor":
+    """Squared distances ``len(x) x len(centers)`` via ``|x|^2 - 2 x.c + |c|^2`` (clamped at 0)."""
+    import torch
+
+    d = torch.addmm(c_norm[None, :], x, centers.T, beta=1.0, alpha=-2.0)
+    d += x_norm[:, None]
+    return d.clamp_(min=0.0)
+
+
+def greedy_k_center(
+    points: "torch.Tensor",
+    size: int,
+    start: int = 0,
+    block: int = 128,
+    pool: int = 1024,
+    chunk: int = DEFAULT_CHUNK,
+    progress: bool = False,
+) -> "torch.Tensor":
+    """Indices of ``size`` points picked by greedy k-center (farthest-first), in pick order.
+
+    Same picks as the naive loop (start at ``start``; repeatedly take the point with
+    the largest squared distance to its nearest pick; exact ties aside) without any
+    ``N x N`` or ``N x size`` matrix. ``points`` is ``N x d`` float32.
+    """
+    import torch
+    from tqdm.auto import tqdm
+
+    x = points.float().contiguous()
+    n, dim = x.shape
+    if not 0 < size <= n:
+        raise ValueError(f"coreset size must be in 1..{n}, got {size}")
+    if not 0 <= start < n:
+        raise ValueError(f"start index {start} out of range for {n} points")
+    x_norm = (x * x).sum(dim=1)
+    picks = torch.empty(size, dtype=torch.long)
+    centers = torch.empty(size, dim, dtype=torch.float32)  # picked points, contiguous
+    centers_norm = torch.empty(size, dtype=torch.float32)
+    min_dist = torch.empty(n, dtype=torch.float32)  # squared distance to the nearest pick (-inf: picked)
+    bar = tqdm(total=size, desc="coreset", unit="pt", disable=not progress, leave=False)
+    try:
+        picks[0], centers[0], centers_norm[0] = start, x[start], x_norm[start]
+        for s in range(0, n, chunk):
+            min_dist[s : s + chunk] = _sq_dist(x[s : s + chunk], x_norm[s : s + chunk], centers[:1], centers_norm[:1])[:, 0]
+        min_dist[start] = -math.inf
+        bar.update(1)
+        count = 1
+        pool_size = max(pool, block)
+        while count < size:
+            # 1. lazy picks: exact values for the `k` largest upper bounds, kept current in-block
+            k = min(pool_size, n)
+            bounds, cand = torch.topk(min_dist, k, sorted=True)
+            outside_bound = float(bounds[-1]) if k < n else -math.inf
+            values = bounds.clone()
+            xc, xc_norm = x[cand], x_norm[cand]
+            first = count
+            while count - first < block and count < size:
+                j = int(torch.argmax(values))
+                if float(values[j]) < outside_bound:  # a point outside the pool may be farther
+                    break
+                c = int(cand[j])
+                picks[count], centers[count], centers_norm[count] = c, x[c], x_norm[c]
+                count += 1
+                d = torch.mv(xc, x[c]).mul_(-2.0).add_(xc_norm).add_(x_norm[c])  # matrix-vector: fast
+                torch.minimum(values, d.clamp_(min=0.0), out=values)
+                values[j] = -math.inf
+            # 2. refresh every point against the block's picks: one matrix product per chunk
+            _refresh(x, x_norm, min_dist, centers[first:count], centers_norm[first:count], chunk)
+            min_dist[picks[first:count]] = -math.inf
+            bar.update(count - first)
+    finally:
+        bar.close()
+    return picks
+
+
+def _refresh(
+    x: "torch.Tensor",
+    x_norm: "torch.Tensor",
+    min_dist: "torch.Tensor",
+    new: "torch.Tensor",
+    new_norm: "torch.Tensor",
+    chunk: int,
+) -> None:
+    """``min_dist = min(min_dist, squared distance to the new picks)``, in cache-sized chunks.
+
+    ``|x|^2`` is constant per row, so it is added after the row minimum:
+    ``min_c(|x|^2 - 2 x.c + |c|^2) = |x|^2 + min_c(|c|^2 - 2 x.c)``.
+    """
+    import torch
+
+    scratch = torch.empty(min(chunk, x.shape[0]), new.shape[0], dtype=torch.float32)
+    for s in range(0, x.shape[0], chunk):
+        rows = slice(s, s + chunk)
+        part = scratch[: min(chunk, x.shape[0] - s)]
+        torch.addmm(new_norm[None, :], x[rows], new.T, beta=1.0, alpha=-2.0, out=part)
+        best = part.min(dim=1).values
+        best += x_norm[rows]
+        torch.minimum(min_dist[rows], best.clamp_(min=0.0), out=min_dist[rows])
+
+
+def coreset_size(n: int, ratio: float, max_size: int | None = None) -> int:
+    """Number of points kept: ``ceil(ratio * n)``, at least 1, at most ``max_size`` and ``n``."""
+    size = max(1, int(math.ceil(ratio * n - 1e-9)))
+    if max_size is not None:
+        size = min(size, int(max_size))
+    return min(size, n)
+
+
+def select_coreset(
+    features: "np.ndarray | torch.Tensor",
+    ratio: float = 0.1,
+    projection_dim: int = 128,
+    seed: int = 0,
+    max_size: int | None = None,
+    progress: bool = False,
+) -> "np.ndarray":
+    """Indices (int64, pick order) of the coreset of ``N x D`` features.
+
+    ``ratio >= 1`` (or a coreset as large as the set) keeps every point, in order.
+    The start point is drawn with ``seed``; the projection uses ``seed`` too.
+    """
+    import numpy as np
+    import torch
+
+    n = int(features.shape[0])
+    size = coreset_size(n, ratio, max_size)
+    if size >= n:
+        return np.arange(n, dtype=np.int64)
+    points = project(features, projection_dim, seed)
+    start = int(torch.randint(n, (1,), generator=torch.Generator().manual_seed(int(seed) + 1)))
+    return greedy_k_center(points, size, start=start, progress=progress).numpy()

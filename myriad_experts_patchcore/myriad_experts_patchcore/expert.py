@@ -1,0 +1,418 @@
+"""The PatchCore expert: orchestration of features, coreset, memory bank and scoring.
+
+Fit: images are streamed through the backbone ``batch_size`` at a time into one
+preallocated ``N x D`` patch-feature matrix; a greedy k-center coreset of it
+becomes the memory bank. Predict: one backbone forward and one FAISS search per
+batch, maps upsampled and blurred on the whole batch, then resized to each
+image's own size.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import threading
+from collections import OrderedDict
+from typing import TYPE_CHECKING, Any, Iterator
+
+from myriad.errors import ConfigError, MyriadError, WeightsError
+from myriad.experts import Expert, Mode, Prediction
+
+from myriad_experts_patchcore.features import default_layers
+from myriad_experts_patchcore.plugin import PatchCoreConfig
+
+if TYPE_CHECKING:  # pragma: no cover
+    import numpy as np
+    import torch
+
+    from myriad_experts_patchcore.features import PatchFeatureExtractor
+    from myriad_experts_patchcore.memory_bank import MemoryBank
+
+#: Keys of ``state_metadata`` that must match the config for a saved bank to be usable.
+_FEATURE_KEYS = ("backbone", "layers", "image_size", "aggregation", "embed_dim")
+#: Augmentations of few-shot references (identity excluded): numpy ops on H x W x 3 arrays.
+_AUGMENT_OPS = {
+    "flip": ("hflip", "vflip"),
+    "rotate": ("rot90", "rot180", "rot270"),
+    "flip_rotate": ("hflip", "vflip", "rot90", "rot180", "rot270", "transpose", "antitranspose"),
+}
+
+
+def augment_image(image: "np.ndarray", op: str) -> "np.ndarray":
+    """One flip / rotation of an ``H x W x 3`` image (the dihedral group of the square)."""
+    import numpy as np
+
+    ops = {
+        "identity": lambda a: a,
+        "hflip": lambda a: a[:, ::-1],
+        "vflip": lambda a: a[::-1],
+        "rot90": lambda a: np.rot90(a, 1),
+        "rot180": lambda a: np.rot90(a, 2),
+        "rot270": lambda a: np.rot90(a, 3),
+        "transpose": lambda a: a.transpose(1, 0, 2),
+        "antitranspose": lambda a: np.rot90(a, 2).transpose(1, 0, 2),
+    }
+    return np.ascontiguousarray(ops[op](image))
+
+
+@contextlib.contextmanager
+def _cpu_threads(n: int | None) -> Iterator[None]:
+    """Use ``n`` CPU threads in torch and faiss inside the block (unchanged when None)."""
+    if n is None:
+        yield
+        return
+    import faiss
+    import torch
+
+    previous = torch.get_num_threads()
+    torch.set_num_threads(n)
+    faiss.omp_set_num_threads(n)
+    try:
+        yield
+    finally:
+        torch.set_num_threads(previous)
+        faiss.omp_set_num_threads(previous)
+
+
+#: Frozen backbones shared by experts of this process (calibration builds one expert per fold).
+_BACKBONES: "OrderedDict[tuple, Any]" = OrderedDict()
+_BACKBONE_CACHE_SIZE = 3
+_BACKBONE_LOCK = threading.Lock()
+
+
+def _shared_backbone(name: str, layers: tuple[int, ...], weights: str | None, device: str) -> Any:
+    """A :class:`~myriad.backbone.FeatureBackbone` with BatchNorm folded, built once per process.
+
+    The models are frozen and only run under ``inference_mode``, so experts can share
+    them; the key includes the weights file's size and modification time.
+    """
+    import os
+
+    import torch
+
+    from myriad.backbone import FeatureBackbone
+
+    from myriad_experts_patchcore.features import fold_batchnorm
+
+    stamp = None
+    if weights is not None and os.path.isfile(weights):
+        info = os.stat(weights)
+        stamp = (os.path.abspath(weights), info.st_size, info.st_mtime_ns)
+    key = (name, tuple(layers), weights, stamp, device)
+    with _BACKBONE_LOCK:
+        if key in _BACKBONES:
+            _BACKBONES.move_to_end(key)
+            return _BACKBONES[key]
+        try:
+            backbone = FeatureBackbone(name, out_indices=layers, weights=weights, device=device)
+        except MyriadError:
+            raise
+        except (IndexError, ValueError, AssertionError, RuntimeError) as exc:
+            raise ConfigError(f"backbone {name!r} cannot return stages layers={list(layers)}: {exc}") from exc
+        probe = torch.zeros(1, 3, 64, 64, device=backbone.device)
+        backbone.model = fold_batchnorm(backbone.model, check_input=probe)
+        if backbone.device.type == "cpu":
+            backbone.model = backbone.model.to(memory_format=torch.channels_last)
+        _BACKBONES[key] = backbone
+        while len(_BACKBONES) > _BACKBONE_CACHE_SIZE:
+            _BACKBONES.popitem(last=False)
+        return backbone
+
+
+class PatchCoreExpert(Expert):
+    """PatchCore (Roth et al. 2022): nearest-neighbour distance of patch features to a memory bank."""
+
+    Config = PatchCoreConfig
+
+    def __init__(self, config: PatchCoreConfig) -> None:
+        super().__init__(config, config.mode)
+        self.config: PatchCoreConfig = config
+        self.layers = tuple(config.layers) if config.layers else default_layers(config.backbone)
+        self.bank: "MemoryBank | None" = None
+        self.projection: "torch.Tensor | None" = None
+        self.num_train_patches = 0
+        self.grid: tuple[int, int] | None = None
+        self._extractor: "PatchFeatureExtractor | None" = None
+
+    # -- settings -------------------------------------------------------------------
+    @property
+    def coreset_ratio(self) -> float:
+        """Fraction of patches kept: the config's, else 0.1 (one_class) or 1.0 (few_shot)."""
+        if self.config.coreset_ratio is not None:
+            return float(self.config.coreset_ratio)
+        return 0.1 if self.mode is Mode.ONE_CLASS else 1.0
+
+    @property
+    def device(self) -> str:
+        """The torch device in use (``auto`` resolves to cuda when available)."""
+        import torch
+
+        wanted = self.config.device
+        if wanted == "auto":
+            return "cuda" if torch.cuda.is_available() else "cpu"
+        if wanted.startswith("cuda") and not torch.cuda.is_available():
+            raise ConfigError(f"device={wanted!r} but no CUDA GPU is available to torch; use device='cpu' or 'auto'")
+        return wanted
+
+    @property
+    def extractor(self) -> "PatchFeatureExtractor":
+        """The backbone and patch aggregation, built (weights loaded) on first use."""
+        if self._extractor is None:
+            self._extractor = self._build_extractor()
+        return self._extractor
+
+    def _build_extractor(self) -> "PatchFeatureExtractor":
+        from myriad_experts_patchcore.features import PatchFeatureExtractor
+
+        cfg = self.config
+        backbone = _shared_backbone(cfg.backbone, self.layers, cfg.weights, self.device)
+        return PatchFeatureExtractor(backbone, cfg.image_size, cfg.aggregation, cfg.embed_dim)
+
+    # -- features ---------------------------------------------------------------------
+    def _grid_features(self, images: list["np.ndarray"]) -> "torch.Tensor":
+        import torch
+
+        extractor = self.extractor
+        batch = extractor.preprocess(images)
+        if extractor.backbone.device.type == "cpu":
+            batch = batch.contiguous(memory_format=torch.channels_last)
+        try:
+            grid = extractor.grid_features(batch)
+        except RuntimeError as exc:
+            raise MyriadError(
+                f"backbone {self.config.backbone!r} (layers {list(self.layers)}) failed on a "
+                f"{tuple(batch.shape)} batch at image_size={self.config.image_size}: {exc}"
+            ) from exc
+        self.grid = (int(grid.shape[-2]), int(grid.shape[-1]))
+        return grid
+
+    def _fit_images(self, images: list["np.ndarray"]) -> list[tuple[int, str]]:
+        """(image index, augmentation) pairs to put in the bank; checks ``k_shot``."""
+        cfg = self.config
+        count = len(images)
+        if self.mode is Mode.FEW_SHOT:
+            if cfg.k_shot is not None:
+                if count < cfg.k_shot:
+                    raise ConfigError(
+                        f"k_shot={cfg.k_shot} but only {count} reference image(s) were given: pass at least "
+                        f"{cfg.k_shot} normal images or lower k_shot"
+                    )
+                count = cfg.k_shot
+            ops = ("identity", *_AUGMENT_OPS.get(cfg.augment, ()))
+            return [(i, op) for i in range(count) for op in ops]
+        if cfg.augment != "none":
+            raise ConfigError(f"augment={cfg.augment!r} applies to mode='few_shot' only (mode is 'one_class')")
+        return [(i, "identity") for i in range(count)]
+
+    # -- fit ----------------------------------------------------------------------------
+    def _fit(self, images: list["np.ndarray"]) -> None:
+        import numpy as np
+
+        from myriad_experts_patchcore.coreset import projection_matrix, select_coreset
+        from myriad_experts_patchcore.features import to_patch_rows
+
+        cfg = self.config
+        items = self._fit_images(images)
+        dtype = np.float16 if cfg.bank_dtype == "float16" else np.float32
+        features: np.ndarray | None = None
+        filled = 0
+        with _cpu_threads(cfg.num_threads):
+            for start in range(0, len(items), cfg.batch_size):
+                chunk = [augment_image(images[i], op) for i, op in items[start : start + cfg.batch_size]]
+                rows = to_patch_rows(self._grid_features(chunk))
+                if features is None:
+                    per_image = rows.shape[0] // len(chunk)
+                    features = self._allocate(len(items) * per_image, rows.shape[1], dtype)
+                features[filled : filled + len(rows)] = rows
+                filled += len(rows)
+                del chunk, rows
+            assert features is not None
+            try:
+                keep = select_coreset(
+                    features,
+                    ratio=self.coreset_ratio,
+                    projection_dim=cfg.projection_dim,
+                    seed=cfg.seed,
+                    max_size=cfg.max_bank_size,
+                    progress=cfg.progress,
+                )
+            except (MemoryError, RuntimeError) as exc:
+                raise MyriadError(
+                    f"coreset selection of {len(features)} patches failed ({exc}): lower coreset_ratio, "
+                    "projection_dim or image_size, or fit on fewer images"
+                ) from exc
+            bank = features[np.sort(keep)]
+            del features
+            self.num_train_patches = filled
+            if cfg.projection_dim and bank.shape[1] > cfg.projection_dim and len(keep) < filled:
+                self.projection = projection_matrix(bank.shape[1], cfg.projection_dim, cfg.seed)
+            else:
+                self.projection = None
+            self.bank = self._make_bank(bank)
+        self._check_neighbours()
+
+    @staticmethod
+    def _allocate(rows: int, dim: int, dtype: Any) -> "np.ndarray":
+        """The fit feature matrix, refused up front when it cannot fit in memory."""
+        import numpy as np
+
+        need = rows * dim * np.dtype(dtype).itemsize
+        try:
+            import psutil
+
+            available = psutil.virtual_memory().available
+        except ImportError:  # pragma: no cover - psutil is optional
+            available = None
+        # the coreset needs a float32 projection (<= 128 columns) on top of the features
+        if available is not None and need + rows * 128 * 4 > 0.9 * available:
+            raise MyriadError(
+                f"fitting needs {need / 2**30:.1f} GiB for {rows} patch features of dimension {dim} but only "
+                f"{available / 2**30:.1f} GiB is available: fit on fewer images, lower image_size, or set "
+                "bank_dtype='float16'"
+            )
+        try:
+            return np.empty((rows, dim), dtype=dtype)
+        except MemoryError as exc:
+            raise MyriadError(f"cannot allocate {need / 2**30:.1f} GiB for {rows} patch features") from exc
+
+    def _make_bank(self, features: "np.ndarray") -> "MemoryBank":
+        from myriad_experts_patchcore.memory_bank import MemoryBank
+
+        cfg = self.config
+        return MemoryBank(
+            features,
+            index=cfg.index,
+            dtype=cfg.bank_dtype,
+            use_gpu=self.device.startswith("cuda"),
+            ivf_lists=cfg.ivf_lists,
+            pq_subquantizers=cfg.pq_subquantizers,
+            ivf_probe=cfg.ivf_probe,
+        )
+
+    def _check_neighbours(self) -> None:
+        assert self.bank is not None
+        if self.config.num_neighbors > self.bank.size:
+            raise ConfigError(
+                f"num_neighbors={self.config.num_neighbors} is larger than the memory bank "
+                f"({self.bank.size} patches): lower num_neighbors, raise coreset_ratio or fit on more images"
+            )
+
+    # -- predict ------------------------------------------------------------------------
+    def _predict(self, images: list["np.ndarray"]) -> list[Prediction]:
+        from myriad_experts_patchcore.features import to_patch_rows
+
+        cfg = self.config
+        assert self.bank is not None
+        out: list[Prediction] = []
+        with _cpu_threads(cfg.num_threads):
+            for start in range(0, len(images), cfg.batch_size):
+                chunk = images[start : start + cfg.batch_size]
+                grid = self._grid_features(chunk)
+                rows = to_patch_rows(grid)
+                out += self._score(chunk, rows, (int(grid.shape[-2]), int(grid.shape[-1])))
+        return out
+
+    def _score(self, chunk: list["np.ndarray"], rows: "np.ndarray", grid: tuple[int, int]) -> list[Prediction]:
+        import numpy as np
+        import torch
+
+        from myriad.images import resize_map
+
+        from myriad_experts_patchcore.scoring import patch_scores, upsample_and_blur
+
+        cfg = self.config
+        assert self.bank is not None
+        b = len(chunk)
+        sq, nearest = self.bank.search(rows, cfg.num_neighbors)
+        scores = patch_scores(sq, cfg.distance).reshape(b, grid[0] * grid[1])
+        image_scores = scores.max(axis=1)
+        if cfg.reweight:
+            image_scores = image_scores * self._reweight(rows, scores, nearest[:, 0])
+        maps = upsample_and_blur(torch.from_numpy(scores.reshape(b, *grid)), cfg.image_size, cfg.blur_sigma).numpy()
+        predictions = []
+        for image, amap, score in zip(chunk, maps, image_scores):
+            h, w = image.shape[:2]
+            amap = amap if (h, w) == amap.shape else resize_map(amap, h, w)
+            predictions.append(Prediction(anomaly_map=np.ascontiguousarray(amap, dtype=np.float32), score=float(score)))
+        return predictions
+
+    def _reweight(self, rows: "np.ndarray", scores: "np.ndarray", nearest: "np.ndarray") -> "np.ndarray":
+        """Per-image weight ``1 - softmax(distances to N_b(m*))[0]`` of the worst patch (see scoring)."""
+        import numpy as np
+
+        from myriad_experts_patchcore.scoring import reweight_factors
+
+        assert self.bank is not None
+        b, per_image = scores.shape
+        support_size = min(self.config.reweight_neighbors, self.bank.size)
+        if support_size < 2:
+            return np.ones(b, dtype=np.float32)
+        worst = scores.argmax(axis=1) + np.arange(b) * per_image  # row of each image's worst patch
+        m_star = nearest[worst]  # its nearest bank entry
+        _, support = self.bank.search(self.bank.vectors(m_star), support_size)
+        support[:, 0] = m_star  # m* first even if an exact duplicate ranked before it
+        vectors = self.bank.vectors(support.reshape(-1)).reshape(b, support_size, -1)
+        return reweight_factors(rows[worst], vectors)
+
+    # -- state ----------------------------------------------------------------------------
+    def state_tensors(self) -> dict[str, Any]:
+        import torch
+
+        if self.bank is None:
+            return {}
+        tensors: dict[str, Any] = {"bank": torch.from_numpy(self.bank.features)}
+        if self.projection is not None:
+            tensors["coreset_projection"] = self.projection  # provenance: how the bank was selected
+        return tensors
+
+    def _feature_facts(self) -> dict[str, Any]:
+        cfg = self.config
+        return {
+            "backbone": cfg.backbone,
+            "layers": list(self.layers),
+            "image_size": cfg.image_size,
+            "aggregation": cfg.aggregation,
+            "embed_dim": cfg.embed_dim if cfg.aggregation == "pool" else None,
+        }
+
+    def state_metadata(self) -> dict[str, Any]:
+        if self.bank is None:
+            return {}
+        return {
+            **self._feature_facts(),
+            "feature_dim": self.bank.dim,
+            "bank_size": self.bank.size,
+            "bank_dtype": self.bank.dtype,
+            "train_patches": self.num_train_patches,
+            "grid": list(self.grid) if self.grid else None,
+            "coreset_ratio": self.coreset_ratio,
+        }
+
+    def load_state_tensors(self, tensors: dict[str, Any], metadata: dict[str, Any]) -> None:
+        import numpy as np
+
+        if "bank" not in tensors:
+            raise WeightsError(f"saved PatchCore state has no 'bank' tensor (found {sorted(tensors)})")
+        mine = self._feature_facts()
+        theirs = {key: metadata.get(key) for key in _FEATURE_KEYS}
+        if mine != theirs:
+            differ = [k for k in _FEATURE_KEYS if mine[k] != theirs[k]]
+            raise WeightsError(
+                "memory bank was built with "
+                + ", ".join(f"{k}={theirs[k]!r}" for k in differ)
+                + " but this expert is configured with "
+                + ", ".join(f"{k}={mine[k]!r}" for k in differ)
+                + f" (backbone {theirs['backbone']!r} vs {mine['backbone']!r}); refit, or use the saved config"
+            )
+        bank = tensors["bank"].float().numpy() if hasattr(tensors["bank"], "numpy") else np.asarray(tensors["bank"])
+        if bank.ndim != 2 or bank.shape[1] != metadata.get("feature_dim", bank.shape[1]):
+            raise WeightsError(f"saved bank has shape {tuple(bank.shape)}, metadata says feature_dim={metadata.get('feature_dim')}")
+        projection = tensors.get("coreset_projection")
+        self.projection = projection.float() if projection is not None else None
+        self.num_train_patches = int(metadata.get("train_patches", 0))
+        grid = metadata.get("grid")
+        self.grid = (int(grid[0]), int(grid[1])) if grid else None
+        self.bank = self._make_bank(bank)
+        self._check_neighbours()
+
+
+__all__ = ["PatchCoreExpert", "augment_image"]

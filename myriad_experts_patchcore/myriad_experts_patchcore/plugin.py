@@ -1,0 +1,94 @@
+"""Registers the ``patchcore`` expert. Only cheap imports here: discovery must stay instant.
+
+Every setting is documented in the model card (README.md, "Config reference").
+"""
+
+from __future__ import annotations
+
+from typing import Literal, Optional
+
+from pydantic import BaseModel, ConfigDict, Field, field_validator
+
+from myriad import hookimpl
+
+
+class PatchCoreConfig(BaseModel):
+    """Settings of the PatchCore expert (defaults: embedded EfficientNet-Lite0, 256 px, coreset 10 %)."""
+
+    model_config = ConfigDict(extra="forbid")
+
+    mode: Literal["one_class", "few_shot"] = Field(
+        "one_class", description="one_class: bank from a training set; few_shot: bank from k reference images"
+    )
+    # -- features -------------------------------------------------------------------
+    backbone: str = Field(
+        "efficientnet_lite0", description="embedded 'efficientnet_lite0', or any timm CNN name with `weights`"
+    )
+    weights: Optional[str] = Field(None, description="local weights file (.safetensors/.pth) for a non-embedded backbone")
+    layers: Optional[list[int]] = Field(
+        None, description="timm out_indices of the stages used (shallowest first); None = the backbone's default"
+    )
+    image_size: int = Field(256, ge=32, le=2048, description="images are resized to image_size x image_size")
+    aggregation: Literal["concat", "pool"] = Field(
+        "concat", description="concat stage channels (anomalib) or adaptive-pool them to embed_dim (original)"
+    )
+    embed_dim: int = Field(1024, ge=8, le=8192, description="feature size for aggregation='pool'")
+    # -- memory bank ----------------------------------------------------------------
+    coreset_ratio: Optional[float] = Field(
+        None, gt=0.0, le=1.0, description="fraction of patches kept; None = 0.1 (one_class) / 1.0 (few_shot)"
+    )
+    max_bank_size: Optional[int] = Field(None, ge=1, description="upper bound on the bank size (patches)")
+    projection_dim: int = Field(128, ge=0, description="random projection size for coreset selection (0 = none)")
+    bank_dtype: Literal["float32", "float16"] = Field("float32", description="precision of the stored bank")
+    index: Literal["flat", "ivfpq"] = Field("flat", description="exact flat search or approximate IVF-PQ")
+    ivf_lists: int = Field(1024, ge=1, description="IVF-PQ: number of inverted lists")
+    pq_subquantizers: int = Field(64, ge=1, description="IVF-PQ: PQ sub-quantizers (rounded to a divisor of D)")
+    ivf_probe: int = Field(16, ge=1, description="IVF-PQ: lists visited per query")
+    # -- scoring --------------------------------------------------------------------
+    num_neighbors: int = Field(1, ge=1, le=1024, description="patch score = mean distance to this many bank neighbours")
+    distance: Literal["squared", "euclidean"] = Field(
+        "squared", description="squared L2 as FAISS returns it (original) or its square root (anomalib)"
+    )
+    reweight: bool = Field(False, description="paper's image-score reweighting by the bank density near the worst patch")
+    reweight_neighbors: int = Field(9, ge=2, le=1024, description="b: bank neighbours used by the reweighting")
+    blur_sigma: float = Field(4.0, ge=0.0, le=64.0, description="Gaussian blur of the map, pixels at image_size")
+    # -- few-shot -------------------------------------------------------------------
+    k_shot: Optional[int] = Field(None, ge=1, description="few_shot: references used (fit needs at least this many)")
+    augment: Literal["none", "flip", "rotate", "flip_rotate"] = Field(
+        "none", description="few_shot: add flipped / rotated copies of the references to the bank"
+    )
+    # -- runtime --------------------------------------------------------------------
+    batch_size: int = Field(8, ge=1, le=1024, description="images per backbone forward and per FAISS search")
+    device: str = Field("auto", description="'auto' (cuda if available), 'cpu', 'cuda' or 'cuda:N'")
+    num_threads: Optional[int] = Field(None, ge=1, description="CPU threads for torch and faiss (None = leave as is)")
+    seed: int = Field(0, description="seed of the coreset projection and start point")
+    progress: bool = Field(False, description="show tqdm progress bars while fitting")
+
+    @field_validator("layers")
+    @classmethod
+    def _check_layers(cls, value: Optional[list[int]]) -> Optional[list[int]]:
+        if value is None:
+            return value
+        if not 1 <= len(value) <= 4:
+            raise ValueError(f"layers needs 1 to 4 stage indices, got {value}")
+        if any(i < 0 for i in value) or list(value) != sorted(set(value)):
+            raise ValueError(f"layers must be distinct, increasing, non-negative stage indices, got {value}")
+        return list(value)
+
+    @field_validator("device")
+    @classmethod
+    def _check_device(cls, value: str) -> str:
+        if value not in ("auto", "cpu", "cuda") and not (value.startswith("cuda:") and value[5:].isdigit()):
+            raise ValueError(f"device must be 'auto', 'cpu', 'cuda' or 'cuda:N', got {value!r}")
+        return value
+
+
+@hookimpl
+def register_experts(register):  # type: ignore[no-untyped-def]
+    register(
+        "patchcore",
+        factory="myriad_experts_patchcore.expert:PatchCoreExpert",
+        config=PatchCoreConfig,
+        modes=["one_class", "few_shot"],
+        description="PatchCore: CNN patch features vs a coreset memory bank of normal patches (FAISS kNN).",
+    )

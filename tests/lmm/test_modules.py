@@ -1,0 +1,112 @@
+"""LoRRA, VPG and TPG: shapes, parameter counts at paper dims, key names, init, token order."""
+
+from __future__ import annotations
+
+import pytest
+
+torch = pytest.importorskip("torch")
+
+from myriad.lmm.modules import LoRRA, TextualPromptGenerator, VisualPromptGenerator, count_parameters  # noqa: E402
+
+SMALL = (1, 2, 4, 4, 8, 8)
+
+
+def test_lorra_paper_dims_and_keys():
+    with torch.device("meta"):
+        lorra = LoRRA(1408, 4)
+    assert count_parameters(lorra) == 11_264
+    shapes = {k: tuple(v.shape) for k, v in lorra.state_dict().items()}
+    assert shapes == {"down.weight": (4, 1408), "up.weight": (1408, 4)}
+
+
+def test_lorra_is_residual_low_rank_and_bias_free():
+    torch.manual_seed(0)
+    lorra = LoRRA(64, 4)
+    x = torch.randn(2, 5, 64)
+    expected = x + x @ lorra.down.weight.T @ lorra.up.weight.T
+    torch.testing.assert_close(lorra(x), expected)
+    assert lorra.down.bias is None and lorra.up.bias is None
+    # Per token: changing one token does not change the others.
+    y = x.clone()
+    y[:, 0] += 1
+    torch.testing.assert_close(lorra(y)[:, 1:], lorra(x)[:, 1:])
+
+
+def test_lorra_init_normal_default_and_zero_option():
+    torch.manual_seed(0)
+    lorra = LoRRA(1408, 4)
+    for w in (lorra.down.weight, lorra.up.weight):
+        assert abs(float(w.detach().std()) - 0.02) < 0.002 and abs(float(w.detach().mean())) < 0.002
+    zero = LoRRA(64, 4, init="zero")
+    assert torch.count_nonzero(zero.up.weight) == 0
+    x = torch.randn(3, 64)
+    torch.testing.assert_close(zero(x), x)
+    with pytest.raises(ValueError):
+        LoRRA(8, 2, init="xavier")
+
+
+def test_lorra_keeps_input_dtype():
+    lorra = LoRRA(16, 4)
+    x = torch.randn(2, 3, 16, dtype=torch.float16)
+    assert lorra(x).dtype == torch.float16
+
+
+def test_vpg_paper_dims_keys_and_count():
+    with torch.device("meta"):
+        vpg = VisualPromptGenerator(768)
+    keys = {k for k in vpg.state_dict()}
+    assert keys == {f"net.{i}.{p}" for i in (0, 3, 6, 9, 12, 15) for p in ("weight", "bias")}
+    assert tuple(vpg.net[15].weight.shape) == (768, 1024, 1, 1)
+    assert count_parameters(vpg) == 3_305_144  # ~3.31M
+    assert vpg.num_tokens == 49
+
+
+def test_tpg_paper_dims_keys_and_count():
+    with torch.device("meta"):
+        tpg = TextualPromptGenerator(4096)
+        tpg9 = TextualPromptGenerator(4096, base_prompts=False)
+    keys = {k for k in tpg.state_dict()}
+    assert keys == {f"net.{i}.{p}" for i in (0, 3, 6, 9, 12, 15) for p in ("weight", "bias")} | {"base_prompts"}
+    assert tuple(tpg.net[15].weight.shape) == (4096, 1024, 5, 5)
+    assert tuple(tpg.base_prompts.shape) == (9, 4096)
+    n = count_parameters(tpg)
+    assert n == 107_416_504 and 107.3e6 < n < 107.5e6
+    assert count_parameters(tpg.net[15]) == 104_861_696
+    assert tpg.num_tokens == 18 and tpg9.num_tokens == 9
+    assert "base_prompts" not in tpg9.state_dict()
+
+
+def test_vpg_forward_shape_and_row_major_order():
+    torch.manual_seed(0)
+    vpg = VisualPromptGenerator(16, SMALL)
+    assert vpg(torch.rand(2, 1, 224, 224)).shape == (2, 49, 16)
+    # Swap in a net whose 7x7 output is the mean of each 32x32 cell: token i = cell (i // 7, i % 7).
+    probe = torch.nn.Conv2d(1, 1, 1, bias=False)
+    torch.nn.init.ones_(probe.weight)
+    vpg.net = torch.nn.Sequential(probe, torch.nn.AvgPool2d(32))
+    cells = torch.arange(49, dtype=torch.float32).view(1, 1, 7, 7)
+    maps = cells.repeat_interleave(32, dim=2).repeat_interleave(32, dim=3)
+    with torch.no_grad():
+        tokens = vpg(maps)
+    assert tokens.shape == (1, 49, 1)
+    assert tokens[0, :, 0].tolist() == list(range(49))
+
+
+def test_tpg_forward_prepends_base_prompts():
+    torch.manual_seed(0)
+    tpg = TextualPromptGenerator(12, SMALL)
+    maps = torch.rand(3, 1, 224, 224)
+    out = tpg(maps)
+    assert out.shape == (3, 18, 12)
+    torch.testing.assert_close(out[:, :9], tpg.base_prompts.unsqueeze(0).expand(3, -1, -1))
+    assert abs(float(tpg.base_prompts.detach().std()) - 1.0) < 0.5
+    no_base = TextualPromptGenerator(12, SMALL, base_prompts=False)
+    assert no_base(maps).shape == (3, 9, 12)
+
+
+def test_prompt_generators_refuse_wrong_map_shape():
+    vpg = VisualPromptGenerator(8, SMALL)
+    with pytest.raises(ValueError, match="224"):
+        vpg(torch.rand(1, 1, 112, 112))
+    with pytest.raises(ValueError):
+        TextualPromptGenerator(8, SMALL, kernel=9)

@@ -1,0 +1,100 @@
+"""``myriad inspect`` and the Inspector API: records, overlays, skipped files, errors, LMM answers."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+import numpy as np
+import pytest
+from PIL import Image
+
+pytest.importorskip("myriad_experts_tutorial")
+
+from myriad.cli import main  # noqa: E402
+from myriad.testing import synthetic_images  # noqa: E402
+
+
+@pytest.fixture
+def folders(tmp_path: Path) -> tuple[Path, Path]:
+    normal, test = tmp_path / "normal", tmp_path / "test"
+    normal.mkdir()
+    test.mkdir()
+    for i, img in enumerate(synthetic_images(4, 48, seed=1)):
+        Image.fromarray(img).save(normal / f"n{i}.png")
+    for i, img in enumerate(synthetic_images(2, 48, seed=2) + synthetic_images(2, 48, seed=3, defect=True)):
+        Image.fromarray(img).save(test / f"t{i}.png")
+    (test / "broken.png").write_bytes(b"not an image")
+    return normal, test
+
+
+def run_cli(args, capsys):
+    try:
+        main(args)
+        code = 0
+    except SystemExit as exc:
+        code = exc.code
+    out = capsys.readouterr()
+    return code, out.out, out.err
+
+
+def test_inspect_expert_only_writes_records_and_overlays(folders, tmp_path, capsys):
+    normal, test = folders
+    out = tmp_path / "out"
+    code, stdout, stderr = run_cli(
+        ["inspect", str(test), "--normal", str(normal), "--expert", "colour-stats", "--config", '{"size": 32}', "--lmm", "none", "-o", str(out)],
+        capsys,
+    )
+    assert code == 0, stderr
+    assert "skipped" in stderr and "broken.png" in stderr
+    records = [json.loads(line) for line in (out / "results.jsonl").read_text().splitlines()]
+    assert len(records) == 4
+    keys = {"image", "expert", "mode", "score", "threshold", "expert_decision", "decision", "answer", "timings_ms", "overlay"}
+    assert all(keys <= set(r) for r in records)
+    assert all(r["mode"] == "few_shot" and r["threshold"] == 0.5 and "total" in r["timings_ms"] for r in records)
+    assert [r["expert_decision"] for r in records] == ["normal", "normal", "anomalous", "anomalous"]
+    for r in records:
+        assert (out / r["overlay"]).is_file()
+    assert len([line for line in stdout.splitlines() if line.startswith("t")]) == 4
+
+
+def test_inspect_errors_are_clear_and_nonzero(folders, tmp_path, capsys):
+    normal, _ = folders
+    empty = tmp_path / "empty"
+    empty.mkdir()
+    code, _, err = run_cli(["inspect", str(empty), "--normal", str(normal), "--expert", "colour-stats", "--lmm", "none", "-o", str(tmp_path / "o")], capsys)
+    assert code != 0 and "no readable images" in err
+    assert not (tmp_path / "o" / "results.jsonl").exists()
+    code, _, err = run_cli(["inspect", str(normal), "--normal", str(normal), "--expert", "nope", "--lmm", "none"], capsys)
+    assert code != 0 and "unknown expert 'nope'" in err and "Traceback" not in err
+
+
+def test_missing_weights_for_a_preset(monkeypatch, folders, capsys, tmp_path):
+    import myriad.inspection as inspection
+
+    monkeypatch.setattr(inspection, "SHIPPED_MINI_WEIGHTS", tmp_path / "missing.safetensors")
+    normal, test = folders
+    code, _, err = run_cli(["inspect", str(test), "--normal", str(normal), "--expert", "colour-stats", "-o", str(tmp_path / "o")], capsys)
+    assert code == 1 and "missing.safetensors" in err and "mini" in err
+
+
+def test_inspector_with_a_tiny_lmm_answers_and_follows_up(folders):
+    torch = pytest.importorskip("torch")
+    from myriad.inspection import Inspector
+    from myriad.lmm.model import MyriadLMM
+    from myriad.lmm.tiny import build_tiny_tokenizer, tiny_paper_config
+
+    tokenizer = build_tiny_tokenizer()
+    torch.manual_seed(0)
+    model = MyriadLMM(tiny_paper_config(len(tokenizer), max_new_tokens=6), tokenizer).eval()
+    normal, test = folders
+    inspector = Inspector("colour-stats", {"size": 32}, model=model).fit(sorted(normal.glob("*.png")))
+    results = inspector.inspect([str(p) for p in sorted(test.glob("t*.png"))])
+    assert len(results) == 4
+    for r in results:
+        assert isinstance(r.answer, str) and r.decision in ("anomalous", "normal", "unknown")
+        assert r.timings_ms["lmm"] > 0
+    answer, conversation = inspector.follow_up(results[0], "Describe the defect in detail.")
+    assert isinstance(answer, str) and len(conversation.turns) == 1
+    inspector.follow_up(results[0], "What could cause it?", conversation)
+    assert len(conversation.turns) == 2

@@ -1,0 +1,156 @@
+"""Training: deterministic resume, atomic checkpoints, param groups, schedules, DDP == single process."""
+
+from __future__ import annotations
+
+import json
+import os
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+import torch
+
+pytest.importorskip("myriad_experts_tutorial")
+
+from myriad.training.config import DataConfig, Phase, TrainConfig, paper_schedule  # noqa: E402
+from myriad.training.optim import param_groups, schedule  # noqa: E402
+
+
+def tiny_config(tmp_path: Path, steps: int = 4, **changes) -> TrainConfig:
+    base = dict(
+        preset="tiny",
+        model={"qformer": {"dropout": 0.0}},
+        expert="colour-stats",
+        expert_config={"size": 32, "mode": "few_shot"},
+        data=DataConfig(textures=["tissue", "coffee"], images_per_category=4, reference_shots=2, image_size=64),
+        phases=[Phase(steps=steps, lr=1e-3)],
+        batch_size=2,
+        checkpoint_every=2,
+        output_dir=tmp_path / "run",
+        cache_dir=tmp_path / "cache",
+        threads=1,
+    )
+    base.update(changes)
+    return TrainConfig(**base)
+
+
+def param_sum(model) -> float:
+    return sum(float(p.detach().double().sum()) for p in model.parameters() if p.requires_grad)
+
+
+def run(config: TrainConfig, **kwargs):
+    from myriad.training import loop
+
+    model = loop.build_model(config)
+    sums: list[float] = []
+    result = loop.train(config, progress=False, model=model, on_step=lambda s, l: sums.append(param_sum(model)), **kwargs)
+    return result, sums
+
+
+def test_interrupted_run_resumes_to_the_same_curve(tmp_path):
+    full, full_sums = run(tiny_config(tmp_path / "a"))
+    config = tiny_config(tmp_path / "b")
+    first, _ = run(config, stop_after=2)
+    assert first.weights is None and len(first.losses) == 2
+    assert (config.output_dir / "checkpoints" / "latest.json").is_file()
+    second, second_sums = run(config)
+    assert second.losses == pytest.approx(full.losses, rel=0, abs=0)
+    assert second_sums == pytest.approx(full_sums[2:], rel=1e-12)
+    assert second.weights is not None and second.weights.is_file()
+    assert (config.output_dir / "loss.png").is_file()
+
+
+def test_checkpoints_hold_only_trainable_tensors_and_are_pruned(tmp_path):
+    from safetensors import safe_open
+
+    config = tiny_config(tmp_path, steps=6, keep_checkpoints=2)
+    result, _ = run(config)
+    ckpts = sorted((config.output_dir / "checkpoints").glob("step-*.safetensors"))
+    assert [p.name for p in ckpts] == ["step-000004.safetensors", "step-000006.safetensors"]
+    assert not list((config.output_dir / "checkpoints").glob("*.tmp"))
+    with safe_open(str(ckpts[-1]), "pt") as f:
+        model_keys = [k for k in f.keys() if k.startswith("model.")]
+    prefixes = ("model.vision_encoder.lorra.", "model.vision_encoder.vpg.", "model.tpg.")
+    assert model_keys and all(k.startswith(prefixes) for k in model_keys)
+    with safe_open(str(result.weights), "pt") as f:
+        assert not any(k.startswith("language_model.") for k in f.keys())
+
+
+def test_maps_cache_is_keyed_by_expert_config(tmp_path):
+    from myriad.training.data import TrainingPool
+    from myriad.training.maps import cache_key
+
+    pool = TrainingPool(DataConfig(textures=["tissue"], images_per_category=4, reference_shots=2, image_size=64), 0)
+    a = cache_key(pool, "colour-stats", {"size": 32}, 224)
+    assert a == cache_key(pool, "colour-stats", {"size": 32, "blur": 2.0}, 224)  # defaults are part of the key
+    assert a != cache_key(pool, "colour-stats", {"size": 48}, 224)
+    assert a != cache_key(pool, "colour-stats", {"size": 32}, 112)
+
+
+def test_param_groups_exclude_biases_norms_and_vectors():
+    model = torch.nn.Sequential(torch.nn.Linear(4, 4), torch.nn.LayerNorm(4))
+    decay, no_decay = param_groups(model, 0.05)
+    assert [p.shape for p in decay["params"]] == [torch.Size([4, 4])]
+    assert len(no_decay["params"]) == 3 and no_decay["weight_decay"] == 0.0
+
+
+def test_schedules():
+    phases = [Phase(steps=10, lr=1e-4), Phase(steps=10, lr=3e-5, min_lr=1e-5, warmup_steps=2)]
+    assert schedule(0, phases) == (0, pytest.approx(1e-4))
+    assert schedule(9, phases)[1] < 1e-5
+    assert schedule(10, phases) == (1, pytest.approx(1.5e-5))
+    assert 1e-5 <= schedule(19, phases)[1] < 1.1e-5
+    paper = paper_schedule(4, 2)
+    assert paper[0].routes == {"tpg": 0.5, "vpg": 0.5} and paper[1].routes == {"vpg_tpg": 1.0}
+
+
+def test_config_file_errors_name_the_file(tmp_path):
+    from myriad.errors import ConfigError
+
+    bad = tmp_path / "train.json"
+    bad.write_text(json.dumps({"batch_size": 0}))
+    with pytest.raises(ConfigError, match="train.json"):
+        TrainConfig.from_file(bad)
+
+
+_DDP_SCRIPT = r"""
+import json, sys, torch
+torch.set_num_threads(1)
+from myriad.training.config import TrainConfig
+from myriad.training import loop
+config = TrainConfig.model_validate_json(open(sys.argv[1]).read())
+model = loop.build_model(config)
+result = loop.train(config, progress=False, model=model)
+if torch.distributed.get_rank() == 0:
+    state = {k: v.tolist() for k, v in model.trainable_state_dict().items() if k.startswith("vision_encoder.lorra")}
+    json.dump({"losses": result.losses, "lorra": state}, open(sys.argv[2], "w"))
+"""
+
+
+@pytest.mark.slow
+def test_two_process_gloo_matches_single_process(tmp_path):
+    single_cfg = tiny_config(tmp_path / "single", steps=3, batch_size=2)
+    single, _ = run(single_cfg)
+    from myriad.training import loop
+
+    ddp_cfg = tiny_config(tmp_path / "ddp", steps=3, batch_size=2, cache_dir=tmp_path / "single" / "cache")
+    cfg_file = tmp_path / "ddp.json"
+    cfg_file.write_text(ddp_cfg.model_dump_json())
+    script = tmp_path / "ddp_train.py"
+    script.write_text(_DDP_SCRIPT)
+    out = tmp_path / "ddp_out.json"
+    env = {**os.environ, "MYRIAD_DIST_BACKEND": "gloo", "OMP_NUM_THREADS": "1"}
+    subprocess.run(
+        [sys.executable, "-m", "torch.distributed.run", "--nproc_per_node", "2", "--master_port", "29531", str(script), str(cfg_file), str(out)],
+        check=True, env=env, capture_output=True, timeout=600,
+    )
+    ddp = json.loads(out.read_text())
+    assert ddp["losses"] == pytest.approx(single.losses, rel=1e-4)
+    single_model_state = loop.build_model(single_cfg)
+    del single_model_state
+    from myriad.io import load_tensors
+
+    trained = load_tensors(single.weights)
+    for key, value in ddp["lorra"].items():
+        torch.testing.assert_close(torch.tensor(value), trained[key], rtol=1e-4, atol=1e-6)
