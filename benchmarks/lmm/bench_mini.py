@@ -30,6 +30,10 @@ from pathlib import Path
 
 RESULTS = Path(__file__).resolve().parents[1] / "results"
 
+# Idle OpenMP workers sleep instead of spinning. On a shared (oversubscribed) 2-core machine
+# spinning makes 2 threads 4-10x slower than 1; must be set before torch starts OpenMP.
+os.environ.setdefault("OMP_WAIT_POLICY", "PASSIVE")
+
 
 def _timed(fn, repeats: int) -> dict[str, float]:
     fn()  # warm-up
@@ -69,6 +73,7 @@ def run(threads: int, repeats: int) -> dict:
             "cores_visible": os.cpu_count(),
             "torch_threads": threads,
             "torch": torch.__version__,
+            "OMP_WAIT_POLICY": os.environ.get("OMP_WAIT_POLICY"),
             "load_average_at_start": os.getloadavg(),
         }
     }
@@ -159,7 +164,8 @@ def to_markdown(r: dict) -> str:
     lines = [
         "# mini Myriad on CPU",
         "",
-        f"{m['cpu']}, {m['cores_visible']} cores visible, torch {m['torch']} with {m['torch_threads']} thread(s); "
+        f"{m['cpu']}, {m['cores_visible']} cores visible, torch {m['torch']} with {m['torch_threads']} thread(s), "
+        f"OMP_WAIT_POLICY={m.get('OMP_WAIT_POLICY')}; "
         f"load average at start {tuple(round(x, 2) for x in m['load_average_at_start'])}, "
         f"at end {tuple(round(x, 2) for x in m['load_average_at_end'])} (the machine is shared: other jobs slow it down).",
         "",

@@ -7,7 +7,7 @@ Defects come in two sizes:
 - ``small``: a thin scratch, 2 px wide and 1/6 of the image long, brighter or darker
   than the surface;
 - ``large``: an elliptic patch (about 1/4 of the image across) of a foreign texture
-  with a colour cast, as a stain or a piece of other material.
+  with the surface's own brightness and contrast (a piece of other material).
 
 Each defect returns its pixel mask.
 """
@@ -68,7 +68,7 @@ def add_scratch(image: np.ndarray, rng: np.random.Generator, length: float = 1 /
 
 
 def add_stain(image: np.ndarray, rng: np.random.Generator, diameter: float = 1 / 4, foreign: str = "gravel") -> tuple[np.ndarray, np.ndarray]:
-    """An elliptic patch of foreign texture with a colour cast; returns the new image and its mask."""
+    """An elliptic patch of foreign texture, brightness-matched; returns the new image and its mask."""
     from skimage.draw import ellipse
 
     h, w = image.shape[:2]
@@ -79,9 +79,12 @@ def add_stain(image: np.ndarray, rng: np.random.Generator, diameter: float = 1 /
     mask[rr, cc] = True
     other = texture(foreign)
     y, x = rng.integers(0, other.shape[0] - h + 1), rng.integers(0, other.shape[1] - w + 1)
-    patch = other[y : y + h, x : x + w].astype(np.float32)[..., None] * np.array([1.0, 0.9, 0.75])
+    patch = other[y : y + h, x : x + w].astype(np.float32)
     out = image.astype(np.float32)
-    out[mask] = 0.3 * out[mask] + 0.7 * patch[mask]
+    region = out[mask][:, 0]
+    # same mean brightness and contrast as the surface it replaces: only the texture differs
+    foreign_px = (patch[mask] - patch[mask].mean()) / (patch[mask].std() + 1e-6) * region.std() + region.mean()
+    out[mask] = 0.2 * out[mask] + 0.8 * foreign_px[:, None]
     return np.clip(out, 0, 255).astype(np.uint8), mask
 
 

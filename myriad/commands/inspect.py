@@ -11,12 +11,12 @@ import click
 def collect_images(sources: tuple[Path, ...] | list[Path], what: str) -> tuple[list[Path], list[tuple[Path, str]]]:
     """Readable image files from files/folders, and (path, reason) for each one skipped."""
     from myriad.errors import ImageError
-    from myriad.images import is_image_file, list_images, load_image
+    from myriad.images import is_image_file, load_image
 
     candidates: list[Path] = []
     for source in sources:
-        if source.is_dir():
-            candidates += list_images(source)
+        if source.is_dir():  # recursive, so an MVTec-style test/ folder with defect sub-folders works
+            candidates += sorted(p for p in source.rglob("*") if p.is_file() and not p.name.startswith(".") and is_image_file(p))
         elif source.is_file():
             candidates.append(source)
         else:
@@ -76,7 +76,8 @@ def inspect_command(images, normal, expert, config_json, ask, output, lmm, batch
         for path, result in zip(batch, inspector.inspect(batch, ask=ask, names=[str(p) for p in batch])):
             flag = result.decision.upper()
             answer = f' "{result.answer}"' if result.answer else ""
-            click.echo(f"{path.name}: {flag} (expert score {result.score:.2f}, threshold {result.threshold:.2f}){answer}")
+            shown = path.name if overlay_names[path] == f"{path.stem}_overlay.png" else f"{path.parent.name}/{path.name}"
+            click.echo(f"{shown}: {flag} (expert score {result.score:.2f}, threshold {result.threshold:.2f}){answer}")
             caption = f"{result.decision} ({result.score:.2f})" + (f": {result.answer}" if result.answer else "")
             overlay_path = output / overlay_names[path]
             with atomic_path(overlay_path) as tmp:

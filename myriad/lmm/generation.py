@@ -54,12 +54,15 @@ def _sample(logits: torch.Tensor, temperature: float, top_p: float, generator: t
     return torch.multinomial(probs, 1, generator=generator).squeeze(-1)
 
 
-def _cache_names(language_model: Any) -> tuple[str, str]:
-    """(forward keyword, output attribute) of the KV cache: ``cache`` in transformers >= 5.2x, else ``past_key_values``."""
+def _forward_names(language_model: Any) -> tuple[str, dict[str, int]]:
+    """The KV-cache keyword (``cache`` in recent transformers, else ``past_key_values``) and the
+    keep-only-the-last-logits keyword (``logits_to_keep`` / ``num_logits_to_keep``) of ``forward``."""
     import inspect
 
     params = inspect.signature(language_model.forward).parameters
-    return ("cache", "cache") if "cache" in params else ("past_key_values", "past_key_values")
+    cache = "cache" if "cache" in params else "past_key_values"
+    keep = {name: 1 for name in ("logits_to_keep", "num_logits_to_keep") if name in params}
+    return cache, dict(list(keep.items())[:1])
 
 
 @torch.no_grad()
@@ -86,16 +89,16 @@ def generate_from_embeds(
     ``min_new_tokens`` tokens, EOS is suppressed and stops are not checked (benchmarks).
     """
     batch = embeds.shape[0]
-    cache_kw, cache_attr = _cache_names(language_model)
+    cache_kw, keep_last = _forward_names(language_model)
     position_ids = (attention_mask.cumsum(-1) - 1).clamp(min=0)
     out = language_model(
         inputs_embeds=embeds,
         attention_mask=attention_mask,
         position_ids=position_ids,
         use_cache=True,
-        logits_to_keep=1,
+        **keep_last,
     )
-    cache = getattr(out, cache_attr)
+    cache = getattr(out, cache_kw)
     logits = out.logits[:, -1, :]
     generated: list[list[int]] = [[] for _ in range(batch)]
     reasons: list[str | None] = [None] * batch
@@ -139,7 +142,7 @@ def generate_from_embeds(
             use_cache=True,
             **{cache_kw: cache},
         )
-        cache = getattr(out, cache_attr)
+        cache = getattr(out, cache_kw)
         logits = out.logits[:, -1, :]
         next_pos = next_pos + 1
     texts = []

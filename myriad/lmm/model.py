@@ -86,6 +86,17 @@ def build_language_model(config: MyriadConfig) -> nn.Module:
     return LlamaForCausalLM(llama_config(config))
 
 
+def _restore_float32_rotary(language_model: nn.Module) -> None:
+    """``.to(float16)`` also rounds the rotary ``inv_freq`` buffers; rebuild them in float32 (as from_pretrained keeps them)."""
+    inner = getattr(language_model, "model", None)
+    rotary = getattr(inner, "rotary_emb", None)
+    buffers = list(rotary.buffers()) if rotary is not None else []
+    if not buffers or buffers[0].is_meta or buffers[0].dtype == torch.float32:
+        return
+    with torch.device(buffers[0].device):
+        inner.rotary_emb = type(rotary)(config=language_model.config)
+
+
 def _build_tpg(config: MyriadConfig) -> TextualPromptGenerator:
     pg = config.prompt_generators
     return TextualPromptGenerator(config.llm.hidden_size, pg.trunk_channels, pg.map_size, pg.tpg_kernel, pg.tpg_base_prompts)
@@ -160,6 +171,7 @@ class MyriadLMM(nn.Module):
     def _cast_frozen_parts(self) -> None:
         self.vision_encoder.backbone.to(_DTYPES[self.config.vision_dtype])
         self.language_model.to(_DTYPES[self.config.llm_dtype])
+        _restore_float32_rotary(self.language_model)
 
     # ------------------------------------------------------------------ parts, freezing
     def parts(self) -> dict[str, nn.Module | nn.Parameter | None]:
@@ -213,8 +225,9 @@ class MyriadLMM(nn.Module):
     def load_part(self, name: str, state: Mapping[str, torch.Tensor] | torch.Tensor, strict: bool = True) -> None:
         """Load one part from a state dict with the part's own keys (e.g. ``encoder.layers.0...`` for backbone).
 
-        Tensors are cast to the part's dtype and assigned (so a part built on the meta
-        device is materialised). ``query_tokens`` takes a tensor (or ``{"query_tokens": t}``).
+        A part built on the meta device takes the given tensors (cast to its dtype; they
+        are not copied); a materialised part copies them in. ``query_tokens`` takes a
+        tensor (or ``{"query_tokens": t}``).
         Missing, unexpected or mis-shaped keys raise :class:`WeightsError` naming them.
         """
         parts = self.parts()
@@ -227,9 +240,13 @@ class MyriadLMM(nn.Module):
             tensor = state["query_tokens"] if isinstance(state, Mapping) else state
             if tuple(tensor.shape) != tuple(part.shape):
                 raise WeightsError(f"query_tokens: expected shape {tuple(part.shape)}, got {tuple(tensor.shape)}")
-            new = nn.Parameter(tensor.detach().to(device=part.device if not part.is_meta else "cpu", dtype=part.dtype).clone())
-            new.requires_grad_(part.requires_grad)
-            self.vision_encoder.query_tokens = new
+            if part.is_meta:
+                new = nn.Parameter(tensor.detach().to(device="cpu", dtype=part.dtype).clone())
+                new.requires_grad_(part.requires_grad)
+                self.vision_encoder.query_tokens = new
+            else:
+                with torch.no_grad():
+                    part.copy_(tensor)
             return
         expected = dict(part.state_dict())
         if name == "language_model" and self.config.llm.tie_word_embeddings and "lm_head.weight" not in state:
@@ -262,9 +279,15 @@ class MyriadLMM(nn.Module):
                 f"{what}: {len(missing)} missing key(s) (e.g. {missing[:4]}), "
                 f"{len(unexpected)} unexpected key(s) (e.g. {unexpected[:4]})"
             )
-        cast = {k: state[k].to(dtype=expected[k].dtype) if state[k].is_floating_point() else state[k] for k in expected if k in state}
         target = module if module is not None else self
-        target.load_state_dict(cast, strict=False, assign=True)
+        # Meta tensors are replaced by the given ones (cast to the model's dtype); real
+        # tensors are copied into, so the caller's state dict is never shared.
+        on_meta = any(t.is_meta for t in list(target.parameters()) + list(target.buffers()))
+        if on_meta:
+            cast = {k: state[k].to(dtype=expected[k].dtype) if state[k].is_floating_point() else state[k] for k in expected if k in state}
+        else:
+            cast = {k: state[k] for k in expected if k in state}
+        target.load_state_dict(cast, strict=False, assign=on_meta)
         self._apply_freezing()
 
     def init_parts(self, names: Iterable[str]) -> None:

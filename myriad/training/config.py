@@ -114,6 +114,8 @@ class TrainConfig(BaseModel):
         base = path.parent
         if not config.output_dir.is_absolute():
             config.output_dir = base / config.output_dir
+        if config.cache_dir is not None and not config.cache_dir.is_absolute():
+            config.cache_dir = base / config.cache_dir
         config.data.folders = [f if f.is_absolute() else base / f for f in config.data.folders]
         if config.init_from is not None and not config.init_from.is_absolute():
             config.init_from = base / config.init_from

@@ -18,6 +18,7 @@ Nothing is downloaded: weights come from local files only.
 
 from __future__ import annotations
 
+from collections import OrderedDict
 from pathlib import Path
 from typing import TYPE_CHECKING, Any, Sequence
 
@@ -45,7 +46,7 @@ def read_state_dict(path: str | Path) -> dict[str, "torch.Tensor"]:
     ``weights_only=True``; they are opened with ``torch.jit.load``, which runs no
     pickled Python code, and only their tensors are kept.
     """
-    import zipfile
+    import warnings
 
     import torch
 
@@ -54,15 +55,15 @@ def read_state_dict(path: str | Path) -> dict[str, "torch.Tensor"]:
     path = Path(path)
     if not path.is_file():
         raise WeightsError(f"{path}: weights file not found")
-    try:
-        state: Any = load_torch_checkpoint(path)
-    except WeightsError:
-        if not zipfile.is_zipfile(path):
-            raise
+    if is_torchscript(path):
         try:
-            state = torch.jit.load(str(path), map_location="cpu").state_dict()
+            with warnings.catch_warnings():
+                warnings.simplefilter("ignore", FutureWarning)
+                state: Any = torch.jit.load(str(path), map_location="cpu").state_dict()
         except Exception as exc:  # noqa: BLE001 - torch raises many types here
-            raise WeightsError(f"{path}: neither a weights_only checkpoint nor a TorchScript archive: {exc}") from exc
+            raise WeightsError(f"{path}: unreadable TorchScript archive: {exc}") from exc
+    else:
+        state = load_torch_checkpoint(path)
     for wrapper in ("state_dict", "model", "module"):
         if isinstance(state, dict) and isinstance(state.get(wrapper), dict):
             state = state[wrapper]
@@ -74,6 +75,16 @@ def read_state_dict(path: str | Path) -> dict[str, "torch.Tensor"]:
             continue  # OpenAI files carry ints such as input_resolution
         out[key[7:] if key.startswith("module.") else key] = value
     return out
+
+
+def is_torchscript(path: Path) -> bool:
+    """Whether ``path`` is a TorchScript zip archive (it holds ``code/`` and ``constants.pkl``)."""
+    import zipfile
+
+    if not zipfile.is_zipfile(path):
+        return False
+    with zipfile.ZipFile(path) as archive:
+        return any(name.endswith("/constants.pkl") or "/code/" in name for name in archive.namelist())
 
 
 def strict_load(module: "nn.Module", state: dict[str, "torch.Tensor"], source: str) -> None:
@@ -129,7 +140,7 @@ class CnnTokens:
     """Stage outputs of a timm CNN (default: the embedded EfficientNet-Lite0)."""
 
     default_image_size = 320
-    default_layers = (1, 2, 3)
+    default_layers = (2, 3)  # strides 8 and 16; chosen by measurement (README)
 
     def __init__(self, name: str, weights: str | None, layers: Sequence[int] | None, device: str) -> None:
         from myriad.backbone import FeatureBackbone
@@ -159,10 +170,12 @@ class OpenClipTokens:
         quick_gelu: bool,
         architecture: dict[str, Any] | None,
         device: str,
+        visual: "nn.Module | None" = None,
     ) -> None:
         import torch
 
-        self.visual = build_open_clip_visual(arch, weights, quick_gelu, architecture)
+        # ``visual``: an already built open_clip VisionTransformer (benchmarks with random weights)
+        self.visual = visual if visual is not None else build_open_clip_visual(arch, weights, quick_gelu, architecture)
         depth = len(self.visual.transformer.resblocks)
         self.patch = int(self.visual.patch_size[0])
         native = int(self.visual.image_size[0])
@@ -304,8 +317,39 @@ class TimmVitTokens:
         return list(grids), pooled
 
 
+#: Recently built backbones (frozen, inference only), so that experts built with the same
+#: settings (calibration folds, repeated runs) share one model instead of reloading it.
+_CACHE: "OrderedDict[tuple, CnnTokens | OpenClipTokens | TimmVitTokens]" = OrderedDict()
+_CACHE_SIZE = 2
+
+
 def build_backbone(config: "MuScConfig") -> "CnnTokens | OpenClipTokens | TimmVitTokens":
-    """The token backbone named by ``config.backbone``."""
+    """The token backbone named by ``config.backbone`` (shared with recent experts of the same settings)."""
+    import json
+    import os
+
+    stamp = os.stat(config.weights).st_mtime_ns if config.weights and os.path.isfile(config.weights) else None
+    key = (
+        config.backbone,
+        config.weights,
+        stamp,
+        tuple(config.layers) if config.layers is not None else None,
+        config.image_size,
+        config.quick_gelu,
+        json.dumps(config.architecture, sort_keys=True),
+        config.device,
+    )
+    if key in _CACHE:
+        _CACHE.move_to_end(key)
+        return _CACHE[key]
+    backbone = _build(config)
+    _CACHE[key] = backbone
+    while len(_CACHE) > _CACHE_SIZE:
+        _CACHE.popitem(last=False)
+    return backbone
+
+
+def _build(config: "MuScConfig") -> "CnnTokens | OpenClipTokens | TimmVitTokens":
     family, sep, name = config.backbone.partition(":")
     if not sep:
         if config.architecture:

@@ -31,7 +31,7 @@ class MuScConfig(BaseModel):
     )
     layers: list[int] | None = Field(
         None,
-        description="CNN: stage indices (timm out_indices); ViT: 1-indexed blocks. None: (1, 2, 3) for CNNs, "
+        description="CNN: stage indices (timm out_indices); ViT: 1-indexed blocks. None: (2, 3) for CNNs (strides 8 and 16), "
         "the blocks at 1/4, 1/2, 3/4 and all of the depth for ViTs (6/12/18/24 for ViT-L)",
     )
     r_list: list[int] = Field([1, 3, 5], min_length=1, description="LNAMD aggregation degrees (odd)")

@@ -206,6 +206,7 @@ class PatchCoreExpert(Expert):
     # -- fit ----------------------------------------------------------------------------
     def _fit(self, images: list["np.ndarray"]) -> None:
         import numpy as np
+        from tqdm.auto import tqdm
 
         from myriad_experts_patchcore.coreset import projection_matrix, select_coreset
         from myriad_experts_patchcore.features import to_patch_rows
@@ -214,8 +215,9 @@ class PatchCoreExpert(Expert):
         items = self._fit_images(images)
         dtype = np.float16 if cfg.bank_dtype == "float16" else np.float32
         features: np.ndarray | None = None
-        filled = 0
-        with _cpu_threads(cfg.num_threads):
+        filled = per_image = 0
+        bar = tqdm(total=len(items), desc="features", unit="img", disable=None if cfg.progress else True, leave=False)
+        with _cpu_threads(cfg.num_threads), bar:
             for start in range(0, len(items), cfg.batch_size):
                 chunk = [augment_image(images[i], op) for i, op in items[start : start + cfg.batch_size]]
                 rows = to_patch_rows(self._grid_features(chunk))
@@ -224,6 +226,7 @@ class PatchCoreExpert(Expert):
                     features = self._allocate(len(items) * per_image, rows.shape[1], dtype)
                 features[filled : filled + len(rows)] = rows
                 filled += len(rows)
+                bar.update(len(chunk))
                 del chunk, rows
             assert features is not None
             try:
@@ -233,6 +236,8 @@ class PatchCoreExpert(Expert):
                     projection_dim=cfg.projection_dim,
                     seed=cfg.seed,
                     max_size=cfg.max_bank_size,
+                    group_size=cfg.coreset_group_size,
+                    rows_per_image=per_image,
                     progress=cfg.progress,
                 )
             except (MemoryError, RuntimeError) as exc:
@@ -240,7 +245,7 @@ class PatchCoreExpert(Expert):
                     f"coreset selection of {len(features)} patches failed ({exc}): lower coreset_ratio, "
                     "projection_dim or image_size, or fit on fewer images"
                 ) from exc
-            bank = features[np.sort(keep)]
+            bank = features[keep]
             del features
             self.num_train_patches = filled
             if cfg.projection_dim and bank.shape[1] > cfg.projection_dim and len(keep) < filled:
@@ -278,11 +283,13 @@ class PatchCoreExpert(Expert):
         from myriad_experts_patchcore.memory_bank import MemoryBank
 
         cfg = self.config
+        device = self.device
         return MemoryBank(
             features,
             index=cfg.index,
             dtype=cfg.bank_dtype,
-            use_gpu=self.device.startswith("cuda"),
+            use_gpu=device.startswith("cuda"),
+            gpu_device=int(device.partition(":")[2] or 0),
             ivf_lists=cfg.ivf_lists,
             pq_subquantizers=cfg.pq_subquantizers,
             ivf_probe=cfg.ivf_probe,
@@ -312,12 +319,9 @@ class PatchCoreExpert(Expert):
         return out
 
     def _score(self, chunk: list["np.ndarray"], rows: "np.ndarray", grid: tuple[int, int]) -> list[Prediction]:
-        import numpy as np
         import torch
 
-        from myriad.images import resize_map
-
-        from myriad_experts_patchcore.scoring import patch_scores, upsample_and_blur
+        from myriad_experts_patchcore.scoring import anomaly_maps, patch_scores
 
         cfg = self.config
         assert self.bank is not None
@@ -327,13 +331,10 @@ class PatchCoreExpert(Expert):
         image_scores = scores.max(axis=1)
         if cfg.reweight:
             image_scores = image_scores * self._reweight(rows, scores, nearest[:, 0])
-        maps = upsample_and_blur(torch.from_numpy(scores.reshape(b, *grid)), cfg.image_size, cfg.blur_sigma).numpy()
-        predictions = []
-        for image, amap, score in zip(chunk, maps, image_scores):
-            h, w = image.shape[:2]
-            amap = amap if (h, w) == amap.shape else resize_map(amap, h, w)
-            predictions.append(Prediction(anomaly_map=np.ascontiguousarray(amap, dtype=np.float32), score=float(score)))
-        return predictions
+        maps = anomaly_maps(
+            torch.from_numpy(scores.reshape(b, *grid)), [img.shape[:2] for img in chunk], cfg.image_size, cfg.blur_sigma
+        )
+        return [Prediction(anomaly_map=m, score=float(s)) for m, s in zip(maps, image_scores)]
 
     def _reweight(self, rows: "np.ndarray", scores: "np.ndarray", nearest: "np.ndarray") -> "np.ndarray":
         """Per-image weight ``1 - softmax(distances to N_b(m*))[0]`` of the worst patch (see scoring)."""
@@ -413,6 +414,7 @@ class PatchCoreExpert(Expert):
         self.grid = (int(grid[0]), int(grid[1])) if grid else None
         self.bank = self._make_bank(bank)
         self._check_neighbours()
+        self.fitted = True
 
 
 __all__ = ["PatchCoreExpert", "augment_image"]

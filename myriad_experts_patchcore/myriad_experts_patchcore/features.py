@@ -31,8 +31,9 @@ Aggregation = Literal["concat", "pool"]
 #: Default stages (timm ``out_indices``) of each known backbone. Index i of a timm
 #: ``features_only`` model is the stage with stride 2**(i+1) for these CNNs.
 DEFAULT_LAYERS = {
-    # chosen by measurement, see the README ("Choosing the default stages")
-    "efficientnet_lite0": (2, 3),
+    # stride 16 + 32 (112 + 320 channels): chosen by measurement, see the README
+    # ("Choosing the default stages and input size")
+    "efficientnet_lite0": (3, 4),
     # PatchCore's layer2 + layer3
     "wide_resnet50_2": (2, 3),
 }
@@ -174,7 +175,8 @@ class PatchFeatureExtractor:
         self.embed_dim = int(embed_dim)
         self.dim = feature_dim(backbone.info.channels, aggregation, embed_dim)
         first = backbone.info.reductions[0]
-        self.grid = (-(-self.image_size // first), -(-self.image_size // first))  # refined on first call
+        # expected patch grid, ceil(size / stride); set exactly by every forward
+        self.grid = (-(-self.image_size // first), -(-self.image_size // first))
 
     def preprocess(self, images: Sequence["np.ndarray"]) -> "torch.Tensor":
         """RGB uint8 images (any sizes) -> normalised ``B x 3 x S x S`` batch."""

@@ -57,6 +57,7 @@ class MemoryBank:
         index: IndexKind = "flat",
         dtype: BankDtype = "float32",
         use_gpu: bool = False,
+        gpu_device: int = 0,
         ivf_lists: int = 1024,
         pq_subquantizers: int = 64,
         ivf_probe: int = 16,
@@ -73,6 +74,7 @@ class MemoryBank:
         self.requested_kind: IndexKind = index
         self.kind: IndexKind = index
         self.use_gpu = bool(use_gpu) and faiss_has_gpu()
+        self.gpu_device = int(gpu_device)
         self.ivf_lists = int(ivf_lists)
         self.pq_subquantizers = int(pq_subquantizers)
         self.ivf_probe = int(ivf_probe)
@@ -116,10 +118,11 @@ class MemoryBank:
                 if self.use_gpu:
                     options = faiss.GpuClonerOptions()
                     options.useFloat16 = self.dtype == "float16"
-                    index = faiss.index_cpu_to_gpu(self._gpu_resources(), 0, index, options)
+                    index = faiss.index_cpu_to_gpu(self._gpu_resources(), self.gpu_device, index, options)
                 index.train(self.vectors())
             elif self.use_gpu:
                 config = faiss.GpuIndexFlatConfig()
+                config.device = self.gpu_device
                 config.useFloat16 = self.dtype == "float16"
                 index = faiss.GpuIndexFlatL2(self._gpu_resources(), d, config)
             elif self.dtype == "float16":

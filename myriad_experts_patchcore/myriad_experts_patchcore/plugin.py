@@ -39,6 +39,9 @@ class PatchCoreConfig(BaseModel):
     )
     max_bank_size: Optional[int] = Field(None, ge=1, description="upper bound on the bank size (patches)")
     projection_dim: int = Field(128, ge=0, description="random projection size for coreset selection (0 = none)")
+    coreset_group_size: Optional[int] = Field(
+        100_000, ge=1_000, description="patches per greedy selection; larger sets are reduced in groups (None = global)"
+    )
     bank_dtype: Literal["float32", "float16"] = Field("float32", description="precision of the stored bank")
     index: Literal["flat", "ivfpq"] = Field("flat", description="exact flat search or approximate IVF-PQ")
     ivf_lists: int = Field(1024, ge=1, description="IVF-PQ: number of inverted lists")
@@ -62,7 +65,7 @@ class PatchCoreConfig(BaseModel):
     device: str = Field("auto", description="'auto' (cuda if available), 'cpu', 'cuda' or 'cuda:N'")
     num_threads: Optional[int] = Field(None, ge=1, description="CPU threads for torch and faiss (None = leave as is)")
     seed: int = Field(0, description="seed of the coreset projection and start point")
-    progress: bool = Field(False, description="show tqdm progress bars while fitting")
+    progress: bool = Field(True, description="tqdm progress bars while fitting (shown only on a terminal)")
 
     @field_validator("layers")
     @classmethod

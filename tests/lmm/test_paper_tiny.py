@@ -278,3 +278,19 @@ def test_classify_and_chat_template(tiny_config, tiny_tokenizer, tiny_model, tin
     assert answer_ids[-1] == tiny_tokenizer.eos_token_id  # the chat answer ends with EOS
     assert chat.stop == "</s>"
     assert len(chat.generate(pixels, maps, max_new_tokens=3)) == 2
+
+
+def test_load_part_copies_into_materialised_models(tiny_config, tiny_tokenizer, tiny_model):
+    other = MyriadLMM(tiny_config, tiny_tokenizer)
+    source = tiny_model.vision_encoder.lorra.state_dict()
+    other.load_part("lorra", source)
+    assert other.vision_encoder.lorra.down.weight.data_ptr() != tiny_model.vision_encoder.lorra.down.weight.data_ptr()
+    torch.testing.assert_close(other.vision_encoder.lorra.down.weight, tiny_model.vision_encoder.lorra.down.weight)
+    other.load_part("query_tokens", tiny_model.vision_encoder.query_tokens.detach() * 2)
+    torch.testing.assert_close(other.vision_encoder.query_tokens, tiny_model.vision_encoder.query_tokens * 2)
+
+
+def test_half_precision_llm_keeps_float32_rotary(tiny_config, tiny_tokenizer):
+    model = MyriadLMM(tiny_config.replace(llm_dtype="bfloat16"), tiny_tokenizer)
+    assert model.language_model.model.embed_tokens.weight.dtype == torch.bfloat16
+    assert model.language_model.model.rotary_emb.inv_freq.dtype == torch.float32

@@ -1,0 +1,3 @@
+"""AnomalyGPT's vision expert for Myriad (one-class decoder, few-shot memory). See README.md."""
+
+__all__: list[str] = []

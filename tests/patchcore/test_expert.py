@@ -1,0 +1,186 @@
+"""PatchCore expert behaviour: detection, reweighting, few-shot, state checks and clear errors."""
+
+from __future__ import annotations
+
+import json
+import subprocess
+import sys
+
+import numpy as np
+import pytest
+
+from myriad.errors import ConfigError, MyriadError, WeightsError
+from myriad.plugins import get_expert
+
+
+@pytest.fixture(scope="module")
+def fitted(crops, fast):
+    """A one-class expert fitted on 6 brick crops at 64 px (shared: tests do not modify it)."""
+    return get_expert("patchcore", fast).fit(crops(6, seed=0))
+
+
+def test_detects_a_scratch_and_localises_it(crops, add_scratch) -> None:
+    """Embedded backbone, brick texture: a scratched crop outscores normal crops, the map peaks on it."""
+    from scipy.ndimage import binary_dilation
+
+    expert = get_expert("patchcore", {"device": "cpu", "num_threads": 1})  # defaults: 256 px, layers 3 + 4
+    expert.fit(crops(10, size=256, seed=0))
+    normal = crops(4, size=256, seed=1)
+    defects = [add_scratch(img, seed=i) for i, img in enumerate(crops(3, size=256, seed=2))]
+    normal_scores = [p.score for p in expert.predict(normal)]
+    preds = expert.predict([img for img, _ in defects])
+    for (img, mask), pred in zip(defects, preds):
+        assert pred.score > max(normal_scores)
+        peak = np.unravel_index(pred.anomaly_map.argmax(), pred.anomaly_map.shape)
+        assert binary_dilation(mask, iterations=8)[peak], "map maximum is not on the scratch"
+        assert pred.anomaly_map[mask].mean() > 2 * np.median(pred.anomaly_map)
+
+
+def test_maps_at_each_image_size_and_euclidean_scores(fast, fitted, crops) -> None:
+    images = [crops(1, size=64)[0], np.zeros((30, 90, 3), np.uint8), crops(1, size=100, seed=3)[0][:, :77]]
+    preds = fitted.predict(images)
+    assert [p.anomaly_map.shape for p in preds] == [(64, 64), (30, 90), (100, 77)]
+    plain = get_expert("patchcore", {**fast, "distance": "euclidean"})
+    plain.load_state_tensors(fitted.state_tensors(), fitted.state_metadata())
+    for a, b in zip(preds, plain.predict(images)):
+        assert b.score == pytest.approx(np.sqrt(a.score), rel=1e-5)
+
+
+def test_more_neighbours_never_lower_the_score(fast, fitted, crops) -> None:
+    three = get_expert("patchcore", {**fast, "num_neighbors": 3})
+    three.load_state_tensors(fitted.state_tensors(), fitted.state_metadata())
+    images = crops(3, seed=9)
+    for one, avg in zip(fitted.predict(images), three.predict(images)):
+        assert avg.score >= one.score - 1e-6
+
+
+def test_reweighting_follows_the_paper(fast, fitted, crops) -> None:
+    """score = (1 - softmax(||m_test - N_b(m*)||)[0]) * s*, distances to m*'s b nearest bank entries."""
+    from myriad_experts_patchcore.features import to_patch_rows
+
+    reweighted = get_expert("patchcore", {**fast, "reweight": True, "reweight_neighbors": 4})
+    reweighted.load_state_tensors(fitted.state_tensors(), fitted.state_metadata())
+    images = crops(2, seed=11)
+    plain_scores = [p.score for p in fitted.predict(images)]
+    new_scores = [p.score for p in reweighted.predict(images)]
+    bank = fitted.bank.vectors().astype(np.float64)
+    rows = to_patch_rows(fitted.extractor(images)).astype(np.float64)
+    per_image = rows.shape[0] // 2
+    for i in range(2):
+        patches = rows[i * per_image : (i + 1) * per_image]
+        d = ((patches[:, None] - bank[None]) ** 2).sum(axis=2)
+        worst = d.min(axis=1).argmax()
+        m_star = d[worst].argmin()
+        support = np.argsort(((bank - bank[m_star]) ** 2).sum(axis=1), kind="stable")[:4]
+        dist = np.sqrt(((bank[support] - patches[worst]) ** 2).sum(axis=1))
+        weight = 1 - np.exp(dist[0]) / np.exp(dist).sum()
+        assert d.min(axis=1).max() == pytest.approx(plain_scores[i], rel=1e-4)
+        assert new_scores[i] == pytest.approx(weight * plain_scores[i], rel=1e-3)
+        assert 0 < weight <= 1
+
+
+def test_few_shot_augmentation_and_k_shot(fast, crops) -> None:
+    refs = crops(3, seed=4)
+    sizes = {}
+    for augment in ("none", "flip", "rotate", "flip_rotate"):
+        expert = get_expert("patchcore", {**fast, "mode": "few_shot", "k_shot": 1, "augment": augment}).fit(refs)
+        sizes[augment] = expert.bank.size
+    per_image = sizes["none"]
+    assert sizes == {"none": per_image, "flip": 3 * per_image, "rotate": 4 * per_image, "flip_rotate": 8 * per_image}
+    # brick is oriented: a rotated reference is anomalous without augmentation, normal with it
+    rotated = np.ascontiguousarray(np.rot90(refs[0]))
+    plain = get_expert("patchcore", {**fast, "mode": "few_shot", "k_shot": 1}).fit(refs)
+    augmented = get_expert("patchcore", {**fast, "mode": "few_shot", "k_shot": 1, "augment": "rotate"}).fit(refs)
+    assert augmented.predict([rotated])[0].score < 1e-3 < plain.predict([rotated])[0].score
+    with pytest.raises(ConfigError, match=r"k_shot=4 but only 3"):
+        get_expert("patchcore", {**fast, "mode": "few_shot", "k_shot": 4}).fit(refs)
+
+
+def test_saved_bank_refuses_another_backbone(fitted, tmp_path) -> None:
+    from myriad_experts_patchcore.expert import PatchCoreExpert
+
+    fitted.save(tmp_path / "state")
+    meta_path = tmp_path / "state" / "expert.json"
+    meta = json.loads(meta_path.read_text())
+    assert meta["extra"]["backbone"] == "efficientnet_lite0" and meta["extra"]["feature_dim"] == 112 + 320
+    meta["config"]["backbone"] = "wide_resnet50_2"
+    meta_path.write_text(json.dumps(meta))
+    with pytest.raises(WeightsError, match=r"efficientnet_lite0.*wide_resnet50_2"):
+        PatchCoreExpert.load(tmp_path / "state")
+    other = get_expert("patchcore", {"image_size": 64, "layers": [2, 3]})
+    with pytest.raises(WeightsError, match=r"layers=\[3, 4\].*layers=\[2, 3\]"):
+        other.load_state_tensors(fitted.state_tensors(), fitted.state_metadata())
+
+
+def test_float16_bank_round_trip(fast, crops, tmp_path) -> None:
+    from myriad_experts_patchcore.expert import PatchCoreExpert
+
+    expert = get_expert("patchcore", {**fast, "bank_dtype": "float16"}).fit(crops(3))
+    expert.save(tmp_path / "s")
+    again = PatchCoreExpert.load(tmp_path / "s")
+    assert again.bank.features.dtype == np.float16
+    images = crops(2, seed=5)
+    for a, b in zip(expert.predict(images), again.predict(images)):
+        np.testing.assert_array_equal(a.anomaly_map, b.anomaly_map)
+
+
+def test_any_timm_cnn_from_a_local_weights_file(crops, tmp_path) -> None:
+    import timm
+    from safetensors.torch import save_file
+
+    weights = tmp_path / "resnet18.safetensors"
+    save_file(timm.create_model("resnet18", pretrained=False).state_dict(), str(weights))
+    expert = get_expert("patchcore", {"backbone": "resnet18", "weights": str(weights), "image_size": 64, "num_threads": 1})
+    expert.fit(crops(2))
+    assert expert.bank.dim == 128 + 256  # layer2 + layer3
+    assert expert.predict(crops(1, seed=7))[0].anomaly_map.shape == (64, 64)
+
+
+@pytest.mark.parametrize(
+    ("config", "error", "match"),
+    [
+        ({"augment": "flip"}, ConfigError, "augment='flip' applies to mode='few_shot'"),
+        ({"num_neighbors": 1000}, ConfigError, "num_neighbors=1000"),
+        ({"layers": [4, 5]}, ConfigError, r"layers=\[4, 5\]"),
+        ({"backbone": "resnet18"}, WeightsError, "local weights file"),
+        ({"backbone": "not_a_network"}, ConfigError, "not_a_network"),
+        ({"weights": "/nonexistent/w.safetensors", "backbone": "resnet18"}, WeightsError, "not found"),
+    ],
+)
+def test_bad_settings_raise_clear_errors(fast, config, error, match, crops) -> None:
+    with pytest.raises(error, match=match):
+        get_expert("patchcore", {**fast, **config}).fit(crops(2))
+
+
+@pytest.mark.parametrize("config", [{"layers": [3, 2]}, {"layers": []}, {"device": "tpu"}, {"typo_field": 1}])
+def test_invalid_config_values_are_refused(config) -> None:
+    with pytest.raises(ConfigError):
+        get_expert("patchcore", config)
+
+
+def test_cuda_without_gpu_is_a_config_error(crops) -> None:
+    import torch
+
+    if torch.cuda.is_available():
+        pytest.skip("a GPU is present")
+    with pytest.raises(ConfigError, match="device='cuda'"):
+        get_expert("patchcore", {"device": "cuda", "image_size": 64}).fit(crops(1))
+
+
+def test_empty_fit_and_unreadable_paths(fast, tmp_path) -> None:
+    expert = get_expert("patchcore", fast)
+    with pytest.raises(MyriadError):
+        expert.fit([])
+    bad = tmp_path / "broken.png"
+    bad.write_bytes(b"not an image")
+    with pytest.raises(MyriadError, match="broken.png"):
+        expert.fit([bad])
+
+
+def test_plugin_discovery_does_not_import_torch_or_faiss() -> None:
+    code = (
+        "import sys, myriad_experts_patchcore.plugin as p; "
+        "print(p.PatchCoreConfig().image_size, 'torch' in sys.modules, 'faiss' in sys.modules)"
+    )
+    out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True).stdout.split()
+    assert out[1:] == ["False", "False"]
