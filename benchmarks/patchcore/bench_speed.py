@@ -233,6 +233,14 @@ def markdown(result: dict) -> str:
         " the straightforward version's scores equal ours within "
         f"{max(r['baseline_max_score_rel_diff'] for r in result['main']):.1e} (relative).",
     ]
+    if max(meta["load_average_end"]) > (meta["cpu_count"] or 1):
+        lines += [
+            "",
+            "The machine was oversubscribed (load average above the CPU count): multi-threaded OpenMP regions"
+            " stall waiting for a core, which hurts most the one-image-at-a-time baseline with its many small"
+            " operations, so the 2-thread speedup overstates a dedicated machine's; the 1-thread row is the"
+            " fair comparison here.",
+        ]
     if result.get("scaling"):
         lines += [
             "",
