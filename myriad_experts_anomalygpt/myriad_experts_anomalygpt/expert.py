@@ -23,7 +23,7 @@ from typing import TYPE_CHECKING, Any, Sequence
 
 from myriad.errors import ConfigError, WeightsError
 from myriad.experts import Expert, Mode, Prediction
-from myriad_experts_anomalygpt._cache import cached, file_stamp
+from myriad.model_cache import cached, file_stamp
 from myriad_experts_anomalygpt.plugin import IMAGEBIND, AnomalyGPTConfig
 
 if TYPE_CHECKING:  # pragma: no cover

@@ -27,7 +27,7 @@ from typing import TYPE_CHECKING, Any
 
 from myriad.errors import ConfigError, WeightsError
 from myriad.experts import Expert, Mode, Prediction
-from myriad_experts_aprilgan._cache import cached, file_stamp
+from myriad.model_cache import cached, file_stamp
 from myriad_experts_aprilgan.plugin import CLIP, AprilGANConfig
 
 if TYPE_CHECKING:  # pragma: no cover
