@@ -121,6 +121,9 @@ class PromptGeneratorSettings(_Strict):
     #: Code default: 9 learnable base prompts (randn, std 1) prepended -> 18 TPG tokens.
     #: ``False`` is the paper's text (9 expert tokens, no base prompts).
     tpg_base_prompts: bool = True
+    #: Std of the base prompts' N(0, std) init (published code: 1.0, i.e. norm ~64 at 4096
+    #: wide vs ~1 for Vicuna's token embeddings; ~24 vs ~3.2 for SmolLM2's).
+    tpg_base_prompt_std: float = 1.0
 
 
 class LoRRASettings(_Strict):

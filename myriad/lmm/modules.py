@@ -101,7 +101,8 @@ class TextualPromptGenerator(_MapPromptGenerator):
 
     The trunk ends in a ``kernel x kernel`` conv without padding (7x7 -> 3x3 = 9 tokens).
     With ``base_prompts=True`` (the published code) 9 learnable prompts drawn from
-    N(0, 1) are prepended, giving 18 tokens; ``False`` gives the paper's 9 tokens.
+    N(0, ``base_prompt_std``; 1 in the code) are prepended, giving 18 tokens; ``False``
+    gives the paper's 9 tokens.
     """
 
     def __init__(
@@ -111,6 +112,7 @@ class TextualPromptGenerator(_MapPromptGenerator):
         map_size: int = 224,
         kernel: int = 5,
         base_prompts: bool = True,
+        base_prompt_std: float = 1.0,
     ) -> None:
         super().__init__(channels, map_size)
         self.out_dim = out_dim
@@ -119,12 +121,13 @@ class TextualPromptGenerator(_MapPromptGenerator):
         if grid < 1:
             raise ValueError(f"TPG kernel {kernel} does not fit the {self.trunk_grid}x{self.trunk_grid} trunk grid")
         self.num_map_tokens = grid * grid
-        self.base_prompts = nn.Parameter(torch.randn(self.num_map_tokens, out_dim)) if base_prompts else None
+        self.base_prompt_std = base_prompt_std
+        self.base_prompts = nn.Parameter(torch.randn(self.num_map_tokens, out_dim) * base_prompt_std) if base_prompts else None
         self.num_tokens = self.num_map_tokens * (2 if base_prompts else 1)
 
     def reset_base_prompts(self) -> None:
         if self.base_prompts is not None:
-            nn.init.normal_(self.base_prompts, std=1.0)
+            nn.init.normal_(self.base_prompts, std=self.base_prompt_std)
 
     def forward(self, maps: torch.Tensor) -> torch.Tensor:
         """``B x 1 x S x S`` maps -> ``B x num_tokens x out_dim`` (base prompts first)."""

@@ -100,6 +100,8 @@ def test_tpg_forward_prepends_base_prompts():
     assert out.shape == (3, 18, 12)
     torch.testing.assert_close(out[:, :9], tpg.base_prompts.unsqueeze(0).expand(3, -1, -1))
     assert abs(float(tpg.base_prompts.detach().std()) - 1.0) < 0.5
+    small = TextualPromptGenerator(600, SMALL, base_prompt_std=0.1)
+    assert 0.08 < float(small.base_prompts.detach().std()) < 0.12
     no_base = TextualPromptGenerator(12, SMALL, base_prompts=False)
     assert no_base(maps).shape == (3, 9, 12)
 
