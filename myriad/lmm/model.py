@@ -59,8 +59,9 @@ class MyriadOutput:
 
 def llama_config(config: MyriadConfig) -> Any:
     """The transformers ``LlamaConfig`` of ``config.llm``."""
-    from transformers import LlamaConfig
+    from myriad.lmm._hf import llama
 
+    LlamaConfig, _ = llama()
     s = config.llm
     return LlamaConfig(
         hidden_size=s.hidden_size,
@@ -81,8 +82,9 @@ def llama_config(config: MyriadConfig) -> Any:
 
 def build_language_model(config: MyriadConfig) -> nn.Module:
     """A randomly initialised (or meta) ``LlamaForCausalLM`` with ``config.llm`` dimensions."""
-    from transformers import LlamaForCausalLM
+    from myriad.lmm._hf import llama
 
+    _, LlamaForCausalLM = llama()
     return LlamaForCausalLM(llama_config(config))
 
 

@@ -122,8 +122,9 @@ def _load_llama(folder: Path, dtype: "torch.dtype") -> Any:
     """
     import torch
     from safetensors.torch import load_file
-    from transformers import LlamaConfig, LlamaForCausalLM
+    from myriad.lmm._hf import llama
 
+    LlamaConfig, LlamaForCausalLM = llama()
     config = LlamaConfig.from_json_file(str(folder / "config.json"))
     with torch.device("meta"):
         model = LlamaForCausalLM(config)

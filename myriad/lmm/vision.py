@@ -38,8 +38,9 @@ class EvaViTBackbone(nn.Module):
 
     def __init__(self, settings: "VisionSettings") -> None:
         super().__init__()
-        from transformers import Blip2VisionConfig, Blip2VisionModel
+        from myriad.lmm._hf import blip2
 
+        Blip2VisionConfig, Blip2VisionModel, _, _ = blip2()
         config = Blip2VisionConfig(
             hidden_size=settings.hidden_size,
             intermediate_size=settings.intermediate_size,
@@ -145,8 +146,9 @@ class VEGuidedVisionEncoder(nn.Module):
 
     @staticmethod
     def build_qformer(config: "MyriadConfig") -> nn.Module:
-        from transformers import Blip2QFormerConfig, Blip2QFormerModel
+        from myriad.lmm._hf import blip2
 
+        _, _, Blip2QFormerConfig, Blip2QFormerModel = blip2()
         q = config.qformer
         qconfig = Blip2QFormerConfig(
             hidden_size=q.hidden_size,
