@@ -90,6 +90,9 @@ class QFormerSettings(_Strict):
     num_query_tokens: int = 32
     dropout: float = 0.1
     layer_norm_eps: float = 1e-12
+    #: Init std of a from-scratch ``language_projection`` (zero bias); ``None``: PyTorch's default
+    #: (pretrained projections are loaded, so this only matters when it is trained from scratch).
+    projection_init_std: float | None = None
 
 
 class LLMSettings(_Strict):
@@ -124,6 +127,9 @@ class PromptGeneratorSettings(_Strict):
     #: Std of the base prompts' N(0, std) init (published code: 1.0, i.e. norm ~64 at 4096
     #: wide vs ~1 for Vicuna's token embeddings; ~24 vs ~3.2 for SmolLM2's).
     tpg_base_prompt_std: float = 1.0
+    #: Trunk init: ``torch`` (PyTorch's default, the published code) or ``kaiming`` (He-normal,
+    #: zero bias): with ``torch`` the map barely changes the tokens at the start of training.
+    init: Literal["torch", "kaiming"] = "torch"
 
 
 class LoRRASettings(_Strict):
@@ -271,7 +277,13 @@ def mini_config(**changes: object) -> MyriadConfig:
             cross_attention_frequency=2,
             num_query_tokens=16,
             dropout=0.1,
+            # Q-Former outputs are layer-normed (norm ~sqrt(384) = 19.6); 0.007 makes the
+            # projected tokens' norm ~3, like SmolLM2's token embeddings (PyTorch's default: ~14).
+            projection_init_std=0.007,
         ),
+        # He-init trunks (the map must move the tokens from the first step) and base prompts
+        # at SmolLM2's embedding std (0.135) rather than the code's 1.0 (7x a token's norm).
+        prompt_generators=PromptGeneratorSettings(init="kaiming", tpg_base_prompt_std=0.135),
         llm=SMOLLM2_135M,
         trainable=("lorra", "ln_vision", "vpg", "query_tokens", "qformer", "language_projection", "tpg"),
         max_new_tokens=60,

@@ -49,7 +49,11 @@ PART_PREFIXES = {
 
 @dataclass
 class MyriadOutput:
-    """Training output: mean answer-token cross-entropy, logits and the labels used."""
+    """Training output: mean answer-token cross-entropy, the logits and the labels used.
+
+    ``logits`` covers only the last ``logits.shape[1]`` positions (the window that predicts
+    the answers): ``logits[:, i]`` predicts ``labels[:, L - W + i + 1]`` for ``L`` = ``labels.shape[1]``.
+    """
 
     loss: torch.Tensor
     logits: torch.Tensor
@@ -102,7 +106,7 @@ def _restore_float32_rotary(language_model: nn.Module) -> None:
 def _build_tpg(config: MyriadConfig) -> TextualPromptGenerator:
     pg = config.prompt_generators
     return TextualPromptGenerator(
-        config.llm.hidden_size, pg.trunk_channels, pg.map_size, pg.tpg_kernel, pg.tpg_base_prompts, pg.tpg_base_prompt_std
+        config.llm.hidden_size, pg.trunk_channels, pg.map_size, pg.tpg_kernel, pg.tpg_base_prompts, pg.tpg_base_prompt_std, pg.init
     )
 
 
@@ -455,8 +459,17 @@ class MyriadLMM(nn.Module):
             embeds[i, : s.shape[0]] = s
             mask[i, : s.shape[0]] = 1
             target[i, : len(lab)] = torch.tensor(lab, device=image.device)
-        out = self.language_model(inputs_embeds=embeds, attention_mask=mask, labels=target, use_cache=False)
-        return MyriadOutput(loss=out.loss, logits=out.logits, labels=target, attention_mask=mask)
+        # The LM head runs only on the window that predicts answer tokens (from the position
+        # before the earliest answer to the end): ~5x fewer head FLOPs than on every position.
+        starts = [next(j for j, t in enumerate(lab) if t != IGNORE_INDEX) for lab in labels]
+        window = longest - (min(starts) - 1)
+        out = self.language_model(inputs_embeds=embeds, attention_mask=mask, use_cache=False, logits_to_keep=window)
+        logits = out.logits
+        shifted = target[:, longest - window + 1 :]
+        loss = nn.functional.cross_entropy(
+            logits[:, :-1].reshape(-1, logits.shape[-1]).float(), shifted.reshape(-1), ignore_index=IGNORE_INDEX
+        )
+        return MyriadOutput(loss=loss, logits=logits, labels=target, attention_mask=mask)
 
     # ------------------------------------------------------------------ inference
     def _generate(

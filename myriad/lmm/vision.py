@@ -136,7 +136,7 @@ class VEGuidedVisionEncoder(nn.Module):
     @staticmethod
     def build_vpg(config: "MyriadConfig") -> VisualPromptGenerator:
         pg = config.prompt_generators
-        return VisualPromptGenerator(config.qformer.hidden_size, pg.trunk_channels, pg.map_size)
+        return VisualPromptGenerator(config.qformer.hidden_size, pg.trunk_channels, pg.map_size, pg.init)
 
     @staticmethod
     def build_query_tokens(config: "MyriadConfig") -> nn.Parameter:
@@ -166,7 +166,12 @@ class VEGuidedVisionEncoder(nn.Module):
 
     @staticmethod
     def build_language_projection(config: "MyriadConfig") -> nn.Linear:
-        return nn.Linear(config.qformer.hidden_size, config.llm.hidden_size)
+        proj = nn.Linear(config.qformer.hidden_size, config.llm.hidden_size)
+        std = config.qformer.projection_init_std
+        if std is not None:
+            nn.init.normal_(proj.weight, std=std)
+            nn.init.zeros_(proj.bias)
+        return proj
 
     @property
     def num_output_tokens(self) -> int:

@@ -34,11 +34,20 @@ class Phase(BaseModel):
     warmup_steps: int = Field(0, ge=0)
     #: probability of each route per step: TPG only, VPG + TPG, VPG only
     routes: dict[Route, float] = Field(default_factory=lambda: {"tpg": 1 / 3, "vpg_tpg": 1 / 3, "vpg": 1 / 3})
+    #: the parts trained in this phase (e.g. ["tpg"] for the paper's separate TPG stage);
+    #: ``None``: every trainable part of the model. The others stay frozen for the phase.
+    parts: list[str] | None = None
 
     @model_validator(mode="after")
     def _check(self) -> "Phase":
         if not self.routes or any(p < 0 for p in self.routes.values()) or sum(self.routes.values()) <= 0:
             raise ValueError("routes must hold non-negative probabilities with a positive sum")
+        if self.parts is not None:
+            from myriad.lmm.config import PART_NAMES
+
+            unknown = sorted(set(self.parts) - set(PART_NAMES))
+            if unknown or not self.parts:
+                raise ValueError(f"parts must name some of {list(PART_NAMES)}; unknown: {unknown}")
         return self
 
 

@@ -71,6 +71,13 @@ def _step_plan(config: TrainConfig, step: int, num_categories: int, route_probs:
     return route, pairs
 
 
+def set_phase_parts(model: Any, parts: list[str] | None) -> None:
+    """Train only ``parts`` (all the model's trainable parts when None); the rest get no gradient."""
+    for name, part in model.parts().items():
+        if part is not None and name in model.config.trainable:
+            part.requires_grad_(parts is None or name in parts)
+
+
 def train(
     config: TrainConfig,
     resume: bool = True,
@@ -145,9 +152,14 @@ def train(
     bar = tqdm(range(start, end), initial=start, total=total, desc="train", unit="step", disable=not progress or rank != 0)
     began = time.perf_counter()
     samples = 0
+    active_phase = -1
     for step in bar:
         phase_index, lr = schedule(step, config.phases)
         set_lr(optimizer, lr)
+        if phase_index != active_phase:
+            # Frozen parts keep grad None, so AdamW leaves them (and their state) untouched.
+            set_phase_parts(model, config.phases[phase_index].parts)
+            active_phase = phase_index
         route, pairs = _step_plan(config, step, len(pool.categories), config.phases[phase_index].routes)
         use_vpg, use_tpg = ROUTES[route]
         mine = pairs[rank::world]
@@ -168,7 +180,7 @@ def train(
             step_loss += loss.detach()
             samples += len(items) * world
         if config.max_grad_norm:
-            torch.nn.utils.clip_grad_norm_([p for _, p in named], config.max_grad_norm)
+            torch.nn.utils.clip_grad_norm_([p for _, p in named if p.grad is not None], config.max_grad_norm)
         optimizer.step()
         optimizer.zero_grad(set_to_none=True)
         if world > 1:
@@ -186,6 +198,7 @@ def train(
             meta = {"losses": result.losses, "routes": result.routes, "config": json.loads(config.model_dump_json())}
             save_checkpoint(ckpt_dir, done, model.trainable_state_dict(), optimizer, param_names, meta, config.keep_checkpoints)
     bar.close()
+    set_phase_parts(model, None)
     result.steps = len(result.losses)
     result.seconds = time.perf_counter() - began
     if rank == 0 and result.steps == total:

@@ -112,3 +112,32 @@ def test_prompt_generators_refuse_wrong_map_shape():
         vpg(torch.rand(1, 1, 112, 112))
     with pytest.raises(ValueError):
         TextualPromptGenerator(8, SMALL, kernel=9)
+
+
+def test_kaiming_init_lets_the_map_move_the_tokens():
+    """With PyTorch's default init a blob barely changes the TPG tokens; He init keeps the signal."""
+    blank = torch.zeros(1, 1, 224, 224)
+    blob = blank.clone()
+    blob[..., 100:140, 60:100] = 1.0
+    spread = {}
+    for init in ("torch", "kaiming"):
+        torch.manual_seed(0)
+        tpg = TextualPromptGenerator(out_dim=64, base_prompts=False, init=init)
+        with torch.no_grad():
+            a, b = tpg(blank), tpg(blob)
+        spread[init] = float((a - b).norm() / a.norm().clamp_min(1e-6))
+        assert all(float(c.bias.abs().sum()) == 0 for c in list(tpg.net)[:-1:3]) == (init == "kaiming")
+    assert spread["kaiming"] > 20 * spread["torch"]
+    with pytest.raises(ValueError, match="init"):
+        VisualPromptGenerator(init="xavier")
+
+
+def test_mini_preset_matches_llm_embedding_scale():
+    from myriad.lmm.config import mini_config, paper_config
+
+    mini, paper = mini_config(), paper_config()
+    assert (mini.prompt_generators.init, mini.prompt_generators.tpg_base_prompt_std) == ("kaiming", 0.135)
+    assert mini.qformer.projection_init_std == pytest.approx(0.007)
+    # the paper preset keeps the published code's choices
+    assert (paper.prompt_generators.init, paper.prompt_generators.tpg_base_prompt_std) == ("torch", 1.0)
+    assert paper.qformer.projection_init_std is None

@@ -42,7 +42,7 @@ def test_training_embedding_order_and_labels(tiny_model, tiny_tokenizer, tiny_in
         image = tiny_model.encode_image(pixels, maps)
     handle.remove()
     assert image.shape[1] == 4 + 49 + 18
-    embeds, mask, labels = seen[0]["inputs_embeds"], seen[0]["attention_mask"], seen[0]["labels"]
+    embeds, mask, labels = seen[0]["inputs_embeds"], seen[0]["attention_mask"], out.labels
     tok = tiny_tokenizer
     pre = [tok.bos_token_id] + _ids(tok, "###Human: <Img>")
     post = _ids(tok, "</Img>" + REFERENCE_QUESTION + " ###Assistant: ")
@@ -56,7 +56,13 @@ def test_training_embedding_order_and_labels(tiny_model, tiny_tokenizer, tiny_in
         assert labels[i, n - len(ans) : n].tolist() == ans
         assert labels[i, n:].eq(IGNORE_INDEX).all()
     # The loss is the mean next-token cross-entropy over answer tokens only.
-    logits = out.logits[:, :-1].reshape(-1, out.logits.shape[-1])
+    # The head ran only on the answer window; the full forward gives the same loss.
+    window = out.logits.shape[1]
+    assert window < labels.shape[1] and labels[:, : labels.shape[1] - window].eq(IGNORE_INDEX).all()
+    with torch.no_grad():
+        full = tiny_model.language_model(inputs_embeds=embeds, attention_mask=mask, use_cache=False).logits
+    torch.testing.assert_close(out.logits, full[:, -window:])
+    logits = full[:, :-1].reshape(-1, full.shape[-1])
     manual = torch.nn.functional.cross_entropy(logits, labels[:, 1:].reshape(-1), ignore_index=IGNORE_INDEX)
     torch.testing.assert_close(out.loss, manual)
 

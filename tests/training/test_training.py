@@ -154,3 +154,22 @@ def test_two_process_gloo_matches_single_process(tmp_path):
     trained = load_tensors(single.weights)
     for key, value in ddp["lorra"].items():
         torch.testing.assert_close(torch.tensor(value), trained[key], rtol=1e-4, atol=1e-6)
+
+
+def test_phase_parts_train_only_the_named_parts(tmp_path):
+    from myriad.training import loop
+
+    config = tiny_config(tmp_path, steps=2, phases=[Phase(steps=2, lr=1e-2, parts=["tpg"], routes={"tpg": 1.0})])
+    model = loop.build_model(config)
+    before = {k: v.clone() for k, v in model.trainable_state_dict().items()}
+    loop.train(config, progress=False, model=model)
+    after = model.trainable_state_dict()
+    changed = {k.split(".")[0] for k in before if not torch.equal(before[k], after[k])}
+    assert changed == {"tpg"}
+    # every trainable part is trainable again after the run
+    assert all(p.requires_grad for n, p in model.named_parameters() if n in after)
+
+
+def test_phase_parts_must_be_known_parts():
+    with pytest.raises(ValueError, match="parts must name"):
+        Phase(steps=1, parts=["decoder"])
