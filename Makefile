@@ -21,7 +21,9 @@ $(VENV)/.installed: $(VENV)/bin/python pyproject.toml $(wildcard myriad_experts_
 
 install: $(VENV)/.installed
 
-$(VENV)/.installed-test: $(VENV)/.installed docs/tutorial_plugin/pyproject.toml
+# The tests also need the server (serve extra) and Selenium for the browser test (test extra).
+$(VENV)/.installed-test: $(VENV)/.installed docs/tutorial_plugin/pyproject.toml pyproject.toml
+	$(PIP) install -q -e ".[lmm,serve,test]"
 	$(PIP) install -q --no-deps -e ./docs/tutorial_plugin
 	touch $@
 

@@ -18,6 +18,7 @@ COMMANDS = {
     "model-info": "myriad.commands.model_info:model_info_command",
     "train": "myriad.commands.train:train_command",
     "inspect": "myriad.commands.inspect:inspect_command",
+    "serve": "myriad.commands.serve:serve_command",
 }
 
 

@@ -1,0 +1,30 @@
+"""``myriad serve``: a REST API and a web page for interactive inspection.
+
+Modules, one job each:
+
+- :mod:`myriad.serve.limits`: upload size and image dimension limits, per-request temporary files;
+- :mod:`myriad.serve.errors`: errors that carry their HTTP status;
+- :mod:`myriad.serve.profiles`: the thread-safe store of fitted profiles and chat sessions;
+- :mod:`myriad.serve.service`: the shared models, the inference lock and the calls into
+  :class:`myriad.inspection.Inspector` (used by the API and the page alike);
+- :mod:`myriad.serve.render`: the overlay PNG of a result;
+- :mod:`myriad.serve.schemas`: the JSON shapes of the API (its OpenAPI schema);
+- :mod:`myriad.serve.app`: the FastAPI application factory :func:`create_app`;
+- :mod:`myriad.serve.page`: the Gradio page mounted at ``/ui``.
+
+Nothing heavy is imported here: ``from myriad.serve import create_app`` loads FastAPI on first use.
+"""
+
+from __future__ import annotations
+
+from typing import Any
+
+__all__ = ["create_app"]
+
+
+def __getattr__(name: str) -> Any:
+    if name == "create_app":
+        from myriad.serve.app import create_app
+
+        return create_app
+    raise AttributeError(f"module 'myriad.serve' has no attribute {name!r}")

@@ -1,0 +1,94 @@
+"""The JSON shapes of the API; FastAPI turns them into the OpenAPI schema at ``/openapi.json``."""
+
+from __future__ import annotations
+
+from typing import Any, Optional
+
+from pydantic import BaseModel, Field
+
+
+class ErrorOut(BaseModel):
+    """Every refused request: ``{"detail": "<file or name>: <what is wrong>"}``."""
+
+    detail: str
+
+
+class HealthOut(BaseModel):
+    """Liveness and what the server has loaded."""
+
+    status: str
+    version: str
+    lmm: str = Field(description="'none' (expert-only answers), 'mini', a weights path, or 'injected'")
+    default_expert: str
+    device: str
+    uptime_s: float
+    profiles: int
+    sessions: int
+
+
+class ExpertOut(BaseModel):
+    """An installed expert plugin."""
+
+    name: str
+    modes: list[str]
+    distribution: Optional[str] = None
+    version: Optional[str] = None
+    description: str
+
+
+class ProfileOut(BaseModel):
+    """A fitted inspection profile."""
+
+    name: str
+    expert: str
+    config: dict[str, Any]
+    mode: str
+    num_normal: int
+    fit_ms: float
+    created: float
+
+
+class InspectionOut(BaseModel):
+    """The result of inspecting one image; ``session_id`` continues the conversation about it."""
+
+    session_id: str
+    profile: str
+    image: str
+    expert: str
+    mode: str
+    score: float = Field(description="calibrated anomaly score in [0, 1]")
+    threshold: float = Field(description="decision threshold on the calibrated scale (always 0.5)")
+    expert_decision: str
+    decision: str = Field(description="Myriad's verdict (the expert's without an LMM)")
+    answer: str = Field(description="Myriad's answer text ('' when the server runs --lmm none)")
+    timings_ms: dict[str, float]
+    overlay_url: str = Field(description="GET it for the heat-map overlay PNG")
+
+
+class QuestionIn(BaseModel):
+    """A follow-up question about an inspected image."""
+
+    question: str = Field(min_length=1, max_length=2000)
+
+
+class TurnOut(BaseModel):
+    """One question and its answer."""
+
+    question: str
+    answer: str
+
+
+class AnswerOut(BaseModel):
+    """The answer to a follow-up and the whole conversation so far."""
+
+    session_id: str
+    answer: str
+    turns: list[TurnOut]
+
+
+class SessionOut(BaseModel):
+    """An inspected image and its conversation."""
+
+    session_id: str
+    inspection: InspectionOut
+    turns: list[TurnOut]

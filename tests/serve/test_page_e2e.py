@@ -1,0 +1,141 @@
+"""End to end: uvicorn on loopback, the page driven in headless Chromium (Selenium + Debian's chromedriver).
+
+Skipped when Chromium, chromedriver or Selenium is missing, unless ``MYRIAD_REQUIRE_BROWSER=1``
+(as in ``.ci/run``), where a missing browser fails the test instead.
+"""
+
+from __future__ import annotations
+
+import os
+import shutil
+import socket
+import tempfile
+import threading
+import time
+from pathlib import Path
+
+import pytest
+
+pytestmark = pytest.mark.slow
+
+CHROMIUM = os.environ.get("MYRIAD_CHROMIUM", "/usr/bin/chromium")
+CHROMEDRIVER = os.environ.get("MYRIAD_CHROMEDRIVER", "/usr/bin/chromedriver")
+#: Without these, Chromium on a machine with no network hangs on start-up or on background fetches.
+CHROMIUM_FLAGS = (
+    "--headless", "--no-sandbox", "--disable-gpu", "--disable-quic", "--no-first-run", "--disable-background-networking",
+    "--disable-component-update", "--disable-sync", "--disable-dev-shm-usage", "--window-size=1400,1000",
+)
+
+
+def _require_browser() -> None:
+    from importlib.util import find_spec
+
+    missing = [p for p in (CHROMIUM, CHROMEDRIVER) if not Path(p).is_file()]
+    missing += [f"the {name} package" for name in ("selenium", "gradio", "uvicorn") if find_spec(name) is None]
+    if missing:
+        message = f"browser test needs {', '.join(missing)} (Debian: apt-get install chromium chromium-driver)"
+        if os.environ.get("MYRIAD_REQUIRE_BROWSER") == "1":
+            pytest.fail(message + "; MYRIAD_REQUIRE_BROWSER=1 forbids skipping")
+        pytest.skip(message)
+
+
+@pytest.fixture(scope="module", autouse=True)
+def _browser_available() -> None:
+    """Skip (or fail, under MYRIAD_REQUIRE_BROWSER=1) before loading any model."""
+    _require_browser()
+
+
+@pytest.fixture(scope="module")
+def server_url(mini_lmm):
+    import uvicorn
+
+    from myriad.serve.app import create_app
+
+    app = create_app(model=mini_lmm)
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        port = s.getsockname()[1]
+    server = uvicorn.Server(uvicorn.Config(app, host="127.0.0.1", port=port, log_level="warning"))
+    thread = threading.Thread(target=server.run, daemon=True)
+    thread.start()
+    deadline = time.monotonic() + 60
+    while not server.started:
+        if not thread.is_alive() or time.monotonic() > deadline:
+            pytest.fail("uvicorn did not start")
+        time.sleep(0.05)
+    yield f"http://127.0.0.1:{port}", app
+    server.should_exit = True
+    thread.join(timeout=30)
+
+
+@pytest.fixture
+def browser():
+    from selenium import webdriver
+    from selenium.webdriver.chrome.service import Service
+
+    profile = tempfile.mkdtemp(prefix="myriad-chromium-")
+    options = webdriver.ChromeOptions()
+    options.binary_location = CHROMIUM
+    for flag in (*CHROMIUM_FLAGS, f"--user-data-dir={profile}"):
+        options.add_argument(flag)
+    driver = webdriver.Chrome(options=options, service=Service(CHROMEDRIVER))
+    driver.set_page_load_timeout(60)
+    try:
+        yield driver
+    finally:
+        driver.quit()
+        shutil.rmtree(profile, ignore_errors=True)
+
+
+def test_upload_inspect_see_overlay_and_answer_then_follow_up(server_url, browser, samples, tmp_path):
+    try:
+        _drive_the_page(server_url, browser, samples, tmp_path)
+    except Exception:
+        browser.save_screenshot(str(tmp_path / "failure.png"))
+        print(f"screenshot of the failure: {tmp_path / 'failure.png'}")
+        raise
+
+
+def _drive_the_page(server_url, browser, samples, tmp_path):
+    from PIL import Image
+    from selenium.webdriver.common.by import By
+    from selenium.webdriver.support.ui import WebDriverWait
+
+    url, app = server_url
+    quick = WebDriverWait(browser, 30, poll_frequency=0.2)  # page updates
+    slow = WebDriverWait(browser, 180, poll_frequency=0.25)  # model calls on a busy CPU
+    browser.get(f"{url}/ui/")
+    quick.until(lambda d: d.find_elements(By.CSS_SELECTOR, "#inspect-button"))
+
+    # upload: three normal references, then the test image
+    browser.find_element(By.CSS_SELECTOR, "#normal-files input[type=file]").send_keys(
+        "\n".join(str(p) for p in samples["normal"])
+    )
+    quick.until(lambda d: all(p.stem in d.find_element(By.ID, "normal-files").text for p in samples["normal"]))
+    browser.find_element(By.CSS_SELECTOR, "#test-image input[type=file]").send_keys(str(samples["defect"][0]))
+    quick.until(lambda d: d.find_elements(By.CSS_SELECTOR, "#test-image img"))
+
+    # inspect: the overlay appears beside the image, with the verdict and Myriad's answer
+    browser.find_element(By.ID, "inspect-button").click()
+    overlay = slow.until(lambda d: d.find_elements(By.CSS_SELECTOR, "#overlay img[src]"))[0]
+    slow.until(lambda d: "calibrated score" in d.find_element(By.ID, "answer").text)
+    answer = browser.find_element(By.ID, "answer").text
+    assert "Myriad:" in answer and "patchcore" in answer
+    quick.until(lambda d: d.execute_script("return arguments[0].complete && arguments[0].naturalWidth", overlay))
+
+    service = app.state.service
+    (profile,) = [p for p in service.store.list_profiles() if p.name.startswith("ui-")]
+    assert profile.expert == "patchcore" and profile.num_normal == 3
+    (session,) = service.store.list_sessions()
+
+    # a follow-up question in the chat
+    question = "Where is the defect?"
+    browser.find_element(By.CSS_SELECTOR, "#follow-up textarea").send_keys(question)
+    browser.find_element(By.ID, "ask-button").click()
+    slow.until(lambda d: len(session.turns) == 1 and question in d.find_element(By.ID, "chat").text)
+
+    shot = tmp_path / "page.png"
+    assert browser.save_screenshot(str(shot))
+    assert shot.read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
+    with Image.open(shot) as image:
+        assert image.format == "PNG" and image.width >= 800 and image.height >= 600
