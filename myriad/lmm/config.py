@@ -130,6 +130,10 @@ class PromptGeneratorSettings(_Strict):
     #: Trunk init: ``torch`` (PyTorch's default, the published code) or ``kaiming`` (He-normal,
     #: zero bias): with ``torch`` the map barely changes the tokens at the start of training.
     init: Literal["torch", "kaiming"] = "torch"
+    #: Head conv: weight scaled by ``head_gain``; bias N(0, std) when set (``None``: PyTorch's init).
+    head_gain: float = 1.0
+    vpg_head_bias_std: float | None = None
+    tpg_head_bias_std: float | None = None
 
 
 class LoRRASettings(_Strict):
@@ -283,7 +287,11 @@ def mini_config(**changes: object) -> MyriadConfig:
         ),
         # He-init trunks (the map must move the tokens from the first step) and base prompts
         # at SmolLM2's embedding std (0.135) rather than the code's 1.0 (7x a token's norm).
-        prompt_generators=PromptGeneratorSettings(init="kaiming", tpg_base_prompt_std=0.135),
+        # Head bias at the width's token scale and a 0.3 head gain: every token has a stable norm
+        # (SmolLM2's embeddings: ~3.2) that the map modulates, never a near-zero vector.
+        prompt_generators=PromptGeneratorSettings(
+            init="kaiming", tpg_base_prompt_std=0.135, head_gain=0.3, tpg_head_bias_std=0.135, vpg_head_bias_std=0.05
+        ),
         llm=SMOLLM2_135M,
         trainable=("lorra", "ln_vision", "vpg", "query_tokens", "qformer", "language_projection", "tpg"),
         max_new_tokens=60,

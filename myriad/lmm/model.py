@@ -106,7 +106,8 @@ def _restore_float32_rotary(language_model: nn.Module) -> None:
 def _build_tpg(config: MyriadConfig) -> TextualPromptGenerator:
     pg = config.prompt_generators
     return TextualPromptGenerator(
-        config.llm.hidden_size, pg.trunk_channels, pg.map_size, pg.tpg_kernel, pg.tpg_base_prompts, pg.tpg_base_prompt_std, pg.init
+        config.llm.hidden_size, pg.trunk_channels, pg.map_size, pg.tpg_kernel, pg.tpg_base_prompts, pg.tpg_base_prompt_std, pg.init,
+        pg.tpg_head_bias_std, pg.head_gain,
     )
 
 

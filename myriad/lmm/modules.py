@@ -63,13 +63,17 @@ class _MapPromptGenerator(nn.Module):
 
     net: nn.Sequential
 
-    def __init__(self, channels: Sequence[int], map_size: int, init: str = "torch") -> None:
+    def __init__(
+        self, channels: Sequence[int], map_size: int, init: str = "torch", head_bias_std: float | None = None, head_gain: float = 1.0
+    ) -> None:
         super().__init__()
         if init not in ("torch", "kaiming"):
             raise ValueError(f"prompt-generator init must be 'torch' or 'kaiming', got {init!r}")
         self.channels = tuple(channels)
         self.map_size = map_size
         self.init = init
+        self.head_bias_std = head_bias_std
+        self.head_gain = head_gain
         self.trunk_grid = map_size // 2 ** (len(self.channels) - 1)
 
     def _init_trunk(self) -> None:
@@ -77,14 +81,22 @@ class _MapPromptGenerator(nn.Module):
 
         PyTorch's default conv init (``torch``, the published code) shrinks activations about
         3x in variance per block: after the trunk, normal and anomalous maps give tokens that
-        differ by ~0.01 in norm, which a frozen LLM cannot tell apart. The head keeps its default.
+        differ by ~0.01 in norm, which a frozen LLM cannot tell apart. The head keeps PyTorch's
+        init, its weight scaled by ``head_gain`` and, with ``head_bias_std``, its bias N(0, std).
         """
-        if self.init != "kaiming":
-            return
-        convs = [m for m in self.net if isinstance(m, nn.Conv2d)][:-1]
-        for conv in convs:
-            nn.init.kaiming_normal_(conv.weight, nonlinearity="relu")
-            nn.init.zeros_(conv.bias)
+        convs = [m for m in self.net if isinstance(m, nn.Conv2d)]
+        if self.init == "kaiming":
+            for conv in convs[:-1]:
+                nn.init.kaiming_normal_(conv.weight, nonlinearity="relu")
+                nn.init.zeros_(conv.bias)
+        head = convs[-1]
+        with torch.no_grad():
+            head.weight.mul_(self.head_gain)
+            if self.head_bias_std is not None:
+                # A token-sized bias: where the map is flat (ReLU trunk output ~0) the tokens
+                # are not near-zero vectors, whose direction a following norm layer would
+                # blow up into noise; the map then modulates a stable token.
+                nn.init.normal_(head.bias, std=self.head_bias_std)
 
     def _check(self, maps: torch.Tensor) -> None:
         expected = (1, self.map_size, self.map_size)
@@ -103,9 +115,15 @@ class VisualPromptGenerator(_MapPromptGenerator):
     """VPG: anomaly map -> expert query tokens for the Q-Former (49 x 768 at paper dims)."""
 
     def __init__(
-        self, out_dim: int = 768, channels: Sequence[int] = (1, 4, 16, 64, 256, 1024), map_size: int = 224, init: str = "torch"
+        self,
+        out_dim: int = 768,
+        channels: Sequence[int] = (1, 4, 16, 64, 256, 1024),
+        map_size: int = 224,
+        init: str = "torch",
+        head_bias_std: float | None = None,
+        head_gain: float = 1.0,
     ) -> None:
-        super().__init__(channels, map_size, init)
+        super().__init__(channels, map_size, init, head_bias_std, head_gain)
         self.out_dim = out_dim
         self.net = nn.Sequential(*trunk_layers(self.channels), nn.Conv2d(self.channels[-1], out_dim, kernel_size=1))
         self._init_trunk()
@@ -134,8 +152,10 @@ class TextualPromptGenerator(_MapPromptGenerator):
         base_prompts: bool = True,
         base_prompt_std: float = 1.0,
         init: str = "torch",
+        head_bias_std: float | None = None,
+        head_gain: float = 1.0,
     ) -> None:
-        super().__init__(channels, map_size, init)
+        super().__init__(channels, map_size, init, head_bias_std, head_gain)
         self.out_dim = out_dim
         self.net = nn.Sequential(*trunk_layers(self.channels), nn.Conv2d(self.channels[-1], out_dim, kernel_size=kernel))
         self._init_trunk()

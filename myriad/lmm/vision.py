@@ -136,7 +136,9 @@ class VEGuidedVisionEncoder(nn.Module):
     @staticmethod
     def build_vpg(config: "MyriadConfig") -> VisualPromptGenerator:
         pg = config.prompt_generators
-        return VisualPromptGenerator(config.qformer.hidden_size, pg.trunk_channels, pg.map_size, pg.init)
+        return VisualPromptGenerator(
+            config.qformer.hidden_size, pg.trunk_channels, pg.map_size, pg.init, pg.vpg_head_bias_std, pg.head_gain
+        )
 
     @staticmethod
     def build_query_tokens(config: "MyriadConfig") -> nn.Parameter:

@@ -138,6 +138,19 @@ def test_mini_preset_matches_llm_embedding_scale():
     mini, paper = mini_config(), paper_config()
     assert (mini.prompt_generators.init, mini.prompt_generators.tpg_base_prompt_std) == ("kaiming", 0.135)
     assert mini.qformer.projection_init_std == pytest.approx(0.007)
+    assert (mini.prompt_generators.head_gain, mini.prompt_generators.tpg_head_bias_std) == (0.3, 0.135)
     # the paper preset keeps the published code's choices
     assert (paper.prompt_generators.init, paper.prompt_generators.tpg_base_prompt_std) == ("torch", 1.0)
     assert paper.qformer.projection_init_std is None
+
+
+def test_head_bias_keeps_tokens_of_a_flat_map_away_from_zero():
+    flat = torch.zeros(2, 1, 224, 224)
+    torch.manual_seed(0)
+    plain = TextualPromptGenerator(out_dim=64, base_prompts=False, init="kaiming")
+    torch.manual_seed(0)
+    biased = TextualPromptGenerator(out_dim=64, base_prompts=False, init="kaiming", head_bias_std=0.5, head_gain=0.3)
+    with torch.no_grad():
+        assert float(plain(flat).norm(dim=-1).mean()) < 0.5
+        assert float(biased(flat).norm(dim=-1).mean()) == pytest.approx(0.5 * 8, rel=0.3)  # std * sqrt(64)
+        torch.testing.assert_close(biased.net[-1].weight, plain.net[-1].weight * 0.3)
