@@ -134,6 +134,10 @@ class PromptGeneratorSettings(_Strict):
     head_gain: float = 1.0
     vpg_head_bias_std: float | None = None
     tpg_head_bias_std: float | None = None
+    #: The trunks see ``(map - map_shift) * map_scale``; the published code feeds the map as is.
+    #: For calibrated maps (threshold 0.5), shift 0.5 and scale 2 centre them on the decision.
+    map_shift: float = 0.0
+    map_scale: float = 1.0
 
 
 class LoRRASettings(_Strict):
@@ -290,7 +294,13 @@ def mini_config(**changes: object) -> MyriadConfig:
         # Head bias at the width's token scale and a 0.3 head gain: every token has a stable norm
         # (SmolLM2's embeddings: ~3.2) that the map modulates, never a near-zero vector.
         prompt_generators=PromptGeneratorSettings(
-            init="kaiming", tpg_base_prompt_std=0.135, head_gain=0.3, tpg_head_bias_std=0.135, vpg_head_bias_std=0.05
+            init="kaiming",
+            tpg_base_prompt_std=0.135,
+            head_gain=0.3,
+            tpg_head_bias_std=0.135,
+            vpg_head_bias_std=0.05,
+            map_shift=0.5,
+            map_scale=2.0,
         ),
         llm=SMOLLM2_135M,
         trainable=("lorra", "ln_vision", "vpg", "query_tokens", "qformer", "language_projection", "tpg"),

@@ -107,7 +107,7 @@ def _build_tpg(config: MyriadConfig) -> TextualPromptGenerator:
     pg = config.prompt_generators
     return TextualPromptGenerator(
         config.llm.hidden_size, pg.trunk_channels, pg.map_size, pg.tpg_kernel, pg.tpg_base_prompts, pg.tpg_base_prompt_std, pg.init,
-        pg.tpg_head_bias_std, pg.head_gain,
+        pg.tpg_head_bias_std, pg.head_gain, pg.map_shift, pg.map_scale,
     )
 
 
@@ -436,8 +436,13 @@ class MyriadLMM(nn.Module):
         instructions: str | Sequence[str] | None = None,
         use_vpg: bool | None = None,
         use_tpg: bool | None = None,
+        decision_weight: float = 1.0,
     ) -> MyriadOutput:
-        """Causal-LM loss on the answers (+ end symbol); prompt, image and padding positions are ignored."""
+        """Causal-LM loss on the answers (+ end symbol); prompt, image and padding positions are ignored.
+
+        ``decision_weight``: weight of each answer's first token (the Yes/No the parse rule
+        reads) in the mean; 1.0 is the plain token mean of the published code.
+        """
         image = self.encode_image(pixel_values, anomaly_maps, use_vpg, use_tpg)
         batch, k = image.shape[0], image.shape[1]
         if len(answers) != batch:
@@ -467,9 +472,14 @@ class MyriadLMM(nn.Module):
         out = self.language_model(inputs_embeds=embeds, attention_mask=mask, use_cache=False, logits_to_keep=window)
         logits = out.logits
         shifted = target[:, longest - window + 1 :]
-        loss = nn.functional.cross_entropy(
-            logits[:, :-1].reshape(-1, logits.shape[-1]).float(), shifted.reshape(-1), ignore_index=IGNORE_INDEX
-        )
+        per_token = nn.functional.cross_entropy(
+            logits[:, :-1].reshape(-1, logits.shape[-1]).float(), shifted.reshape(-1), ignore_index=IGNORE_INDEX, reduction="none"
+        ).view(shifted.shape)
+        weights = (shifted != IGNORE_INDEX).float()
+        if decision_weight != 1.0:
+            for i, s0 in enumerate(starts):
+                weights[i, s0 - (longest - window + 1)] = decision_weight
+        loss = (per_token * weights).sum() / weights.sum()
         return MyriadOutput(loss=loss, logits=logits, labels=target, attention_mask=mask)
 
     # ------------------------------------------------------------------ inference

@@ -64,7 +64,8 @@ class _MapPromptGenerator(nn.Module):
     net: nn.Sequential
 
     def __init__(
-        self, channels: Sequence[int], map_size: int, init: str = "torch", head_bias_std: float | None = None, head_gain: float = 1.0
+        self, channels: Sequence[int], map_size: int, init: str = "torch", head_bias_std: float | None = None, head_gain: float = 1.0,
+        map_shift: float = 0.0, map_scale: float = 1.0,
     ) -> None:
         super().__init__()
         if init not in ("torch", "kaiming"):
@@ -74,6 +75,7 @@ class _MapPromptGenerator(nn.Module):
         self.init = init
         self.head_bias_std = head_bias_std
         self.head_gain = head_gain
+        self.map_shift, self.map_scale = map_shift, map_scale
         self.trunk_grid = map_size // 2 ** (len(self.channels) - 1)
 
     def _init_trunk(self) -> None:
@@ -106,7 +108,12 @@ class _MapPromptGenerator(nn.Module):
     def _run(self, maps: torch.Tensor) -> torch.Tensor:
         self._check(maps)
         dtype = next(self.net.parameters()).dtype
-        out = self.net(maps.to(dtype=dtype))
+        maps = maps.to(dtype=dtype)
+        if self.map_shift or self.map_scale != 1.0:
+            # Centred input: with [0, 1] maps every feature shares a large common part, which
+            # swamps the normal-vs-anomalous difference in Adam's step sizes.
+            maps = (maps - self.map_shift) * self.map_scale
+        out = self.net(maps)
         # B x D x h x w -> B x (h*w) x D, tokens in row-major order over the grid.
         return out.flatten(2).transpose(1, 2)
 
@@ -122,8 +129,10 @@ class VisualPromptGenerator(_MapPromptGenerator):
         init: str = "torch",
         head_bias_std: float | None = None,
         head_gain: float = 1.0,
+        map_shift: float = 0.0,
+        map_scale: float = 1.0,
     ) -> None:
-        super().__init__(channels, map_size, init, head_bias_std, head_gain)
+        super().__init__(channels, map_size, init, head_bias_std, head_gain, map_shift, map_scale)
         self.out_dim = out_dim
         self.net = nn.Sequential(*trunk_layers(self.channels), nn.Conv2d(self.channels[-1], out_dim, kernel_size=1))
         self._init_trunk()
@@ -154,8 +163,10 @@ class TextualPromptGenerator(_MapPromptGenerator):
         init: str = "torch",
         head_bias_std: float | None = None,
         head_gain: float = 1.0,
+        map_shift: float = 0.0,
+        map_scale: float = 1.0,
     ) -> None:
-        super().__init__(channels, map_size, init, head_bias_std, head_gain)
+        super().__init__(channels, map_size, init, head_bias_std, head_gain, map_shift, map_scale)
         self.out_dim = out_dim
         self.net = nn.Sequential(*trunk_layers(self.channels), nn.Conv2d(self.channels[-1], out_dim, kernel_size=kernel))
         self._init_trunk()

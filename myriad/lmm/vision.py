@@ -137,7 +137,7 @@ class VEGuidedVisionEncoder(nn.Module):
     def build_vpg(config: "MyriadConfig") -> VisualPromptGenerator:
         pg = config.prompt_generators
         return VisualPromptGenerator(
-            config.qformer.hidden_size, pg.trunk_channels, pg.map_size, pg.init, pg.vpg_head_bias_std, pg.head_gain
+            config.qformer.hidden_size, pg.trunk_channels, pg.map_size, pg.init, pg.vpg_head_bias_std, pg.head_gain, pg.map_shift, pg.map_scale
         )
 
     @staticmethod

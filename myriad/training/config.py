@@ -89,6 +89,8 @@ class TrainConfig(BaseModel):
     weight_decay: float = 0.05
     betas: tuple[float, float] = (0.9, 0.999)
     max_grad_norm: float | None = 1.0
+    #: weight of each answer's first token (the Yes/No) in the loss; 1.0 = the published plain mean
+    decision_weight: float = Field(1.0, gt=0)
     #: expert maps: "cache" (computed once, saved as safetensors keyed by the expert config) or "online"
     maps: Literal["cache", "online"] = "cache"
     cache_dir: Path | None = None

@@ -175,7 +175,9 @@ def train(
             sync = world > 1 and m < config.grad_accum - 1
             context = engine.no_sync() if sync else _null()
             with context, torch.autocast(device.type, dtype=torch.bfloat16, enabled=use_amp):
-                loss = engine(pixels, answer_maps, answers, use_vpg=use_vpg, use_tpg=use_tpg).loss / config.grad_accum
+                loss = engine(
+                    pixels, answer_maps, answers, use_vpg=use_vpg, use_tpg=use_tpg, decision_weight=config.decision_weight
+                ).loss / config.grad_accum
                 loss.backward()
             step_loss += loss.detach()
             samples += len(items) * world

@@ -154,3 +154,13 @@ def test_head_bias_keeps_tokens_of_a_flat_map_away_from_zero():
         assert float(plain(flat).norm(dim=-1).mean()) < 0.5
         assert float(biased(flat).norm(dim=-1).mean()) == pytest.approx(0.5 * 8, rel=0.3)  # std * sqrt(64)
         torch.testing.assert_close(biased.net[-1].weight, plain.net[-1].weight * 0.3)
+
+
+def test_map_shift_and_scale_centre_the_trunk_input():
+    torch.manual_seed(0)
+    plain = TextualPromptGenerator(out_dim=16, base_prompts=False)
+    torch.manual_seed(0)
+    centred = TextualPromptGenerator(out_dim=16, base_prompts=False, map_shift=0.5, map_scale=2.0)
+    maps = torch.rand(2, 1, 224, 224)
+    with torch.no_grad():
+        torch.testing.assert_close(centred(maps), plain((maps - 0.5) * 2.0))

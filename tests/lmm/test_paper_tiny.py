@@ -67,6 +67,23 @@ def test_training_embedding_order_and_labels(tiny_model, tiny_tokenizer, tiny_in
     torch.testing.assert_close(out.loss, manual)
 
 
+def test_decision_weight_upweights_the_first_answer_token(tiny_model, tiny_inputs):
+    pixels, maps = tiny_inputs
+    with torch.no_grad():
+        out = tiny_model(pixels, maps, ANSWERS)
+        weighted = tiny_model(pixels, maps, ANSWERS, decision_weight=5.0)
+    window = out.logits.shape[1]
+    shifted = out.labels[:, out.labels.shape[1] - window + 1 :]
+    per_token = torch.nn.functional.cross_entropy(
+        out.logits[:, :-1].reshape(-1, out.logits.shape[-1]), shifted.reshape(-1), ignore_index=IGNORE_INDEX, reduction="none"
+    ).view(shifted.shape)
+    weights = (shifted != IGNORE_INDEX).float()
+    for row in range(weights.shape[0]):
+        weights[row, int(weights[row].nonzero()[0])] = 5.0
+    torch.testing.assert_close(weighted.loss, (per_token * weights).sum() / weights.sum())
+    assert not torch.isclose(weighted.loss, out.loss)
+
+
 def test_bos_only_in_training_by_default(tiny_config, tiny_tokenizer, tiny_inputs):
     pixels, maps = tiny_inputs
     for bos_at_inference in (False, True):
