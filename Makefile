@@ -30,14 +30,13 @@ $(VENV)/.installed-test: $(VENV)/.installed docs/tutorial_plugin/pyproject.toml 
 install-test: $(VENV)/.installed-test
 
 # The main job: sample images (normal references + defective parts) generated offline, then the
-# calibrated PatchCore few-shot pipeline on every test image. `--lmm none` until trained Myriad-mini
-# weights ship in myriad/weights/ (issue 5); with them, drop it to get Myriad's text answers too.
+# calibrated PatchCore few-shot expert and the shipped Myriad-mini weights answer for every test image.
 demo: install
 	$(VENV)/bin/myriad experts
 	$(VENV)/bin/myriad check-backbone
 	$(VENV)/bin/myriad make-devset $(DEMO_DIR)/samples --preset samples --overwrite -q
 	$(VENV)/bin/myriad inspect $(DEMO_DIR)/samples/brick/test --normal $(DEMO_DIR)/samples/brick/train/good \
-		--expert patchcore --lmm none --output $(DEMO_DIR)/inspect
+		--expert patchcore --output $(DEMO_DIR)/inspect
 
 test: install-test
 	$(PY) -m pytest -q tests docs/tutorial_plugin/tests

