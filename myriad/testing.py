@@ -24,7 +24,20 @@ from typing import Any, ClassVar, Iterator
 
 import pytest
 
-__all__ = ["ExpertContractTests", "registered_plugin", "synthetic_images"]
+__all__ = ["ExpertContractTests", "registered_plugin", "run_cli", "synthetic_images"]
+
+
+def run_cli(args: list[str], capsys: Any) -> tuple[int | str | None, str, str]:
+    """Run ``myriad ARGS`` in-process; returns (exit code, stdout, stderr) captured by pytest's ``capsys``."""
+    from myriad.cli import main
+
+    try:
+        main(args)
+        code: int | str | None = 0
+    except SystemExit as exc:
+        code = exc.code
+    out = capsys.readouterr()
+    return code, out.out, out.err
 
 
 def synthetic_images(n: int, size: int = 64, seed: int = 0, defect: bool = False) -> list[Any]:

@@ -11,7 +11,7 @@ from PIL import Image
 
 pytest.importorskip("myriad_experts_tutorial")
 
-from myriad.cli import main  # noqa: E402
+from myriad.testing import run_cli  # noqa: E402
 from myriad.testing import synthetic_images  # noqa: E402
 
 
@@ -28,14 +28,6 @@ def folders(tmp_path: Path) -> tuple[Path, Path]:
     return normal, test
 
 
-def run_cli(args, capsys):
-    try:
-        main(args)
-        code = 0
-    except SystemExit as exc:
-        code = exc.code
-    out = capsys.readouterr()
-    return code, out.out, out.err
 
 
 def test_inspect_expert_only_writes_records_and_overlays(folders, tmp_path, capsys):

@@ -12,17 +12,9 @@ import urllib.request
 
 import pytest
 
-from myriad.cli import main
+from myriad.testing import run_cli
 
 
-def run_cli(args, capsys):
-    try:
-        main(args)
-        code = 0
-    except SystemExit as exc:
-        code = exc.code
-    out = capsys.readouterr()
-    return code, out.out, out.err
 
 
 def free_port() -> int:
