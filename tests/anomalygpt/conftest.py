@@ -14,6 +14,8 @@ import numpy as np
 import pytest
 import torch
 
+from myriad.testing import brick_crops
+
 #: A tiny ImageBind (same structure as ImageBind-Huge: 28 px, patch 7 -> 4 x 4 tokens, 4 blocks).
 TINY = {
     "image_size": 28,
@@ -170,42 +172,6 @@ def tiny_config(weights: dict[str, Path], **extra: object) -> dict:  # noqa: D10
         "class_name": "bottle",
         **extra,
     }
-
-
-def brick_crops(n_normal: int, n_defect: int, size: int = 128, seed: int = 0) -> tuple[list[np.ndarray], list[np.ndarray]]:
-    """Random crops of ``skimage.data.brick()``; the last ``n_defect`` carry a defect (gravel patch, scratch, stain)."""
-    import skimage.data
-    from skimage.draw import disk, line
-
-    rng = np.random.default_rng(seed)
-    brick = skimage.data.brick().astype(np.float32)
-    gravel = skimage.data.gravel().astype(np.float32)
-    images, masks = [], []
-    for index in range(n_normal + n_defect):
-        y, x = rng.integers(0, brick.shape[0] - size, 2)
-        crop = brick[y : y + size, x : x + size].copy()
-        mask = np.zeros((size, size), dtype=bool)
-        if index >= n_normal:
-            s = size // 5
-            cy, cx = rng.integers(s, size - 2 * s, 2)
-            kind = (index - n_normal) % 3
-            if kind == 0:
-                gy, gx = rng.integers(0, gravel.shape[0] - s, 2)
-                crop[cy : cy + s, cx : cx + s] = gravel[gy : gy + s, gx : gx + s]
-                mask[cy : cy + s, cx : cx + s] = True
-            elif kind == 1:
-                for t in range(-2, 3):
-                    rr, cc = line(cy + t, cx, cy + s + t, cx + 2 * s)
-                    keep = (rr >= 0) & (rr < size) & (cc >= 0) & (cc < size)
-                    crop[rr[keep], cc[keep]] = 10
-                    mask[rr[keep], cc[keep]] = True
-            else:
-                rr, cc = disk((cy + s // 2, cx + s // 2), s // 2, shape=crop.shape)
-                crop[rr, cc] += 90
-                mask[rr, cc] = True
-        images.append(np.repeat(np.clip(crop, 0, 255).astype(np.uint8)[..., None], 3, axis=2))
-        masks.append(mask)
-    return images, masks
 
 
 @pytest.fixture(scope="session")
