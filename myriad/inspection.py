@@ -75,11 +75,24 @@ def choose_mode(expert: str, config: dict, num_normal: int) -> dict:
     return config
 
 
-def load_lmm(lmm: str | Path | None = "mini", device: str = "cpu") -> Any:
-    """The Myriad model: ``"mini"`` (shipped weights), a path to trained ``mini`` weights, or None."""
+#: LMM inference precisions: float32 weights, or the LLM's linear layers in dynamic int8.
+PRECISIONS = ("float32", "int8")
+
+
+def load_lmm(lmm: str | Path | None = "mini", device: str = "cpu", precision: str = "float32") -> Any:
+    """The Myriad model: ``"mini"`` (shipped weights), a path to trained ``mini`` weights, or None.
+
+    The model config is read from the weights' metadata (``myriad_config``, written by
+    ``myriad train``), so a model trained with changes (e.g. the chat template) loads as
+    trained; files without it get the default ``mini`` config. ``precision="int8"`` makes the
+    LLM's linear layers dynamically quantised int8 (CPU inference only, ~2x faster LLM).
+    """
     if lmm is None or lmm == "none":
         return None
-    from myriad.io import load_tensors
+    if precision not in PRECISIONS:
+        raise ConfigError(f"unknown LMM precision {precision!r}; choose one of {list(PRECISIONS)}")
+    from myriad.io import load_tensors, read_tensor_metadata
+    from myriad.lmm.config import MyriadConfig, mini_config
     from myriad.lmm.model import MyriadLMM
 
     weights = SHIPPED_MINI_WEIGHTS if lmm == "mini" else Path(lmm)
@@ -90,9 +103,24 @@ def load_lmm(lmm: str | Path | None = "mini", device: str = "cpu") -> Any:
                 "with `myriad train --config benchmarks/train/mini.toml`"
             )
         raise WeightsError(f"{weights}: trained Myriad weights not found")
-    model = MyriadLMM.mini()
-    model.load_trainable_state_dict(load_tensors(weights))
-    return model.to(device).eval()
+    metadata = read_tensor_metadata(weights)
+    if metadata.get("preset", "mini") != "mini":
+        raise WeightsError(f"{weights}: weights of the {metadata['preset']!r} preset; only mini weights load here")
+    config = mini_config()
+    if "myriad_config" in metadata:
+        try:
+            config = MyriadConfig.model_validate_json(metadata["myriad_config"])
+        except ValueError as exc:
+            raise WeightsError(f"{weights}: the stored model config is invalid for this version of myriad: {exc}") from exc
+    model = MyriadLMM.mini(config)
+    try:
+        model.load_trainable_state_dict(load_tensors(weights))
+    except WeightsError as exc:
+        raise WeightsError(f"{weights}: {exc}") from exc
+    model = model.to(device).eval()
+    if precision == "int8":
+        model.quantize_language_model("int8")
+    return model
 
 
 class Inspector:
@@ -105,12 +133,13 @@ class Inspector:
         lmm: str | Path | None = "mini",
         device: str = "cpu",
         model: Any = None,
+        precision: str = "float32",
     ) -> None:
         self.expert_name = expert
         self.expert_config = dict(expert_config or {})
         self.device = device
         self.detector: Any = None
-        self.model = model if model is not None else load_lmm(lmm, device)
+        self.model = model if model is not None else load_lmm(lmm, device, precision)
 
     def fit(self, normal_images: Sequence["np.ndarray | str | Path"]) -> "Inspector":
         """Fit and calibrate the expert on normal images (paths or RGB arrays)."""

@@ -68,6 +68,20 @@ def load_tensors(path: str | Path, device: str = "cpu") -> dict[str, Any]:
         raise WeightsError(f"{path}: not a readable safetensors file: {exc}") from exc
 
 
+def read_tensor_metadata(path: str | Path) -> dict[str, str]:
+    """The string metadata stored in a safetensors file's header (empty if none)."""
+    from safetensors import SafetensorError, safe_open
+
+    path = Path(path)
+    if not path.is_file():
+        raise WeightsError(f"{path}: weights file not found")
+    try:
+        with safe_open(str(path), "pt") as handle:
+            return dict(handle.metadata() or {})
+    except (SafetensorError, OSError, ValueError) as exc:
+        raise WeightsError(f"{path}: not a readable safetensors file: {exc}") from exc
+
+
 def load_torch_checkpoint(path: str | Path) -> dict[str, Any]:
     """Load a ``.pth``/``.pt`` checkpoint with ``weights_only=True`` (no arbitrary code)."""
     import torch

@@ -67,6 +67,8 @@ def _names(values: tuple[str, ...]) -> tuple[str, ...] | None:
 @click.option("--lmm", default=None, metavar="mini|FILE",
               help="Also evaluate Myriad's text answers: 'mini' (shipped weights) or a trained weights file.")
 @click.option("--ask", default=None, help="Instruction for --lmm instead of the default question.")
+@click.option("--precision", type=click.Choice(["float32", "int8"]), default="float32", show_default=True,
+              help="LMM inference precision: int8 quantises the LLM's linear layers (CPU, ~2x faster).")
 def eval_command(
     expert: str,
     data: Path,
@@ -85,6 +87,7 @@ def eval_command(
     quiet: bool,
     lmm: str | None = None,
     ask: str | None = None,
+    precision: str = "float32",
 ) -> None:
     """Evaluate an expert: image/pixel AUROC, AUPRO, F1-max and accuracy at the calibrated threshold.
 
@@ -122,7 +125,7 @@ def eval_command(
         from myriad.evaluation.lmm_step import LMMStep
         from myriad.inspection import load_lmm
 
-        steps.append(LMMStep(load_lmm(lmm, device or "cpu"), instruction=ask, device=device or "cpu"))
+        steps.append(LMMStep(load_lmm(lmm, device or "cpu", precision), instruction=ask, device=device or "cpu"))
     result = evaluate(settings, steps=steps, warn=warn)
     report = write_outputs(result, output, plots=not no_plots)
     if not quiet:

@@ -45,7 +45,9 @@ def collect_images(sources: tuple[Path, ...] | list[Path], what: str) -> tuple[l
 @click.option("--lmm", default="mini", show_default=True, help="'mini' (shipped weights), a weights file, or 'none' (expert only).")
 @click.option("--batch-size", "-b", default=8, show_default=True, type=int)
 @click.option("--device", default="cpu", show_default=True)
-def inspect_command(images, normal, expert, config_json, ask, output, lmm, batch_size, device) -> None:
+@click.option("--precision", type=click.Choice(["float32", "int8"]), default="float32", show_default=True,
+              help="LMM inference precision: int8 quantises the LLM's linear layers (CPU, ~2x faster).")
+def inspect_command(images, normal, expert, config_json, ask, output, lmm, batch_size, device, precision) -> None:
     """Fit EXPERT on --normal images, then inspect IMAGES (files or folders).
 
     Prints one line per image and writes OUTPUT/results.jsonl and OUTPUT/<image>_overlay.png.
@@ -61,7 +63,7 @@ def inspect_command(images, normal, expert, config_json, ask, output, lmm, batch
         click.echo(f"warning: skipped {path}: {reason}", err=True)
     if not test_paths:
         raise click.ClickException(f"no readable images to inspect in {', '.join(map(str, images))}")
-    inspector = Inspector(expert, config, lmm=lmm, device=device)
+    inspector = Inspector(expert, config, lmm=lmm, device=device, precision=precision)
     if normal_paths:
         inspector.fit(normal_paths)
     elif normal:

@@ -56,6 +56,9 @@ class VisionSettings(_Strict):
     patch_size: int = 14
     layer_norm_eps: float = 1e-6
     qkv_bias: bool = True
+    #: eps of ``ln_vision`` (after LoRRA): LAVIS builds it as a plain LayerNorm (1e-5), while the
+    #: ViT's own norms use ``layer_norm_eps`` (1e-6).
+    ln_vision_eps: float = 1e-5
     # --- lite0 (timm tf_efficientnet_lite0 feature stages) ---
     #: timm ``out_indices``; the first stage sets the token grid, later ones are resized onto it.
     lite0_stages: tuple[int, ...] = (3, 4)
@@ -138,6 +141,10 @@ class PromptGeneratorSettings(_Strict):
     #: For calibrated maps (threshold 0.5), shift 0.5 and scale 2 centre them on the decision.
     map_shift: float = 0.0
     map_scale: float = 1.0
+    #: L2 norm every TPG map token is rescaled to (``None``: free, the published code).
+    #: Unbounded, training grew the mini model's to ~550-1500 vs ~3.2 for SmolLM2's words,
+    #: which broke answers to other instructions and int8 inference.
+    tpg_token_norm: float | None = Field(None, gt=0)
 
 
 class LoRRASettings(_Strict):
@@ -276,7 +283,7 @@ def mini_config(**changes: object) -> MyriadConfig:
     """
     base = MyriadConfig(
         preset="mini",
-        vision=VisionSettings(kind="lite0", normalisation="half", lite0_stages=(3, 4), lite0_cls_token=True),
+        vision=VisionSettings(kind="lite0", normalisation="half", lite0_stages=(3, 4), lite0_cls_token=True, ln_vision_eps=1e-6),
         qformer=QFormerSettings(
             hidden_size=384,
             num_layers=4,
@@ -301,6 +308,8 @@ def mini_config(**changes: object) -> MyriadConfig:
             vpg_head_bias_std=0.05,
             map_shift=0.5,
             map_scale=2.0,
+            # Map tokens at a word embedding's norm (SmolLM2: mean 3.2), whatever training does.
+            tpg_token_norm=3.2,
         ),
         llm=SMOLLM2_135M,
         trainable=("lorra", "ln_vision", "vpg", "query_tokens", "qformer", "language_projection", "tpg"),

@@ -149,7 +149,9 @@ class TextualPromptGenerator(_MapPromptGenerator):
     The trunk ends in a ``kernel x kernel`` conv without padding (7x7 -> 3x3 = 9 tokens).
     With ``base_prompts=True`` (the published code) 9 learnable prompts drawn from
     N(0, ``base_prompt_std``; 1 in the code) are prepended, giving 18 tokens; ``False``
-    gives the paper's 9 tokens. ``init``: see :meth:`_init_trunk`.
+    gives the paper's 9 tokens. ``init``: see :meth:`_init_trunk`. With ``token_norm``
+    every map token is rescaled to that L2 norm (its direction carries the map); the
+    published code leaves the norm free (``None``).
     """
 
     def __init__(
@@ -165,9 +167,13 @@ class TextualPromptGenerator(_MapPromptGenerator):
         head_gain: float = 1.0,
         map_shift: float = 0.0,
         map_scale: float = 1.0,
+        token_norm: float | None = None,
     ) -> None:
         super().__init__(channels, map_size, init, head_bias_std, head_gain, map_shift, map_scale)
         self.out_dim = out_dim
+        if token_norm is not None and token_norm <= 0:
+            raise ValueError(f"TPG token_norm must be positive, got {token_norm}")
+        self.token_norm = token_norm
         self.net = nn.Sequential(*trunk_layers(self.channels), nn.Conv2d(self.channels[-1], out_dim, kernel_size=kernel))
         self._init_trunk()
         grid = self.trunk_grid - kernel + 1
@@ -185,6 +191,10 @@ class TextualPromptGenerator(_MapPromptGenerator):
     def forward(self, maps: torch.Tensor) -> torch.Tensor:
         """``B x 1 x S x S`` maps -> ``B x num_tokens x out_dim`` (base prompts first)."""
         tokens = self._run(maps)
+        if self.token_norm is not None:
+            # A free norm grows in training (to ~100x a word embedding's on the mini model),
+            # and such tokens swamp the frozen LLM's residual stream: bound it.
+            tokens = tokens * (self.token_norm / tokens.norm(dim=-1, keepdim=True).clamp_min(1e-6))
         if self.base_prompts is None:
             return tokens
         base = self.base_prompts.to(tokens.dtype).unsqueeze(0).expand(tokens.shape[0], -1, -1)

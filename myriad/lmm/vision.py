@@ -131,7 +131,7 @@ class VEGuidedVisionEncoder(nn.Module):
 
     @staticmethod
     def build_ln_vision(config: "MyriadConfig") -> nn.LayerNorm:
-        return nn.LayerNorm(config.vision.token_dim, eps=config.vision.layer_norm_eps if config.vision.kind == "eva_vit" else 1e-6)
+        return nn.LayerNorm(config.vision.token_dim, eps=config.vision.ln_vision_eps)
 
     @staticmethod
     def build_vpg(config: "MyriadConfig") -> VisualPromptGenerator:

@@ -58,6 +58,7 @@ def create_app(
     model: Any = None,
     expert: str = "patchcore",
     device: str = "cpu",
+    precision: str = "float32",
     limits: Limits | None = None,
     data_root: str | Path | None = None,
     max_profiles: int = 32,
@@ -68,7 +69,8 @@ def create_app(
 
     The LMM is loaded here, once, and shared by every profile: pass ``model`` to inject one,
     else ``lmm`` (``"mini"``, a weights path or ``"none"``) is loaded and a missing weights file
-    raises :class:`myriad.errors.WeightsError`. A ready ``service`` overrides all of these.
+    raises :class:`myriad.errors.WeightsError`; ``precision="int8"`` quantises its LLM. A ready
+    ``service`` overrides all of these.
     ``ui=False`` leaves out the Gradio page (and its import).
     """
     if service is None:
@@ -84,7 +86,7 @@ def create_app(
         if model is not None:
             service = InspectionService(model, lmm_label="injected", **options)
         else:
-            service = InspectionService.load(lmm, **options)
+            service = InspectionService.load(lmm, precision=precision, **options)
     app = FastAPI(
         title="Myriad",
         version=__version__,

@@ -46,14 +46,14 @@ class InspectionService:
         self._inference = threading.Lock()
 
     @classmethod
-    def load(cls, lmm: str | Path | None = "mini", device: str = "cpu", **kwargs: Any) -> "InspectionService":
+    def load(cls, lmm: str | Path | None = "mini", device: str = "cpu", precision: str = "float32", **kwargs: Any) -> "InspectionService":
         """Load the LMM once (``"mini"``, a weights path, or ``"none"``) and build the service.
 
         Raises :class:`myriad.errors.WeightsError` with a clear message when the weights are missing.
         """
         from myriad.inspection import load_lmm
 
-        model = load_lmm(lmm, device)
+        model = load_lmm(lmm, device, precision)
         label = "none" if model is None else str(lmm)
         return cls(model, lmm_label=label, device=device, **kwargs)
 

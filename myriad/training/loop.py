@@ -210,7 +210,13 @@ def train(
         save_tensors(
             {k: v.detach().float() if v.dtype == torch.bfloat16 else v for k, v in model.trainable_state_dict().items()},
             result.weights,
-            metadata={"preset": config.preset, "steps": str(total), "expert": config.expert},
+            metadata={
+                "preset": config.preset,
+                "steps": str(total),
+                "expert": config.expert,
+                # The exact model config, so loaders rebuild the architecture/template trained.
+                "myriad_config": model.config.model_dump_json(),
+            },
         )
         from myriad.training.curves import plot_losses
 

@@ -22,6 +22,7 @@ def test_paper_preset_numbers():
     c = paper_config()
     assert (c.vision.kind, c.vision.token_dim, c.vision.num_tokens) == ("eva_vit", 1408, 257)
     assert (c.vision.num_layers, c.vision.num_heads, c.vision.layer_norm_eps, c.vision.qkv_bias) == (39, 16, 1e-6, True)
+    assert c.vision.ln_vision_eps == 1e-5  # LAVIS: ln_vision = LayerNorm(1408), torch's default eps
     assert (c.qformer.hidden_size, c.qformer.num_layers, c.qformer.cross_attention_frequency, c.qformer.num_query_tokens) == (768, 12, 2, 32)
     assert (c.llm.hidden_size, c.llm.num_layers, c.llm.num_heads, c.llm.intermediate_size, c.llm.vocab_size) == (4096, 32, 32, 11008, 32000)
     assert (c.vpg_tokens, c.tpg_tokens, c.image_tokens) == (49, 18, 32 + 49 + 18)
@@ -34,6 +35,7 @@ def test_paper_preset_numbers():
 def test_mini_preset_and_switches():
     c = mini_config()
     assert c.vision.kind == "lite0" and c.vision.token_dim == 432 and c.vision.num_tokens == 197
+    assert c.vision.ln_vision_eps == 1e-6  # as the shipped mini weights were trained
     assert c.llm.hidden_size == 576 and c.llm.vocab_size == 49152
     assert {"qformer", "query_tokens", "language_projection"} <= set(c.trainable)
     assert paper_config(prompt_generators={"tpg_base_prompts": False}).tpg_tokens == 9

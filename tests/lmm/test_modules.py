@@ -164,3 +164,28 @@ def test_map_shift_and_scale_centre_the_trunk_input():
     maps = torch.rand(2, 1, 224, 224)
     with torch.no_grad():
         torch.testing.assert_close(centred(maps), plain((maps - 0.5) * 2.0))
+
+
+def test_tpg_token_norm_bounds_map_tokens_only():
+    """``token_norm``: every map token has exactly that norm, however large the map drives it; base prompts untouched."""
+    torch.manual_seed(0)
+    free = TextualPromptGenerator(out_dim=32, channels=SMALL, init="kaiming", head_gain=5.0)
+    torch.manual_seed(0)
+    bounded = TextualPromptGenerator(out_dim=32, channels=SMALL, init="kaiming", head_gain=5.0, token_norm=3.2)
+    disk = torch.zeros(2, 1, 224, 224)
+    disk[0, :, 40:200, 40:200] = 1.0
+    with torch.no_grad():
+        loose, tight = free(disk), bounded(disk)
+    torch.testing.assert_close(tight[:, 9:].norm(dim=-1), torch.full((2, 9), 3.2))
+    torch.testing.assert_close(tight[:, :9], bounded.base_prompts.unsqueeze(0).expand(2, -1, -1))
+    # the direction is the free token's: the map's information is kept
+    torch.testing.assert_close(tight[:, 9:], loose[:, 9:] / loose[:, 9:].norm(dim=-1, keepdim=True) * 3.2)
+    with pytest.raises(ValueError, match="token_norm"):
+        TextualPromptGenerator(out_dim=8, channels=SMALL, token_norm=0.0)
+
+
+def test_token_norm_is_a_mini_default_and_off_in_the_paper_preset():
+    from myriad.lmm.config import mini_config, paper_config
+
+    assert mini_config().prompt_generators.tpg_token_norm == pytest.approx(3.2)
+    assert paper_config().prompt_generators.tpg_token_norm is None

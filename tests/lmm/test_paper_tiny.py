@@ -110,6 +110,7 @@ def test_vision_encoder_lorra_runs_before_ln_vision_on_prenorm_tokens(tiny_model
         torch.testing.assert_close(tokens, prenorm)
         assert tokens.shape == (2, 5, 32)
         expected = ve.ln_vision(ve.lorra(prenorm))
+        assert ve.ln_vision.eps == 1e-5  # the paper preset's ln_vision (LAVIS), not the ViT's 1e-6
         torch.testing.assert_close(ve.encode_tokens(pixels), expected)
 
 

@@ -7,6 +7,7 @@ import pytest
 
 torch = pytest.importorskip("torch")
 
+from myriad.errors import ConfigError  # noqa: E402
 from myriad.inspection import SHIPPED_MINI_WEIGHTS, load_lmm  # noqa: E402
 
 pytestmark = pytest.mark.slow
@@ -66,3 +67,26 @@ def test_large_saturated_region_is_answered(shipped):
     yy, xx = np.mgrid[0:224, 0:224]
     disk = np.where((yy - 90) ** 2 + (xx - 130) ** 2 < 30**2, 1.0, 0.05).astype(np.float32)
     assert shipped.classify(_brick(shipped), torch.from_numpy(disk)[None, None]) == ["anomalous"]
+
+
+def test_trained_weights_load_with_the_config_they_were_trained_with(shipped, tmp_path):
+    """``myriad train`` stores the model config in the weights; ``load_lmm`` rebuilds that model."""
+    from myriad.errors import WeightsError
+    from myriad.io import load_tensors, save_tensors
+    from myriad.lmm.config import mini_config
+
+    tensors = load_tensors(SHIPPED_MINI_WEIGHTS)
+    chat = tmp_path / "chat.safetensors"
+    save_tensors(tensors, chat, metadata={"preset": "mini", "myriad_config": mini_config(template="chat").model_dump_json()})
+    model = load_lmm(chat, precision="int8")
+    assert model.config.template == "chat" and model.llm_quantization == "int8"
+    broken = tmp_path / "broken.safetensors"
+    save_tensors(tensors, broken, metadata={"preset": "mini", "myriad_config": '{"template": "haiku"}'})
+    with pytest.raises(WeightsError, match="broken.safetensors.*stored model config"):
+        load_lmm(broken)
+    paper = tmp_path / "paper.safetensors"
+    save_tensors(tensors, paper, metadata={"preset": "paper"})
+    with pytest.raises(WeightsError, match="paper"):
+        load_lmm(paper)
+    with pytest.raises(ConfigError, match="fp4"):
+        load_lmm(chat, precision="fp4")

@@ -1,0 +1,34 @@
+"""int8 dynamic quantisation of the frozen LLM: an inference-only speed option."""
+
+from __future__ import annotations
+
+import pytest
+
+torch = pytest.importorskip("torch")
+
+from myriad.errors import ConfigError  # noqa: E402
+
+
+def test_int8_llm_keeps_the_answers_close_and_refuses_training(tiny_model, tiny_inputs):
+    pixels, maps = tiny_inputs
+    with torch.no_grad():
+        image = tiny_model.encode_image(pixels, maps)
+        before = tiny_model.language_model(inputs_embeds=image).logits
+    assert tiny_model.quantize_language_model("int8") is tiny_model
+    assert tiny_model.llm_quantization == "int8"
+    quantized = [m for m in tiny_model.language_model.modules() if type(m).__name__ == "Linear" and "quantized" in type(m).__module__]
+    assert quantized, "the LLM's linear layers should be dynamically quantised"
+    with torch.no_grad():
+        after = tiny_model.language_model(inputs_embeds=image).logits
+    # int8 weights: close to the float logits, not equal
+    assert 0 < float((after - before).abs().max()) < 0.1 * float(before.abs().max())
+    texts = tiny_model.generate(pixels, maps, max_new_tokens=3)
+    assert len(texts) == 2
+    tiny_model.quantize_language_model("int8")  # idempotent
+    with pytest.raises(ConfigError, match="quantised"):
+        tiny_model(pixels, maps, ["Yes.", "No."])
+
+
+def test_unknown_quantisation_is_refused(tiny_model):
+    with pytest.raises(ConfigError, match="int4"):
+        tiny_model.quantize_language_model("int4")
