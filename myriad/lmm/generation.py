@@ -12,7 +12,7 @@ from typing import Any, Callable, Sequence
 
 import torch
 
-__all__ = ["GenerationResult", "generate_from_embeds", "left_pad"]
+__all__ = ["GenerationResult", "PrefixCache", "generate_from_embeds", "left_pad"]
 
 #: Tokens decoded at the end of a sequence to look for the stop string.
 _STOP_WINDOW = 8
@@ -41,6 +41,37 @@ def left_pad(sequences: Sequence[torch.Tensor]) -> tuple[torch.Tensor, torch.Ten
         embeds[i, longest - s.shape[0] :] = s
         mask[i, longest - s.shape[0] :] = 1
     return embeds, mask
+
+
+class PrefixCache:
+    """The KV cache of a prompt prefix that every row shares (e.g. the chat template's system turn).
+
+    Computed once at batch 1; :meth:`expand` gives each generate call its own copy for B rows,
+    so the prefix is not re-encoded for every image. ``length``: prefix tokens.
+    """
+
+    def __init__(self, language_model: Any, prefix_embeds: torch.Tensor) -> None:
+        if prefix_embeds.ndim != 2 or prefix_embeds.shape[0] < 1:
+            raise ValueError(f"prefix embeddings must be P x H with P >= 1, got {tuple(prefix_embeds.shape)}")
+        cache_kw, keep_last = _forward_names(language_model)
+        self.length = int(prefix_embeds.shape[0])
+        with torch.no_grad():
+            out = language_model(
+                inputs_embeds=prefix_embeds.unsqueeze(0),
+                position_ids=torch.arange(self.length, device=prefix_embeds.device).unsqueeze(0),
+                use_cache=True,
+                **keep_last,
+            )
+        self._cache = getattr(out, cache_kw)
+
+    def expand(self, batch: int) -> Any:
+        """A fresh copy of the cache for ``batch`` rows (generation appends to it)."""
+        import copy
+
+        cache = copy.deepcopy(self._cache)
+        if batch > 1:
+            cache.batch_repeat_interleave(batch)
+        return cache
 
 
 def _sample(logits: torch.Tensor, temperature: float, top_p: float, generator: torch.Generator | None) -> torch.Tensor:
@@ -81,22 +112,32 @@ def generate_from_embeds(
     generator: torch.Generator | None = None,
     stop_fn: Callable[[str], bool] | None = None,
     min_new_tokens: int = 0,
+    prefix: PrefixCache | None = None,
 ) -> GenerationResult:
     """Decode up to ``max_new_tokens`` per row of a left-padded embedding batch.
 
     A row ends at EOS, when its decoded text contains ``stop`` (the text is cut before
     it), when ``stop_fn(text)`` is true (``decided``), or at the length limit. Before
     ``min_new_tokens`` tokens, EOS is suppressed and stops are not checked (benchmarks).
+    With ``prefix``, ``embeds`` continue that cached prefix (padding then sits between
+    the prefix and each row's own tokens; positions still count only real tokens).
     """
     batch = embeds.shape[0]
     cache_kw, keep_last = _forward_names(language_model)
+    extra: dict[str, Any] = {}
+    if prefix is not None:
+        attention_mask = torch.cat([attention_mask.new_ones(batch, prefix.length), attention_mask], dim=1)
+        extra[cache_kw] = prefix.expand(batch)
     position_ids = (attention_mask.cumsum(-1) - 1).clamp(min=0)
+    if prefix is not None:
+        position_ids = position_ids[:, prefix.length :]
     out = language_model(
         inputs_embeds=embeds,
         attention_mask=attention_mask,
         position_ids=position_ids,
         use_cache=True,
         **keep_last,
+        **extra,
     )
     cache = getattr(out, cache_kw)
     logits = out.logits[:, -1, :]

@@ -19,7 +19,7 @@ from torch import nn
 
 from myriad.lmm.config import PART_NAMES, MyriadConfig
 from myriad.lmm.errors import ConfigError, InputError, PromptTooLongError, WeightsError
-from myriad.lmm.generation import GenerationResult, generate_from_embeds, left_pad
+from myriad.lmm.generation import GenerationResult, PrefixCache, generate_from_embeds, left_pad
 from myriad.lmm.inputs import check_pixels, prepare_maps, preprocess_images
 from myriad.lmm.modules import TextualPromptGenerator, count_parameters
 from myriad.lmm.prompting import Conversation, Label, Turn, answer_decided, parse_answer, render_prompt, stop_string
@@ -344,6 +344,8 @@ class MyriadLMM(nn.Module):
     # ------------------------------------------------------------------ inference precision
     #: ``None`` (float weights) or the scheme :meth:`quantize_language_model` applied.
     llm_quantization: str | None = None
+    #: Reuse the KV cache of the prompt text before the image across calls (same answers, shorter prefill).
+    use_prefix_cache: bool = True
 
     def quantize_language_model(self, scheme: str = "int8") -> "MyriadLMM":
         """Dynamically quantise the frozen LLM's linear layers for CPU inference (in place).
@@ -529,12 +531,17 @@ class MyriadLMM(nn.Module):
     ) -> GenerationResult:
         tokenizer = self._require_tokenizer()
         max_new = self.config.max_new_tokens if max_new_tokens is None else max_new_tokens
-        seqs = []
-        for i, turns in enumerate(conversations):
-            pre, post = self._prompt_ids(turns, training=False)
+        prompts = [self._prompt_ids(turns, training=False) for turns in conversations]
+        for i, (pre, post) in enumerate(prompts):
             length = len(pre) + image_embeds.shape[1] + len(post)
             self._context_check(length + max_new, f"prompt {i} ({length} tokens) + {max_new} new tokens")
-            seqs.append(torch.cat([self._embed_ids(pre), image_embeds[i], self._embed_ids(post)]))
+        # The text before the image is the same for every row (template + system turn): its
+        # KV cache is computed once and reused, instead of being re-encoded for every image.
+        prefix = self._prefix_cache(prompts[0][0]) if all(p[0] == prompts[0][0] for p in prompts) else None
+        seqs = []
+        for i, (pre, post) in enumerate(prompts):
+            head = [] if prefix is not None else [self._embed_ids(pre)]
+            seqs.append(torch.cat([*head, image_embeds[i], self._embed_ids(post)]))
         embeds, mask = left_pad(seqs)
         eos = getattr(tokenizer, "eos_token_id", None)
         return generate_from_embeds(
@@ -551,7 +558,21 @@ class MyriadLMM(nn.Module):
             generator=generator,
             stop_fn=stop_fn,
             min_new_tokens=min_new_tokens,
+            prefix=prefix,
         )
+
+    def _prefix_cache(self, ids: list[int]) -> PrefixCache | None:
+        """The shared prompt prefix's KV cache (built once per prefix), or None where it may not be reused."""
+        if not self.use_prefix_cache or len(ids) < 2 or any(p.requires_grad for p in self.language_model.parameters()):
+            return None
+        embedding = self.language_model.get_input_embeddings().weight
+        key = (tuple(ids), id(self.language_model), self.llm_quantization, embedding.device, embedding.dtype)
+        cache = self.__dict__.setdefault("_prefix_caches", {})
+        if key not in cache:
+            if len(cache) >= 8:
+                cache.clear()
+            cache[key] = PrefixCache(self.language_model, self._embed_ids(ids))
+        return cache[key]
 
     @torch.no_grad()
     def generate(

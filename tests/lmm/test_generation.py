@@ -97,3 +97,40 @@ def test_sampling_is_seeded(tok):
             ).token_ids[0]
         )
     assert runs[0] == runs[1] and len(set(runs[0])) > 1
+
+
+def test_prefix_cache_gives_the_same_answers_as_full_prefill(tiny_model, tiny_inputs):
+    """The shared text before the image is encoded once and reused; rows with different
+    instruction lengths (padding between prefix and row) decode exactly as without it."""
+    pixels, maps = tiny_inputs
+    questions = ["Is there a defect?", "Describe the surface of this part in a few words, please."]
+    tiny_model.use_prefix_cache = False
+    with torch.no_grad():
+        plain = tiny_model.generate(pixels, maps, questions, max_new_tokens=6, return_result=True)
+        alone = tiny_model.generate(pixels[1:], maps[1:], questions[1:], max_new_tokens=6, return_result=True)
+    tiny_model.use_prefix_cache = True
+    with torch.no_grad():
+        cached = tiny_model.generate(pixels, maps, questions, max_new_tokens=6, return_result=True)
+        again = tiny_model.generate(pixels, maps, questions, max_new_tokens=6, return_result=True)
+    assert cached.token_ids == plain.token_ids == again.token_ids
+    assert cached.token_ids[1] == alone.token_ids[0]
+    assert cached.prompt_lengths == plain.prompt_lengths
+    assert len(tiny_model._prefix_caches) == 1  # built once, reused by the second call
+
+
+def test_prefix_cache_logits_match(tiny_model, tiny_inputs):
+    from myriad.lmm.generation import PrefixCache
+
+    pixels, maps = tiny_inputs
+    lm = tiny_model.language_model
+    with torch.no_grad():
+        embeds = torch.randn(2, 9, lm.config.hidden_size)
+        full = lm(inputs_embeds=embeds).logits[:, -1]
+        prefix = PrefixCache(lm, embeds[0, :4])
+        assert prefix.length == 4
+        embeds[1, :4] = embeds[0, :4]
+        full = lm(inputs_embeds=embeds).logits[:, -1]
+        rest = lm(inputs_embeds=embeds[:, 4:], past_key_values=prefix.expand(2), position_ids=torch.arange(4, 9).expand(2, -1)).logits[:, -1]
+    torch.testing.assert_close(rest, full, atol=1e-5, rtol=1e-4)
+    with pytest.raises(ValueError, match="P x H"):
+        PrefixCache(lm, embeds)

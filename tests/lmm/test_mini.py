@@ -97,9 +97,12 @@ def test_mini_trains_generates_and_chats(mini, mini_inputs):
     texts = mini.generate(pixels, amap, max_new_tokens=6)
     assert len(texts) == 1 and isinstance(texts[0], str)
     assert mini.classify(pixels, amap)[0] in ("anomalous", "normal", "unknown")
-    chat = MyriadLMM(mini_config(template="chat"), mini.tokenizer, language_model=mini.language_model)
-    out = chat(pixels, amap, [ANSWER_ANOMALOUS])
+    out = mini(pixels, amap, [ANSWER_ANOMALOUS])  # the mini default: SmolLM2's chat template
     assert out.labels[0][out.labels[0] != -100].tolist()[-1] == mini.tokenizer.eos_token_id
+    reference = MyriadLMM(mini_config(template="reference"), mini.tokenizer, language_model=mini.language_model)
+    out = reference(pixels, amap, [ANSWER_ANOMALOUS])
+    assert mini.tokenizer.decode(out.labels[0][out.labels[0] != -100].tolist()).endswith("###")
+    chat = mini
     conv = chat.start_conversation(pixels, amap)
     chat.chat(conv, max_new_tokens=4)
     chat.chat(conv, "Where is the defect?", max_new_tokens=4)

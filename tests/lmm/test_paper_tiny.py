@@ -238,9 +238,12 @@ def test_kv_cache_generation_matches_uncached_and_batch_matches_single(tiny_mode
         single = tiny_model.generate(pixels[i : i + 1], maps[i : i + 1], instructions[i], max_new_tokens=10, return_result=True)
         assert single.token_ids[0] == batched.token_ids[i]
         assert single.texts[0] == batched.texts[i]
-        # Rebuild the exact prompt embeddings and decode without a cache.
+        # Rebuild the exact prompt embeddings (whole prompt in one call: no prefix cache) and
+        # decode without any cache; ``single`` above used the shared-prefix cache.
         seen, handle = _capture_lm_inputs(tiny_model)
+        tiny_model.use_prefix_cache = False
         tiny_model.generate(pixels[i : i + 1], maps[i : i + 1], instructions[i], max_new_tokens=1)
+        tiny_model.use_prefix_cache = True
         handle.remove()
         with torch.no_grad():
             naive = _naive_greedy(tiny_model, seen[0]["inputs_embeds"], len(single.token_ids[0]))
