@@ -76,13 +76,7 @@ def lite0_key_map(keys: Sequence[str]) -> dict[str, str]:
 def _read_state_dict(path: Path) -> dict[str, "torch.Tensor"]:
     from myriad.io import load_torch_checkpoint
 
-    state = load_torch_checkpoint(path)
-    for wrapper in ("state_dict", "model"):
-        if isinstance(state, dict) and wrapper in state and isinstance(state[wrapper], dict):
-            state = state[wrapper]
-    if not isinstance(state, dict):
-        raise WeightsError(f"{path}: expected a state dict, found {type(state).__name__}")
-    return state
+    return load_torch_checkpoint(path, unwrap=("state_dict", "model"))
 
 
 def load_timm_model(name: str = EMBEDDED, weights: str | Path | None = None, **timm_kwargs: object) -> "nn.Module":

@@ -33,6 +33,16 @@ if TYPE_CHECKING:  # pragma: no cover
 STATE_CONFIG_FILE = "expert.json"
 
 
+def check_layer_indices(value: list[int] | None) -> list[int] | None:
+    """Validate a config's ``layers`` list (blocks or stages): distinct non-negative integers, or ``None``.
+
+    For a pydantic ``field_validator``; raises ``ValueError`` (which pydantic reports) otherwise.
+    """
+    if value is not None and (not value or len(set(value)) != len(value) or min(value) < 0):
+        raise ValueError(f"layers must be distinct non-negative integers, got {value}")
+    return value
+
+
 class Mode(str, Enum):
     """How an expert learns what normal looks like."""
 

@@ -1,7 +1,8 @@
 """Speed and memory of the ``mini`` Myriad on this CPU (not a test).
 
-Measures, with an anomaly map given and untrained Myriad modules (the text may be
-junk; the speed is what counts):
+Measures, with an anomaly map given, the shipped Myriad-mini weights (``--weights mini``,
+the default) or untrained modules (``--weights none``; their text may be junk and
+``classify`` then decodes all 8 tokens), at ``--precision float32`` or ``int8``:
 
 * cached SmolLM2 load and full ``MyriadLMM.mini()`` build;
 * yes/no for one image: ``classify`` (decoding stops once the parse rule is decided)
@@ -14,7 +15,7 @@ junk; the speed is what counts):
 Targets (2 CPU cores): yes/no <= 0.5 s, 40 tokens <= 3 s, peak RSS <= 2.5 GB.
 Writes ``benchmarks/results/lmm_bench_mini.json`` and ``.md``.
 
-    .venv/bin/python benchmarks/lmm/bench_mini.py [--threads 2] [--repeats 5]
+    .venv/bin/python benchmarks/lmm/bench_mini.py [--threads 2] [--repeats 5] [--precision int8] [--weights none]
 """
 
 from __future__ import annotations
@@ -59,7 +60,7 @@ def _blob_map(size: int = 224, seed: int = 0):
     return (0.05 * torch.rand(size, size, generator=g) + blob)[None, None].float()
 
 
-def run(threads: int, repeats: int) -> dict:
+def run(threads: int, repeats: int, precision: str = "float32", weights: str = "mini") -> dict:
     import numpy as np
     import torch
 
@@ -75,7 +76,9 @@ def run(threads: int, repeats: int) -> dict:
             "torch": torch.__version__,
             "OMP_WAIT_POLICY": os.environ.get("OMP_WAIT_POLICY"),
             "load_average_at_start": os.getloadavg(),
-        }
+        },
+        "precision": precision,
+        "weights": weights,
     }
     start = time.perf_counter()
     ensure_cached()
@@ -88,11 +91,19 @@ def run(threads: int, repeats: int) -> dict:
     result["cached_smollm2_load_s"] = {"median_s": round(statistics.median(loads), 3), "min_s": round(min(loads), 3)}
     start = time.perf_counter()
     torch.manual_seed(0)
-    model = MyriadLMM.mini()
+    if weights == "none":
+        model = MyriadLMM.mini()
+        if precision == "int8":
+            model.quantize_language_model("int8")
+    else:
+        from myriad.inspection import load_lmm
+
+        model = load_lmm(weights, precision=precision)
     result["mini_build_s"] = round(time.perf_counter() - start, 3)
 
-    rng = np.random.default_rng(0)
-    image = rng.integers(0, 255, size=(256, 320, 3), dtype=np.uint8)
+    from skimage import data
+
+    image = np.stack([data.brick()[:256, :320]] * 3, axis=-1)  # a real texture photo
     pixels = model.preprocess([image])
     amap = _blob_map()
     ve = model.vision_encoder
@@ -126,7 +137,8 @@ def run(threads: int, repeats: int) -> dict:
         result["yes_no_full_answer_12_tokens_s"] = _timed(
             lambda: model.generate(pixels, amap, max_new_tokens=12, min_new_tokens=12), max(2, repeats // 2)
         )
-        result["untrained_answer_sample"] = full.texts[0][:80]
+        result["answer_sample"] = full.texts[0][:80]
+        result["description_sample"] = model.generate(pixels, amap, "Describe the defect in detail.", max_new_tokens=40)[0][:200]
         result["describe_40_tokens_s"] = _timed(
             lambda: model.generate(pixels, amap, "Describe the defect in detail.", max_new_tokens=40, min_new_tokens=40),
             max(2, repeats // 2),
@@ -164,6 +176,8 @@ def to_markdown(r: dict) -> str:
     lines = [
         "# mini Myriad on CPU",
         "",
+        f"Weights: `{r.get('weights', 'none')}`, LLM precision: `{r.get('precision', 'float32')}`.",
+        "",
         f"{m['cpu']}, {m['cores_visible']} cores visible, torch {m['torch']} with {m['torch_threads']} thread(s), "
         f"OMP_WAIT_POLICY={m.get('OMP_WAIT_POLICY')}; "
         f"load average at start {tuple(round(x, 2) for x in m['load_average_at_start'])}, "
@@ -172,7 +186,7 @@ def to_markdown(r: dict) -> str:
         "| measurement | median s | target |",
         "|---|---|---|",
         f"| cached SmolLM2 load (model + tokenizer) | {r['cached_smollm2_load_s']['median_s']} | < 1 |",
-        f"| full `MyriadLMM.mini()` build | {r['mini_build_s']} | |",
+        f"| full model build (+ weights load) | {r['mini_build_s']} | |",
         f"| yes/no, `classify` (stops once decided) | {r['yes_no_classify_s']['median_s']} | <= 0.5 |",
         f"| yes/no, full 12-token answer | {r['yes_no_full_answer_12_tokens_s']['median_s']} | |",
         f"| 40-token description | {r['describe_40_tokens_s']['median_s']} | <= 3 |",
@@ -188,7 +202,7 @@ def to_markdown(r: dict) -> str:
     lines += ["", "| batch | classify s | images/s | 12-token answer s | images/s |", "|---|---|---|---|---|"]
     for batch, t in r["batched_throughput"].items():
         lines.append(f"| {batch} | {t['classify_s']} | {t['classify_images_per_s']} | {t['answer12_s']} | {t['answer12_images_per_s']} |")
-    lines += ["", f"Untrained answer sample: `{r['untrained_answer_sample']!s}`", ""]
+    lines += ["", f"Answer sample: `{r['answer_sample']!s}`", f"Description sample: `{r['description_sample']!s}`", ""]
     return "\n".join(lines)
 
 
@@ -196,9 +210,11 @@ def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--threads", type=int, default=2)
     parser.add_argument("--repeats", type=int, default=5)
+    parser.add_argument("--precision", choices=["float32", "int8"], default="float32")
+    parser.add_argument("--weights", default="mini", help="'mini' (shipped), a trained weights file, or 'none' (untrained modules)")
     parser.add_argument("--out", type=Path, default=RESULTS / "lmm_bench_mini")
     args = parser.parse_args()
-    result = run(args.threads, args.repeats)
+    result = run(args.threads, args.repeats, args.precision, args.weights)
     args.out.parent.mkdir(parents=True, exist_ok=True)
     args.out.with_suffix(".json").write_text(json.dumps(result, indent=2))
     args.out.with_suffix(".md").write_text(to_markdown(result))

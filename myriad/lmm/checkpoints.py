@@ -136,51 +136,11 @@ class MappedState:
 _WRAPPERS = ("model", "state_dict", "module")
 
 
-def _is_tensor(value: Any) -> bool:
-    import torch
-
-    return isinstance(value, torch.Tensor)
-
-
-def _unwrap(obj: Any, path: Path) -> dict[str, Any]:
-    """The tensor dict inside a checkpoint object (``{"model": {...}, "optimizer": ...}`` or flat)."""
-    if not isinstance(obj, Mapping):
-        raise WeightsError(f"{path}: expected a state dict (a mapping of names to tensors), found {type(obj).__name__}")
-    if obj and any(_is_tensor(v) for v in obj.values()):
-        tensors = {k: v for k, v in obj.items() if _is_tensor(v)}
-        return tensors
-    for wrapper in _WRAPPERS:
-        inner = obj.get(wrapper)
-        if isinstance(inner, Mapping) and any(_is_tensor(v) for v in inner.values()):
-            return {k: v for k, v in inner.items() if _is_tensor(v)}
-    top = ", ".join(repr(k) for k in list(obj)[:8])
-    raise WeightsError(f"{path}: no tensors found at the top level or under {list(_WRAPPERS)} (top-level keys: {top})")
-
-
-def _torch_load(path: Path) -> Any:
-    """``torch.load`` with ``weights_only=True``, memory-mapped when the file format allows."""
-    import torch
-
-    from myriad.io import load_torch_checkpoint
-
-    try:
-        return torch.load(str(path), map_location="cpu", weights_only=True, mmap=True)
-    except Exception:  # noqa: BLE001 - legacy (non-zip) files cannot be mmapped; retry plainly for a clear error
-        return load_torch_checkpoint(path)
-
-
 def read_state_dict(path: str | Path) -> dict[str, "torch.Tensor"]:
     """The tensors of a ``.pth``/``.pt``/``.bin`` (weights only) or ``.safetensors`` file, unwrapped from ``"model"``."""
-    from myriad.io import load_tensors
+    from myriad.io import load_torch_checkpoint
 
-    path = Path(path)
-    if not path.exists():
-        raise WeightsError(f"{path}: checkpoint file not found")
-    if path.is_dir():
-        raise WeightsError(f"{path}: is a directory; this loader expects a single checkpoint file")
-    if path.suffix == ".safetensors":
-        return load_tensors(path)
-    return _unwrap(_torch_load(path), path)
+    return load_torch_checkpoint(path, mmap=True, unwrap=_WRAPPERS, tensors_only=True)
 
 
 def _hf_weight_files(directory: Path) -> list[Path]:
@@ -220,7 +180,7 @@ def _iter_hf_shards(directory: Path, wanted: Callable[[str], bool]) -> Iterator[
             except (SafetensorError, OSError, ValueError) as exc:
                 raise WeightsError(f"{file}: not a readable safetensors file: {exc}") from exc
         else:
-            state = _unwrap(_torch_load(file), file)
+            state = read_state_dict(file)
             keys = list(state)
             tensors = {k: v for k, v in state.items() if wanted(k)}
         yield file, tensors, [k for k in keys if not wanted(k)]

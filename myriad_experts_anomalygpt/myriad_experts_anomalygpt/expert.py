@@ -83,14 +83,15 @@ class ImageDecoder:
 
     @classmethod
     def load(cls, path: str, width: int, dim: int, layers: int) -> "nn.Module":
-        from myriad_experts_anomalygpt.imagebind import read_checkpoint, strict_load
+        from myriad.io import load_state_dict_strict
+        from myriad_experts_anomalygpt.imagebind import read_checkpoint
 
         state = read_checkpoint(path, "AnomalyGPT checkpoint", DECODER_HINT)
         decoder_state = {k[len("image_decoder.") :]: v for k, v in state.items() if k.startswith("image_decoder.")}
         if not decoder_state:
             raise WeightsError(f"{path}: no 'image_decoder.*' keys: not AnomalyGPT's pytorch_model.pt")
         module = cls.build(width, dim, layers)
-        strict_load(module, decoder_state, path, "AnomalyGPT image decoder")
+        load_state_dict_strict(module, decoder_state, path, "AnomalyGPT image decoder")
         return module
 
 

@@ -44,6 +44,8 @@ from pathlib import Path
 from typing import TYPE_CHECKING, Any, Sequence
 
 from myriad.errors import WeightsError
+from myriad.io import CHECKPOINT_WRAPPERS, load_state_dict_strict, load_torch_checkpoint
+from myriad.vit_taps import vit_tokens
 
 if TYPE_CHECKING:  # pragma: no cover
     import torch
@@ -106,7 +108,10 @@ def _map_block(rest: str) -> str:
 
 
 def vision_state_from_imagebind(state: dict[str, "torch.Tensor"]) -> dict[str, "torch.Tensor"]:
-    """The vision-tower part of an ImageBind state dict, renamed for :func:`build_vision_tower`."""
+    """The vision-tower part of an ImageBind state dict, renamed for :func:`build_vision_tower`.
+
+    Keys it cannot map keep their ImageBind names, so that a strict load reports them as unexpected.
+    """
     out: dict[str, Any] = {}
     for key, value in state.items():
         if key.startswith(V_PRE):
@@ -118,7 +123,7 @@ def vision_state_from_imagebind(state: dict[str, "torch.Tensor"]) -> dict[str, "
             elif rest == "pos_embedding_helper.pos_embed":
                 out["positional_embedding"] = value.reshape(-1, value.shape[-1])
             else:
-                out[f"<unmapped>{key}"] = value
+                out[key] = value
         elif key.startswith(V_TRUNK):
             rest = key[len(V_TRUNK) :]
             if rest.startswith("pre_transformer_layer.0."):
@@ -127,9 +132,9 @@ def vision_state_from_imagebind(state: dict[str, "torch.Tensor"]) -> dict[str, "
                 try:
                     out[_map_block(rest[len("blocks.") :])] = value
                 except KeyError:
-                    out[f"<unmapped>{key}"] = value
+                    out[key] = value
             else:
-                out[f"<unmapped>{key}"] = value
+                out[key] = value
         elif key.startswith(V_HEAD):
             rest = key[len(V_HEAD) :]
             if rest.startswith("0."):
@@ -137,14 +142,14 @@ def vision_state_from_imagebind(state: dict[str, "torch.Tensor"]) -> dict[str, "
             elif rest == "2.weight":
                 out["proj"] = value.T.contiguous()
             else:
-                out[f"<unmapped>{key}"] = value
+                out[key] = value
         elif key.startswith("modality_postprocessors.vision."):
-            out[f"<unmapped>{key}"] = value  # Normalize has no parameters: anything here is unexpected
+            out[key] = value  # Normalize has no parameters: anything here is unexpected
     return out
 
 
 def text_state_from_imagebind(state: dict[str, "torch.Tensor"]) -> tuple[dict[str, "torch.Tensor"], "torch.Tensor | None"]:
-    """The text-tower part of an ImageBind state dict (renamed), and the logit scale."""
+    """The text-tower part of an ImageBind state dict (renamed, unmapped keys as they are), and the logit scale."""
     import torch
 
     out: dict[str, Any] = {}
@@ -161,16 +166,16 @@ def text_state_from_imagebind(state: dict[str, "torch.Tensor"]) -> tuple[dict[st
                 if not torch.equal(value.float(), causal):
                     raise WeightsError(f"{key}: not the causal mask ImageBind's text tower uses")
             else:
-                out[f"<unmapped>{key}"] = value
+                out[key] = value
         elif key.startswith(T_TRUNK):
             rest = key[len(T_TRUNK) :]
             if rest.startswith("blocks."):
                 try:
                     out[_map_block(rest[len("blocks.") :])] = value
                 except KeyError:
-                    out[f"<unmapped>{key}"] = value
+                    out[key] = value
             else:
-                out[f"<unmapped>{key}"] = value
+                out[key] = value
         elif key.startswith(T_HEAD):
             rest = key[len(T_HEAD) :]
             if rest.startswith("proj.0."):
@@ -178,44 +183,20 @@ def text_state_from_imagebind(state: dict[str, "torch.Tensor"]) -> tuple[dict[st
             elif rest == "proj.1.weight":
                 out["text_projection"] = value.T.contiguous()
             else:
-                out[f"<unmapped>{key}"] = value
+                out[key] = value
         elif key.startswith(T_POST):
             if key[len(T_POST) :] == "1.log_logit_scale":
                 logit_scale = value
             else:
-                out[f"<unmapped>{key}"] = value
+                out[key] = value
     return out, logit_scale
 
 
-def strict_load(module: "nn.Module", state: dict[str, "torch.Tensor"], source: str, what: str) -> None:
-    """Load ``state`` into ``module`` strictly; one error listing missing, unexpected and misshaped keys."""
-    expected = module.state_dict()
-    missing = [k for k in expected if k not in state]
-    unexpected = [k.replace("<unmapped>", "") for k in state if k not in expected]
-    shapes = [k for k in expected if k in state and tuple(state[k].shape) != tuple(expected[k].shape)]
-    if missing or unexpected or shapes:
-        detail = [f"{len(missing)} missing (e.g. {missing[:3]})", f"{len(unexpected)} unexpected (e.g. {unexpected[:3]})"]
-        if shapes:
-            k = shapes[0]
-            detail.append(f"{len(shapes)} misshaped (e.g. {k}: {tuple(state[k].shape)} vs {tuple(expected[k].shape)})")
-        raise WeightsError(f"{source}: the {what} does not match the architecture: " + ", ".join(detail))
-    module.load_state_dict(state, strict=True)
-
-
 def read_checkpoint(path: str | Path, what: str, hint: str) -> dict[str, "torch.Tensor"]:
-    """A state dict from a local file (weights_only); a missing file says which file goes where."""
-    from myriad.io import load_torch_checkpoint
-
-    path = Path(path)
-    if not path.is_file():
-        raise WeightsError(f"{path}: {what} not found; {hint}")
-    state: Any = load_torch_checkpoint(path)
-    for wrapper in ("state_dict", "model", "module"):
-        if isinstance(state, dict) and isinstance(state.get(wrapper), dict):
-            state = state[wrapper]
-    if not isinstance(state, dict):
-        raise WeightsError(f"{path}: expected a state dict, found {type(state).__name__}")
-    return {(k[7:] if k.startswith("module.") else k): v for k, v in state.items() if hasattr(v, "shape")}
+    """The tensors of a local file (weights_only), unwrapped; a missing file says which file goes where."""
+    return load_torch_checkpoint(
+        path, what=what, hint=hint, unwrap=CHECKPOINT_WRAPPERS, tensors_only=True, strip_prefix="module."
+    )
 
 
 def load_imagebind(
@@ -228,12 +209,12 @@ def load_imagebind(
     if not any(k.startswith(V_PRE) for k in state):
         raise WeightsError(f"{path}: no '{V_PRE}*' keys: not an ImageBind checkpoint")
     vision = build_vision_tower(arch)
-    strict_load(vision, vision_state_from_imagebind(state), str(path), "ImageBind vision tower")
+    load_state_dict_strict(vision, vision_state_from_imagebind(state), str(path), "ImageBind vision tower")
     text_tower = None
     if text:
         text_tower = build_text_tower(arch)
         text_state, logit_scale = text_state_from_imagebind(state)
-        strict_load(text_tower, text_state, str(path), "ImageBind text tower")
+        load_state_dict_strict(text_tower, text_state, str(path), "ImageBind text tower")
         text_tower.logit_scale = logit_scale  # type: ignore[assignment]
     known = (V_PRE, V_TRUNK, V_HEAD, T_PRE, T_TRUNK, T_HEAD, T_POST, "modality_postprocessors.vision.")
     strays = [k for k in state if not k.startswith(known) and (k.split(".") + [""])[1] not in _OTHER_MODALITIES]
@@ -245,22 +226,4 @@ def load_imagebind(
 
 def vision_taps(visual: "nn.Module", x: "torch.Tensor", taps: Sequence[int]) -> list["torch.Tensor"]:
     """Raw outputs (``B x (1 + L) x W``, CLS first, no final norm) of 0-indexed blocks ``taps``."""
-    import torch
-
-    x = visual.conv1(x)
-    batch = x.shape[0]
-    x = x.flatten(2).transpose(1, 2)
-    cls = visual.class_embedding.to(x.dtype).view(1, 1, -1).expand(batch, -1, -1)
-    x = visual.ln_pre(torch.cat([cls, x], dim=1) + visual.positional_embedding.to(x.dtype))
-    batch_first = getattr(visual.transformer, "batch_first", False)
-    if not batch_first:
-        x = x.transpose(0, 1)
-    wanted, last = set(taps), max(taps)
-    outs: dict[int, torch.Tensor] = {}
-    for index, block in enumerate(visual.transformer.resblocks):
-        x = block(x)
-        if index in wanted:
-            outs[index] = x if batch_first else x.transpose(0, 1)
-        if index == last:
-            break  # nothing after the deepest tap is needed
-    return [outs[i] for i in taps]
+    return vit_tokens(visual, x, taps, pooled=False)[0]

@@ -7,6 +7,7 @@ from typing import Literal
 from pydantic import BaseModel, ConfigDict, Field, field_validator
 
 from myriad import hookimpl
+from myriad.experts import check_layer_indices
 
 IMAGEBIND = "imagebind"
 
@@ -65,9 +66,7 @@ class AnomalyGPTConfig(BaseModel):
     @field_validator("layers")
     @classmethod
     def _layers(cls, value: list[int] | None) -> list[int] | None:
-        if value is not None and (not value or len(set(value)) != len(value) or min(value) < 0):
-            raise ValueError(f"layers must be distinct non-negative integers, got {value}")
-        return value
+        return check_layer_indices(value)
 
 
 @hookimpl

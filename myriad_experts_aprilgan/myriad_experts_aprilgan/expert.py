@@ -182,7 +182,7 @@ class AprilGANExpert(Expert):
         import torch
 
         from myriad.images import to_tensor
-        from myriad_experts_aprilgan.clip import image_tokens
+        from myriad.vit_taps import vit_tokens
 
         cfg, size = self.config, self.image_size
         out: dict[str, Any] = {"zs": None, "fs": None, "grids": None, "pooled": None}
@@ -196,7 +196,7 @@ class AprilGANExpert(Expert):
             taps = sorted(set(clip_taps))
             x = to_tensor(images, size, "clip", interpolation="bicubic").to(device)
             with torch.inference_mode():
-                tokens, pooled = image_tokens(self.clip(), x, taps)
+                tokens, pooled = vit_tokens(self.clip().visual, x, taps)
             by_tap = {t: tok[:, 1:].float() for t, tok in zip(taps, tokens)}
             side = size // int(self.clip().visual.patch_size[0])
             if zero_shot:

@@ -7,6 +7,7 @@ from typing import Any, Literal
 from pydantic import BaseModel, ConfigDict, Field, field_validator
 
 from myriad import hookimpl
+from myriad.experts import check_layer_indices
 
 CLIP = "clip"
 
@@ -43,9 +44,7 @@ class AprilGANConfig(BaseModel):
     @field_validator("layers", "few_shot_layers")
     @classmethod
     def _distinct(cls, value: list[int] | None) -> list[int] | None:
-        if value is not None and (not value or len(set(value)) != len(value) or min(value) < 0):
-            raise ValueError(f"layers must be distinct non-negative integers, got {value}")
-        return value
+        return check_layer_indices(value)
 
 
 @hookimpl

@@ -99,7 +99,8 @@ def train_adapters(
     import torch.nn.functional as F
 
     from myriad.images import to_tensor
-    from myriad_experts_aprilgan.clip import build_adapters, image_tokens
+    from myriad.vit_taps import vit_tokens
+    from myriad_experts_aprilgan.clip import build_adapters
     from myriad_experts_aprilgan.expert import AprilGANExpert
     from myriad_experts_aprilgan.plugin import AprilGANConfig
 
@@ -130,7 +131,7 @@ def train_adapters(
             gt = (gt[:, 0] > 0.5).float().to(device)
             text = torch.stack([texts[name] for _, _, name in batch])  # B x E x 2
             with torch.no_grad():
-                tokens, _ = image_tokens(model, x, taps)
+                tokens, _ = vit_tokens(visual, x, taps)
             loss = torch.zeros((), device=device)
             for fc, tok in zip(adapters.fc, tokens):
                 adapted = F.normalize(fc(tok[:, 1:].float()), dim=-1)

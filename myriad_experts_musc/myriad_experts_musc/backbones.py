@@ -23,6 +23,8 @@ from pathlib import Path
 from typing import TYPE_CHECKING, Any, Sequence
 
 from myriad.errors import ConfigError, WeightsError
+from myriad.io import load_state_dict_strict
+from myriad.vit_taps import resize_positional_embedding, vit_tokens
 
 if TYPE_CHECKING:  # pragma: no cover
     import torch
@@ -40,88 +42,16 @@ WEIGHTS_HINT = {
 
 
 def read_state_dict(path: str | Path) -> dict[str, "torch.Tensor"]:
-    """A state dict from a local file: safetensors, a ``.pth``/``.bin`` (weights_only) or an OpenAI TorchScript ``.pt``.
+    """The tensors of a local file: safetensors, a ``.pth``/``.bin`` (weights_only) or an OpenAI TorchScript ``.pt``.
 
-    TorchScript archives (OpenAI's released CLIP files) cannot be read with
-    ``weights_only=True``; they are opened with ``torch.jit.load``, which runs no
-    pickled Python code, and only their tensors are kept.
+    ``state_dict``/``model``/``module`` containers are unwrapped and ``module.`` prefixes
+    dropped (:func:`myriad.io.load_torch_checkpoint`).
     """
-    import warnings
+    from myriad.io import CHECKPOINT_WRAPPERS, load_torch_checkpoint
 
-    import torch
-
-    from myriad.io import load_torch_checkpoint
-
-    path = Path(path)
-    if not path.is_file():
-        raise WeightsError(f"{path}: weights file not found")
-    if is_torchscript(path):
-        try:
-            with warnings.catch_warnings():
-                warnings.simplefilter("ignore", FutureWarning)
-                state: Any = torch.jit.load(str(path), map_location="cpu").state_dict()
-        except Exception as exc:  # noqa: BLE001 - torch raises many types here
-            raise WeightsError(f"{path}: unreadable TorchScript archive: {exc}") from exc
-    else:
-        state = load_torch_checkpoint(path)
-    for wrapper in ("state_dict", "model", "module"):
-        if isinstance(state, dict) and isinstance(state.get(wrapper), dict):
-            state = state[wrapper]
-    if not isinstance(state, dict):
-        raise WeightsError(f"{path}: expected a state dict, found {type(state).__name__}")
-    out = {}
-    for key, value in state.items():
-        if not isinstance(value, torch.Tensor):
-            continue  # OpenAI files carry ints such as input_resolution
-        out[key[7:] if key.startswith("module.") else key] = value
-    return out
-
-
-def is_torchscript(path: Path) -> bool:
-    """Whether ``path`` is a TorchScript zip archive (it holds ``code/`` and ``constants.pkl``)."""
-    import zipfile
-
-    if not zipfile.is_zipfile(path):
-        return False
-    with zipfile.ZipFile(path) as archive:
-        return any(name.endswith("/constants.pkl") or "/code/" in name for name in archive.namelist())
-
-
-def strict_load(module: "nn.Module", state: dict[str, "torch.Tensor"], source: str) -> None:
-    """``load_state_dict(strict=True)`` with one clear error listing missing, unexpected and misshaped keys."""
-    expected = module.state_dict()
-    missing = [k for k in expected if k not in state]
-    unexpected = [k for k in state if k not in expected]
-    shapes = [k for k in expected if k in state and tuple(state[k].shape) != tuple(expected[k].shape)]
-    if missing or unexpected or shapes:
-        detail = [f"{len(missing)} missing (e.g. {missing[:3]})", f"{len(unexpected)} unexpected (e.g. {unexpected[:3]})"]
-        if shapes:
-            k = shapes[0]
-            detail.append(f"{len(shapes)} misshaped (e.g. {k}: {tuple(state[k].shape)} vs {tuple(expected[k].shape)})")
-        raise WeightsError(f"{source}: weights do not match the architecture: " + ", ".join(detail))
-    module.load_state_dict(state, strict=True)
-
-
-def resize_positional_embedding(pos: "torch.Tensor", grid: tuple[int, int], prefix: int = 1) -> "torch.Tensor":
-    """Bicubically resize a ``(prefix + g*g) x C`` positional embedding to ``grid`` (prefix tokens kept)."""
-    import math
-
-    import torch
-    import torch.nn.functional as F
-
-    squeeze = pos.ndim == 2
-    p = pos if squeeze else pos[0]
-    head, body = p[:prefix], p[prefix:]
-    side = int(math.isqrt(body.shape[0]))
-    if side * side != body.shape[0]:
-        raise WeightsError(f"positional embedding of {body.shape[0]} patches is not a square grid")
-    if (side, side) == tuple(grid):
-        return pos
-    body = body.reshape(1, side, side, -1).permute(0, 3, 1, 2).float()
-    body = F.interpolate(body, size=grid, mode="bicubic", align_corners=False)
-    body = body.permute(0, 2, 3, 1).reshape(grid[0] * grid[1], -1).to(p.dtype)
-    out = torch.cat([head, body], dim=0)
-    return out if squeeze else out[None]
+    return load_torch_checkpoint(
+        path, what="weights file", torchscript=True, unwrap=CHECKPOINT_WRAPPERS, tensors_only=True, strip_prefix="module."
+    )
 
 
 def default_vit_layers(depth: int) -> list[int]:
@@ -226,35 +156,8 @@ def build_open_clip_visual(
     visual_state = {k[len("visual.") :]: v for k, v in state.items() if k.startswith("visual.")}
     if not visual_state:
         raise WeightsError(f"{weights}: no 'visual.*' keys: not a CLIP checkpoint in OpenAI/open_clip layout")
-    strict_load(visual, visual_state, str(weights))
+    load_state_dict_strict(visual, visual_state, str(weights))
     return visual
-
-
-def vit_tokens(visual: "nn.Module", x: "torch.Tensor", taps: Sequence[int]) -> tuple[list["torch.Tensor"], "torch.Tensor"]:
-    """Raw outputs (``B x (1 + L) x C``) of 0-indexed blocks ``taps`` and the projected image embedding."""
-    import torch
-
-    x = visual.conv1(x.to(visual.conv1.weight.dtype))
-    batch = x.shape[0]
-    x = x.flatten(2).transpose(1, 2)
-    cls = visual.class_embedding.to(x.dtype).view(1, 1, -1).expand(batch, -1, -1)
-    x = torch.cat([cls, x], dim=1) + visual.positional_embedding.to(x.dtype)
-    x = visual.ln_pre(x)
-    batch_first = getattr(visual.transformer, "batch_first", False)
-    if not batch_first:
-        x = x.transpose(0, 1)
-    wanted = set(taps)
-    outs: dict[int, torch.Tensor] = {}
-    for index, block in enumerate(visual.transformer.resblocks):
-        x = block(x)
-        if index in wanted:
-            outs[index] = x if batch_first else x.transpose(0, 1)
-    if not batch_first:
-        x = x.transpose(0, 1)
-    pooled = visual.ln_post(x[:, 0])
-    if visual.proj is not None:
-        pooled = pooled @ visual.proj
-    return [outs[i] for i in taps], pooled
 
 
 class TimmVitTokens:
@@ -298,7 +201,7 @@ class TimmVitTokens:
             state = filter_fn(state, model)  # original DINO/DINOv2 key layouts, position-embedding resampling
         expected = model.state_dict()
         state = {k: v for k, v in state.items() if k in expected or not k.startswith(("head.", "fc_norm.", "head_drop."))}
-        strict_load(model, state, str(weights))
+        load_state_dict_strict(model, state, str(weights))
         depth = len(model.blocks)
         self.layers = _check_vit_layers(layers or default_vit_layers(depth), depth, f"timm:{name}")
         self.device = torch.device(device)

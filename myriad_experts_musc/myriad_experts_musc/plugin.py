@@ -7,6 +7,7 @@ from typing import Any, Literal
 from pydantic import BaseModel, ConfigDict, Field, field_validator
 
 from myriad import hookimpl
+from myriad.experts import check_layer_indices
 
 #: The embedded ImageNet CNN (ships with Myriad, so MuSc runs without any download).
 EMBEDDED_BACKBONE = "efficientnet_lite0"
@@ -63,9 +64,7 @@ class MuScConfig(BaseModel):
     @field_validator("layers")
     @classmethod
     def _layers(cls, value: list[int] | None) -> list[int] | None:
-        if value is not None and (not value or len(set(value)) != len(value) or min(value) < 0):
-            raise ValueError(f"layers must be distinct non-negative integers, got {value}")
-        return value
+        return check_layer_indices(value)
 
 
 @hookimpl
