@@ -16,8 +16,8 @@ def test_int8_llm_keeps_the_answers_close_and_refuses_training(tiny_model, tiny_
         before = tiny_model.language_model(inputs_embeds=image).logits
     assert tiny_model.quantize_language_model("int8") is tiny_model
     assert tiny_model.llm_quantization == "int8"
-    quantized = [m for m in tiny_model.language_model.modules() if type(m).__name__ == "Linear" and "quantized" in type(m).__module__]
-    assert quantized, "the LLM's linear layers should be dynamically quantised"
+    kinds = {name: "quantized" in type(m).__module__ for name, m in tiny_model.language_model.named_modules() if type(m).__name__ == "Linear"}
+    assert kinds and all(q != name.endswith("down_proj") for name, q in kinds.items()), kinds  # all but down_proj
     with torch.no_grad():
         after = tiny_model.language_model(inputs_embeds=image).logits
     # int8 weights: close to the float logits, not equal
