@@ -50,6 +50,27 @@ def test_inspect_expert_only_writes_records_and_overlays(folders, tmp_path, caps
     assert len([line for line in stdout.splitlines() if line.startswith("t")]) == 4
 
 
+def test_overlay_and_shown_names_follow_the_folder_layout(folders, tmp_path, capsys):
+    """MVTec-style trees (good/000.png, scratch/000.png, good/001.png): names relative to the common folder, one rule."""
+    normal, _ = folders
+    tree = tmp_path / "tree"
+    images = synthetic_images(4, 48, seed=4)
+    for sub, name, img in [("good", "000.png", images[0]), ("good", "001.png", images[1]), ("scratch", "000.png", images[2])]:
+        (tree / sub).mkdir(parents=True, exist_ok=True)
+        Image.fromarray(img).save(tree / sub / name)
+    Image.fromarray(images[3]).save(tree / "scratch" / "000.jpg")  # same stem, other suffix
+    out = tmp_path / "out"
+    code, stdout, stderr = run_cli(
+        ["inspect", str(tree), "--normal", str(normal), "--expert", "colour-stats", "--config", '{"size": 32}', "--lmm", "none", "-o", str(out)],
+        capsys,
+    )
+    assert code == 0, stderr
+    overlays = sorted(json.loads(line)["overlay"] for line in (out / "results.jsonl").read_text().splitlines())
+    assert overlays == ["good_000_overlay.png", "good_001_overlay.png", "scratch_000_jpg_overlay.png", "scratch_000_png_overlay.png"]
+    shown = sorted(line.split(":")[0] for line in stdout.splitlines() if ": " in line and "overlays" not in line)
+    assert shown == ["good/000.png", "good/001.png", "scratch/000.jpg", "scratch/000.png"]
+
+
 def test_inspect_errors_are_clear_and_nonzero(folders, tmp_path, capsys):
     normal, _ = folders
     empty = tmp_path / "empty"

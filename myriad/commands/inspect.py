@@ -69,7 +69,8 @@ def inspect_command(images, normal, expert, config_json, ask, output, lmm, batch
     elif normal:
         raise click.ClickException(f"no readable normal images in {', '.join(map(str, normal))}")
     output.mkdir(parents=True, exist_ok=True)
-    overlay_names = _overlay_names(test_paths)
+    shown_names = _display_names(test_paths)
+    overlay_names = _unique_overlay_names(shown_names)
     records = []
     from PIL import Image
 
@@ -78,7 +79,7 @@ def inspect_command(images, normal, expert, config_json, ask, output, lmm, batch
         for path, result in zip(batch, inspector.inspect(batch, ask=ask, names=[str(p) for p in batch])):
             flag = result.decision.upper()
             answer = f' "{result.answer}"' if result.answer else ""
-            shown = path.name if overlay_names[path] == f"{path.stem}_overlay.png" else f"{path.parent.name}/{path.name}"
+            shown = shown_names[path]
             click.echo(f"{shown}: {flag} (expert score {result.score:.2f}, threshold {result.threshold:.2f}){answer}")
             caption = f"{result.decision} ({result.score:.2f})" + (f": {result.answer}" if result.answer else "")
             overlay_path = output / overlay_names[path]
@@ -89,18 +90,27 @@ def inspect_command(images, normal, expert, config_json, ask, output, lmm, batch
     click.echo(f"wrote {output / 'results.jsonl'} ({len(records)} images) and overlays in {output}")
 
 
-def _overlay_names(paths: list[Path]) -> dict[Path, str]:
-    """``<stem>_overlay.png``, prefixed by parent folders where stems collide (e.g. MVTec's 000.png)."""
+def _display_names(paths: list[Path]) -> dict[Path, str]:
+    """Each image's path relative to the folder all inputs share (``good/001.png``), as shown and in overlay names."""
+    import os
+
+    resolved = {p: p.resolve() for p in paths}
+    root = Path(os.path.commonpath([r.parent for r in resolved.values()]))
+    return {p: r.relative_to(root).as_posix() for p, r in resolved.items()}
+
+
+def _unique_overlay_names(shown: dict[Path, str]) -> dict[Path, str]:
+    """``good/001.png`` -> ``good_001_overlay.png``; ``a.png`` + ``a.jpg`` -> ``a_png_overlay.png``, ``a_jpg_overlay.png``."""
     from collections import Counter
 
-    stems = Counter(p.stem for p in paths)
-    names = {}
-    for p in paths:
-        if stems[p.stem] == 1:
-            names[p] = f"{p.stem}_overlay.png"
-        else:
-            names[p] = "_".join([*p.parent.parts[-2:], p.stem]).lstrip("/").replace("/", "_") + "_overlay.png"
-    return names
+    def plain(name: str) -> str:
+        return "_".join(Path(name).with_suffix("").parts)
+
+    counts = Counter(plain(n) for n in shown.values())
+    return {
+        p: (plain(n) if counts[plain(n)] == 1 else plain(n) + "_" + Path(n).suffix.lstrip(".")) + "_overlay.png"
+        for p, n in shown.items()
+    }
 
 
 def _parse_config(value: str | None) -> dict:
