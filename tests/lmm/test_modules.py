@@ -189,3 +189,17 @@ def test_token_norm_is_a_mini_default_and_off_in_the_paper_preset():
 
     assert mini_config().prompt_generators.tpg_token_norm == pytest.approx(3.2)
     assert paper_config().prompt_generators.tpg_token_norm is None
+
+
+def test_tpg_head_matches_the_conv_it_replaces():
+    """The TPG head runs as unfold + matmul (faster on CPU); it must equal its ``nn.Conv2d`` exactly, with gradients."""
+    torch.manual_seed(0)
+    tpg = TextualPromptGenerator(out_dim=24, channels=SMALL, init="kaiming")
+    features = torch.randn(3, SMALL[-1], 7, 7, requires_grad=True)
+    fast, conv = tpg._head(features), tpg.net[-1](features)
+    torch.testing.assert_close(fast, conv)
+    fast.sum().backward()
+    grad_fast = features.grad.clone()
+    features.grad = None
+    conv.sum().backward()
+    torch.testing.assert_close(grad_fast, features.grad)
