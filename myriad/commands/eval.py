@@ -7,6 +7,8 @@ from typing import Any
 
 import click
 
+from myriad.commands.options import precision_option
+
 
 def parse_config(value: str | None) -> dict[str, Any]:
     """``--config``: a JSON object, or the path of a JSON file holding one."""
@@ -67,8 +69,7 @@ def _names(values: tuple[str, ...]) -> tuple[str, ...] | None:
 @click.option("--lmm", default=None, metavar="mini|FILE",
               help="Also evaluate Myriad's text answers: 'mini' (shipped weights) or a trained weights file.")
 @click.option("--ask", default=None, help="Instruction for --lmm instead of the default question.")
-@click.option("--precision", type=click.Choice(["float32", "int8"]), default="float32", show_default=True,
-              help="LMM inference precision: int8 quantises the LLM's linear layers (CPU, ~2x faster).")
+@precision_option
 def eval_command(
     expert: str,
     data: Path,

@@ -7,6 +7,8 @@ from pathlib import Path
 
 import click
 
+from myriad.commands.options import precision_option
+
 
 def collect_images(sources: tuple[Path, ...] | list[Path], what: str) -> tuple[list[Path], list[tuple[Path, str]]]:
     """Readable image files from files/folders, and (path, reason) for each one skipped."""
@@ -45,12 +47,11 @@ def collect_images(sources: tuple[Path, ...] | list[Path], what: str) -> tuple[l
 @click.option("--lmm", default="mini", show_default=True, help="'mini' (shipped weights), a weights file, or 'none' (expert only).")
 @click.option("--batch-size", "-b", default=8, show_default=True, type=int)
 @click.option("--device", default="cpu", show_default=True)
-@click.option("--precision", type=click.Choice(["float32", "int8"]), default="float32", show_default=True,
-              help="LMM inference precision: int8 quantises the LLM's linear layers (CPU, ~2x faster).")
+@precision_option
 def inspect_command(images, normal, expert, config_json, ask, output, lmm, batch_size, device, precision) -> None:
     """Fit EXPERT on --normal images, then inspect IMAGES (files or folders).
 
-    Prints one line per image and writes OUTPUT/results.jsonl and OUTPUT/<image>_overlay.png.
+    Prints one line per image and writes OUTPUT/results.jsonl and OUTPUT/<path>_overlay.png.
     """
     from myriad.evaluation.overlay import overlay
     from myriad.inspection import Inspector

@@ -6,6 +6,8 @@ from pathlib import Path
 
 import click
 
+from myriad.commands.options import precision_option
+
 
 @click.command("serve")
 @click.option("--host", default="127.0.0.1", show_default=True, help="Interface to listen on (0.0.0.0 for every one).")
@@ -13,8 +15,7 @@ import click
 @click.option("--expert", default="patchcore", show_default=True, help="Default expert of new profiles (see `myriad experts`).")
 @click.option("--lmm", default="mini", show_default=True, help="'mini' (shipped weights), a weights file, or 'none' (expert only).")
 @click.option("--device", default="cpu", show_default=True, help="Torch device of the LMM and the experts.")
-@click.option("--precision", type=click.Choice(["float32", "int8"]), default="float32", show_default=True,
-              help="LMM inference precision: int8 quantises the LLM's linear layers (CPU, ~2x faster).")
+@precision_option
 @click.option("--data-root", type=click.Path(file_okay=False, exists=True, path_type=Path), default=None,
               help="Allow fitting profiles from server-side folders under this directory (off by default).")
 @click.option("--max-upload-mb", type=click.FloatRange(min=0.001), default=20.0, show_default=True, help="Largest uploaded file, in MiB.")
