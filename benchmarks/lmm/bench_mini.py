@@ -2,7 +2,8 @@
 
 Measures, with an anomaly map given, the shipped Myriad-mini weights (``--weights mini``,
 the default) or untrained modules (``--weights none``; their text may be junk and
-``classify`` then decodes all 8 tokens), at ``--precision float32`` or ``int8``:
+``classify`` then decodes all 8 tokens), at ``--precision`` ``auto`` (the default: bfloat16
+LLM on CPUs with AVX512-BF16/AMX, else float32), ``float32``, ``bfloat16`` or ``int8``:
 
 * cached SmolLM2 load and full ``MyriadLMM.mini()`` build;
 * yes/no for one image: ``classify`` (decoding stops once the parse rule is decided)
@@ -15,7 +16,7 @@ the default) or untrained modules (``--weights none``; their text may be junk an
 Targets (2 CPU cores): yes/no <= 0.5 s, 40 tokens <= 3 s, peak RSS <= 2.5 GB.
 Writes ``benchmarks/results/lmm_bench_mini.json`` and ``.md``.
 
-    .venv/bin/python benchmarks/lmm/bench_mini.py [--threads 2] [--repeats 5] [--precision int8] [--weights none]
+    .venv/bin/python benchmarks/lmm/bench_mini.py [--threads 2] [--repeats 5] [--precision float32] [--weights none]
 """
 
 from __future__ import annotations
@@ -60,17 +61,32 @@ def _blob_map(size: int = 224, seed: int = 0):
     return (0.05 * torch.rand(size, size, generator=g) + blob)[None, None].float()
 
 
-def run(threads: int, repeats: int, precision: str = "float32", weights: str = "mini") -> dict:
+def _cpu_name() -> str:
+    try:
+        for line in Path("/proc/cpuinfo").read_text().splitlines():
+            if line.startswith("model name"):
+                return line.split(":", 1)[1].strip()
+    except OSError:
+        pass
+    return platform.processor() or platform.machine()
+
+
+def run(threads: int, repeats: int, precision: str = "auto", weights: str = "mini") -> dict:
     import numpy as np
     import torch
 
     torch.set_num_threads(threads)
+    from myriad.inspection import native_bfloat16, resolve_precision
     from myriad.lmm.model import MyriadLMM
     from myriad.lmm.smollm2 import ensure_cached, load_smollm2
 
+    asked = precision
+    precision = resolve_precision(precision)
+
     result: dict = {
         "machine": {
-            "cpu": platform.processor() or platform.machine(),
+            "cpu": _cpu_name(),
+            "native_bfloat16": native_bfloat16("cpu"),
             "cores_visible": os.cpu_count(),
             "torch_threads": threads,
             "torch": torch.__version__,
@@ -78,6 +94,7 @@ def run(threads: int, repeats: int, precision: str = "float32", weights: str = "
             "load_average_at_start": os.getloadavg(),
         },
         "precision": precision,
+        "precision_asked": asked,
         "weights": weights,
     }
     start = time.perf_counter()
@@ -92,7 +109,10 @@ def run(threads: int, repeats: int, precision: str = "float32", weights: str = "
     start = time.perf_counter()
     torch.manual_seed(0)
     if weights == "none":
-        model = MyriadLMM.mini()
+        from myriad.lmm.config import mini_config
+
+        dtype = "bfloat16" if precision == "bfloat16" else "float32"
+        model = MyriadLMM.mini(mini_config().model_copy(update={"llm_dtype": dtype}))
         if precision == "int8":
             model.quantize_language_model("int8")
     else:
@@ -123,7 +143,7 @@ def run(threads: int, repeats: int, precision: str = "float32", weights: str = "
         prompt_len = probe.prompt_lengths[0]
         result["prompt_tokens"] = prompt_len
         result["image_tokens"] = model.config.image_tokens
-        embeds = torch.randn(1, prompt_len, model.config.llm.hidden_size)
+        embeds = torch.randn(1, prompt_len, model.config.llm.hidden_size).to(model.language_model.dtype)
         lm = model.language_model
         result["parts"]["llm_prefill_s"] = _timed(lambda: lm(inputs_embeds=embeds, use_cache=True, logits_to_keep=1), repeats)
         gen1 = _timed(lambda: model.generate(pixels, amap, max_new_tokens=1, min_new_tokens=1), repeats)
@@ -176,9 +196,10 @@ def to_markdown(r: dict) -> str:
     lines = [
         "# mini Myriad on CPU",
         "",
-        f"Weights: `{r.get('weights', 'none')}`, LLM precision: `{r.get('precision', 'float32')}`.",
+        f"Weights: `{r.get('weights', 'none')}`, LLM precision: `{r.get('precision', 'float32')}`"
+        f" (asked: `{r.get('precision_asked', r.get('precision', 'float32'))}`).",
         "",
-        f"{m['cpu']}, {m['cores_visible']} cores visible, torch {m['torch']} with {m['torch_threads']} thread(s), "
+        f"{m['cpu']} (native bfloat16: {m.get('native_bfloat16', '?')}), {m['cores_visible']} cores visible, torch {m['torch']} with {m['torch_threads']} thread(s), "
         f"OMP_WAIT_POLICY={m.get('OMP_WAIT_POLICY')}; "
         f"load average at start {tuple(round(x, 2) for x in m['load_average_at_start'])}, "
         f"at end {tuple(round(x, 2) for x in m['load_average_at_end'])} (the machine is shared: other jobs slow it down).",
@@ -210,7 +231,7 @@ def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--threads", type=int, default=2)
     parser.add_argument("--repeats", type=int, default=5)
-    parser.add_argument("--precision", choices=["float32", "int8"], default="float32")
+    parser.add_argument("--precision", choices=["auto", "float32", "bfloat16", "int8"], default="auto")
     parser.add_argument("--weights", default="mini", help="'mini' (shipped), a trained weights file, or 'none' (untrained modules)")
     parser.add_argument("--out", type=Path, default=RESULTS / "lmm_bench_mini")
     args = parser.parse_args()

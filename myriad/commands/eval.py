@@ -8,6 +8,7 @@ from typing import Any
 import click
 
 from myriad.commands.options import precision_option
+from myriad.inspection import DEFAULT_PRECISION
 
 
 def parse_config(value: str | None) -> dict[str, Any]:
@@ -88,7 +89,7 @@ def eval_command(
     quiet: bool,
     lmm: str | None = None,
     ask: str | None = None,
-    precision: str = "float32",
+    precision: str = DEFAULT_PRECISION,
 ) -> None:
     """Evaluate an expert: image/pixel AUROC, AUPRO, F1-max and accuracy at the calibrated threshold.
 

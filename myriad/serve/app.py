@@ -36,6 +36,7 @@ from myriad.serve.schemas import (
     SessionOut,
     TurnOut,
 )
+from myriad.inspection import DEFAULT_PRECISION
 from myriad.serve.service import InspectionService
 
 __all__ = ["create_app"]
@@ -58,7 +59,7 @@ def create_app(
     model: Any = None,
     expert: str = "patchcore",
     device: str = "cpu",
-    precision: str = "float32",
+    precision: str = DEFAULT_PRECISION,
     limits: Limits | None = None,
     data_root: str | Path | None = None,
     max_profiles: int = 32,
@@ -69,7 +70,7 @@ def create_app(
 
     The LMM is loaded here, once, and shared by every profile: pass ``model`` to inject one,
     else ``lmm`` (``"mini"``, a weights path or ``"none"``) is loaded and a missing weights file
-    raises :class:`myriad.errors.WeightsError`; ``precision="int8"`` quantises its LLM. A ready
+    raises :class:`myriad.errors.WeightsError`; ``precision`` as in :func:`myriad.inspection.load_lmm`. A ready
     ``service`` overrides all of these.
     ``ui=False`` leaves out the Gradio page (and its import).
     """

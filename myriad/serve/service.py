@@ -15,6 +15,7 @@ from typing import TYPE_CHECKING, Any, Sequence
 
 from myriad.serve.errors import BadImageError, ConflictError, ForbiddenError, NotFoundError, ServeError
 from myriad.serve.limits import Limits, check_count, check_file_size, load_checked_image
+from myriad.inspection import DEFAULT_PRECISION
 from myriad.serve.profiles import Profile, ProfileStore, Session, check_profile_name
 
 if TYPE_CHECKING:  # pragma: no cover
@@ -46,7 +47,7 @@ class InspectionService:
         self._inference = threading.Lock()
 
     @classmethod
-    def load(cls, lmm: str | Path | None = "mini", device: str = "cpu", precision: str = "float32", **kwargs: Any) -> "InspectionService":
+    def load(cls, lmm: str | Path | None = "mini", device: str = "cpu", precision: str = DEFAULT_PRECISION, **kwargs: Any) -> "InspectionService":
         """Load the LMM once (``"mini"``, a weights path, or ``"none"``) and build the service.
 
         Raises :class:`myriad.errors.WeightsError` with a clear message when the weights are missing.

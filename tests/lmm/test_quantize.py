@@ -32,3 +32,19 @@ def test_int8_llm_keeps_the_answers_close_and_refuses_training(tiny_model, tiny_
 def test_unknown_quantisation_is_refused(tiny_model):
     with pytest.raises(ConfigError, match="int4"):
         tiny_model.quantize_language_model("int4")
+
+
+def test_auto_precision_follows_the_hardware(monkeypatch):
+    """``auto`` is bfloat16 only where bf16 matrix products run in hardware; the others pass through."""
+    from myriad.inspection import PRECISIONS, native_bfloat16, resolve_precision
+
+    monkeypatch.setattr(torch.cpu, "_is_avx512_bf16_supported", lambda: False)
+    monkeypatch.setattr(torch.cpu, "_is_amx_tile_supported", lambda: False)
+    assert not native_bfloat16("cpu") and resolve_precision("auto", "cpu") == "float32"
+    monkeypatch.setattr(torch.cpu, "_is_amx_tile_supported", lambda: True)
+    assert native_bfloat16("cpu") and resolve_precision("auto", "cpu") == "bfloat16"
+    assert not native_bfloat16("meta")
+    for name in set(PRECISIONS) - {"auto"}:
+        assert resolve_precision(name, "cpu") == name
+    with pytest.raises(ConfigError, match="fp4.*auto"):
+        resolve_precision("fp4")

