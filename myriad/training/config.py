@@ -69,6 +69,24 @@ class DataConfig(BaseModel):
     synthesis: Literal["nsa", "cutpaste"] = "nsa"
 
 
+class MapSource(BaseModel):
+    """One way of making the training maps: an expert setting and how many references it sees.
+
+    Several sources teach the LMM maps from experts of different strength (1-shot maps of
+    normal images carry more sub-threshold blobs than 4-shot or one-class ones), so it does
+    not learn one expert's false-alarm pattern. Each training pair draws a source at random.
+    """
+
+    model_config = ConfigDict(extra="forbid")
+
+    #: changes to the top-level ``expert_config`` (e.g. ``{mode = "one_class"}``)
+    expert_config: dict = Field(default_factory=dict)
+    #: the expert fits on the first ``shots`` held-apart references; None: all ``data.reference_shots``
+    shots: int | None = Field(None, ge=1)
+    #: relative frequency among training pairs
+    weight: float = Field(1.0, gt=0)
+
+
 class TrainConfig(BaseModel):
     """Everything ``myriad train`` needs."""
 
@@ -91,6 +109,8 @@ class TrainConfig(BaseModel):
     max_grad_norm: float | None = 1.0
     #: weight of each answer's first token (the Yes/No) in the loss; 1.0 = the published plain mean
     decision_weight: float = Field(1.0, gt=0)
+    #: several ways of making maps, one drawn per training pair; empty: ``expert_config`` with all references
+    map_sources: list[MapSource] = Field(default_factory=list)
     #: expert maps: "cache" (computed once, saved as safetensors keyed by the expert config) or "online"
     maps: Literal["cache", "online"] = "cache"
     cache_dir: Path | None = None
@@ -101,6 +121,19 @@ class TrainConfig(BaseModel):
     amp: bool = True
     device: str = "cpu"
     threads: int | None = None
+
+    @model_validator(mode="after")
+    def _check_sources(self) -> "TrainConfig":
+        too_many = [s.shots for s in self.map_sources if s.shots is not None and s.shots > self.data.reference_shots]
+        if too_many:
+            raise ValueError(f"map_sources shots {too_many} exceed data.reference_shots={self.data.reference_shots}")
+        return self
+
+    def sources(self) -> list[MapSource]:
+        """The map sources with the top-level ``expert_config`` merged in (one if none are configured)."""
+        if not self.map_sources:
+            return [MapSource(expert_config=dict(self.expert_config))]
+        return [s.model_copy(update={"expert_config": {**self.expert_config, **s.expert_config}}) for s in self.map_sources]
 
     @property
     def total_steps(self) -> int:

@@ -59,7 +59,10 @@ def _distributed() -> tuple[int, int]:
     return rank, world
 
 
-def _step_plan(config: TrainConfig, step: int, num_categories: int, route_probs: dict[str, float]) -> tuple[str, list[tuple[int, int]]]:
+def _step_plan(
+    config: TrainConfig, step: int, num_categories: int, route_probs: dict[str, float]
+) -> tuple[str, list[tuple[int, int, int]]]:
+    """The step's route and its (category, image index, map source) pairs, reproducible from (seed, step)."""
     rng = np.random.default_rng([config.seed, step])
     names = list(route_probs)
     probs = np.array([route_probs[n] for n in names], dtype=np.float64)
@@ -68,7 +71,11 @@ def _step_plan(config: TrainConfig, step: int, num_categories: int, route_probs:
         (int(rng.integers(num_categories)), int(rng.integers(config.data.images_per_category)))
         for _ in range(config.batch_size)
     ]
-    return route, pairs
+    sources = [0] * len(pairs)
+    if len(config.map_sources) > 1:  # drawn after the pairs: single-source runs keep their plans
+        weights = np.array([s.weight for s in config.map_sources], dtype=np.float64)
+        sources = [int(k) for k in rng.choice(len(weights), size=len(pairs), p=weights / weights.sum())]
+    return route, [(c, i, k) for (c, i), k in zip(pairs, sources)]
 
 
 def set_phase_parts(model: Any, parts: list[str] | None) -> None:
@@ -96,7 +103,7 @@ def train(
     from myriad.lmm.prompting import ANSWER_ANOMALOUS, ANSWER_NORMAL
     from myriad.training.checkpoint import load_latest, restore_optimizer, save_checkpoint
     from myriad.training.data import TrainingPool
-    from myriad.training.maps import ExpertMaps
+    from myriad.training.maps import MapMixture
     from myriad.training.optim import named_trainable, param_groups, schedule, set_lr
 
     if config.threads:
@@ -122,7 +129,7 @@ def train(
 
     pool = TrainingPool(config.data, config.seed)
     cache_dir = (config.cache_dir or output / "map-cache") if config.maps == "cache" else None
-    maps = ExpertMaps(pool, config.expert, config.expert_config, map_size=model.config.prompt_generators.map_size, cache_dir=cache_dir)
+    maps = MapMixture(pool, config.expert, config.sources(), map_size=model.config.prompt_generators.map_size, cache_dir=cache_dir)
     if rank == 0:
         maps.prepare(progress=progress)
     if world > 1:
@@ -168,9 +175,9 @@ def train(
         step_loss = torch.zeros((), device=device)
         for m in range(config.grad_accum):
             chunk = mine[m * micro : (m + 1) * micro]
-            items = [pool.item(c, i, anomalous) for c, i in chunk for anomalous in (False, True)]
+            items = [pool.item(c, i, anomalous) for c, i, _ in chunk for anomalous in (False, True)]
             pixels = model.preprocess([it.image for it in items]).to(device)
-            answer_maps = maps.maps(items).to(device)
+            answer_maps = maps.maps(items, [k for _, _, k in chunk for _ in (False, True)]).to(device)
             answers = [ANSWER_ANOMALOUS if it.anomalous else ANSWER_NORMAL for it in items]
             sync = world > 1 and m < config.grad_accum - 1
             context = engine.no_sync() if sync else _null()

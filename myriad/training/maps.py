@@ -22,8 +22,8 @@ import numpy as np
 from myriad.training.data import Item, TrainingPool
 
 
-def cache_key(pool: TrainingPool, expert: str, expert_config: dict, map_size: int) -> str:
-    """Hash of every setting that changes the maps."""
+def cache_key(pool: TrainingPool, expert: str, expert_config: dict, map_size: int, shots: int | None = None) -> str:
+    """Hash of every setting that changes the maps (``shots``: references the expert fits on)."""
     from myriad import __version__
     from myriad.plugins import get_expert_info
 
@@ -40,6 +40,8 @@ def cache_key(pool: TrainingPool, expert: str, expert_config: dict, map_size: in
         "map_size": map_size,
         "myriad": __version__,
     }
+    if shots is not None and shots != pool.data.reference_shots:  # all references: the key of earlier versions
+        payload["shots"] = shots
     return hashlib.sha256(json.dumps(payload, sort_keys=True).encode()).hexdigest()[:16]
 
 
@@ -54,15 +56,17 @@ class ExpertMaps:
         map_size: int = 224,
         cache_dir: Path | None = None,
         batch_size: int = 16,
+        shots: int | None = None,
     ) -> None:
         self.pool = pool
         self.expert = expert
         self.expert_config = dict(expert_config)
         self.map_size = map_size
         self.batch_size = batch_size
+        self.shots = shots
         self.cache_dir = None
         if cache_dir is not None:
-            self.cache_dir = Path(cache_dir) / cache_key(pool, expert, expert_config, map_size)
+            self.cache_dir = Path(cache_dir) / cache_key(pool, expert, expert_config, map_size, shots)
         self._detectors: dict[int, Any] = {}
         self._cached: dict[int, dict[str, Any]] = {}
 
@@ -72,7 +76,7 @@ class ExpertMaps:
             from myriad.detector import Detector
 
             detector = Detector(self.expert, self.expert_config)
-            detector.fit(self.pool.references(category))
+            detector.fit(self.pool.references(category)[: self.shots])
             self._detectors[category] = detector
         return self._detectors[category]
 
@@ -100,18 +104,19 @@ class ExpertMaps:
             anomalous = [self.pool.item(category, i, True).image for i in range(n)]
             tensors = {"normal": self._compute(category, normal), "anomalous": self._compute(category, anomalous)}
             save_tensors(tensors, path)
-            atomic_write_text(self.cache_dir / "key.json", json.dumps({"expert": self.expert, "config": self.expert_config}, indent=2))
+            key = {"expert": self.expert, "config": self.expert_config, "shots": self.shots}
+            atomic_write_text(self.cache_dir / "key.json", json.dumps(key, indent=2))
             tensors = load_tensors(path)
         self._cached[category] = tensors
         return tensors
 
-    def prepare(self, progress: bool = True) -> None:
+    def prepare(self, progress: bool = True, label: str = "expert maps") -> None:
         """Fill the cache for every category up front (with a progress bar)."""
         if self.cache_dir is None:
             return
         from tqdm.auto import tqdm
 
-        for c in tqdm(range(len(self.pool.categories)), desc="expert maps", unit="category", disable=not progress):
+        for c in tqdm(range(len(self.pool.categories)), desc=label, unit="category", disable=not progress):
             self._category_cache(c)
 
     def maps(self, items: Sequence[Item]) -> "Any":
@@ -126,3 +131,34 @@ class ExpertMaps:
             else:
                 rows.append(torch.from_numpy(self._compute(item.category, [item.image])[0]).float())
         return torch.stack(rows)[:, None]
+
+
+class MapMixture:
+    """Maps from several sources (:class:`~myriad.training.config.MapSource`); each item names its source."""
+
+    def __init__(
+        self, pool: TrainingPool, expert: str, sources: Sequence[Any], map_size: int = 224, cache_dir: Path | None = None
+    ) -> None:
+        if not sources:
+            raise ValueError("a map mixture needs at least one source")
+        self.sources = list(sources)
+        self.members = [
+            ExpertMaps(pool, expert, s.expert_config, map_size=map_size, cache_dir=cache_dir, shots=s.shots) for s in self.sources
+        ]
+
+    def prepare(self, progress: bool = True) -> None:
+        """Fill every source's cache (one progress bar per source)."""
+        for n, (source, member) in enumerate(zip(self.sources, self.members)):
+            shots = "all" if source.shots is None else source.shots
+            label = "expert maps" if len(self.members) == 1 else f"expert maps {n + 1}/{len(self.members)} (shots={shots})"
+            member.prepare(progress=progress, label=label)
+
+    def maps(self, items: Sequence[Item], sources: Sequence[int] | None = None) -> "Any":
+        """``B x 1 x S x S`` maps of ``items``; ``sources[k]`` picks item k's source (default: the first)."""
+        import torch
+
+        if sources is None:
+            return self.members[0].maps(items)
+        if len(sources) != len(items):
+            raise ValueError(f"{len(items)} items but {len(sources)} source indices")
+        return torch.cat([self.members[s].maps([item]) for item, s in zip(items, sources)])

@@ -88,6 +88,56 @@ def test_maps_cache_is_keyed_by_expert_config(tmp_path):
     assert a != cache_key(pool, "colour-stats", {"size": 32}, 112)
 
 
+
+def test_map_sources_mix_expert_settings_reproducibly(tmp_path):
+    """Each training pair draws a map source (shots / expert config); plans are reproducible and single-source
+    runs keep the plans (and cache keys) of earlier versions."""
+    from myriad.training.data import TrainingPool
+    from myriad.training.loop import _step_plan
+    from myriad.training.maps import MapMixture, cache_key
+
+    mixed = tiny_config(
+        tmp_path,
+        batch_size=16,
+        map_sources=[{"shots": 1}, {"shots": 2, "weight": 2.0}, {"expert_config": {"size": 48}}],
+    )
+    plain = tiny_config(tmp_path, batch_size=16)
+    routes = {"tpg": 0.5, "vpg": 0.5}
+    for step in range(3):
+        route, pairs = _step_plan(mixed, step, 2, routes)
+        plain_route, plain_pairs = _step_plan(plain, step, 2, routes)
+        assert (route, [(c, i) for c, i, _ in pairs]) == (plain_route, [(c, i) for c, i, _ in plain_pairs])
+        assert all(k == 0 for _, _, k in plain_pairs)
+        assert pairs == _step_plan(mixed, step, 2, routes)[1]  # reproducible from (seed, step)
+    drawn = {k for step in range(20) for _, _, k in _step_plan(mixed, step, 2, {"tpg": 1.0})[1]}
+    assert drawn == {0, 1, 2}
+    sources = mixed.sources()
+    assert [s.shots for s in sources] == [1, 2, None]
+    assert sources[2].expert_config == {"size": 48, "mode": "few_shot"}  # merged over the top-level config
+
+    pool = TrainingPool(mixed.data, mixed.seed)
+    assert cache_key(pool, "colour-stats", {"size": 32}, 224, shots=2) == cache_key(pool, "colour-stats", {"size": 32}, 224)
+    assert cache_key(pool, "colour-stats", {"size": 32}, 224, shots=1) != cache_key(pool, "colour-stats", {"size": 32}, 224)
+    mixture = MapMixture(pool, "colour-stats", sources, map_size=32, cache_dir=tmp_path / "cache")
+    mixture.prepare(progress=False)
+    assert len({m.cache_dir for m in mixture.members}) == 3
+    items = [pool.item(0, 1, False)] * 3
+    maps = mixture.maps(items, [0, 1, 2])
+    assert maps.shape == (3, 1, 32, 32)
+    assert not torch.equal(maps[0], maps[1])  # 1 vs 2 references: another calibrated map
+    assert torch.equal(mixture.maps(items[:1]), maps[:1])  # default: the first source
+
+
+def test_map_sources_are_checked_and_train(tmp_path):
+    from pydantic import ValidationError
+
+    with pytest.raises(ValidationError, match="reference_shots"):
+        tiny_config(tmp_path, map_sources=[{"shots": 3}])
+    config = tiny_config(tmp_path, steps=2, map_sources=[{"shots": 1}, {}])
+    result, _ = run(config)
+    assert len(result.losses) == 2 and all(v == v for v in result.losses)
+
+
 def test_param_groups_exclude_biases_norms_and_vectors():
     model = torch.nn.Sequential(torch.nn.Linear(4, 4), torch.nn.LayerNorm(4))
     decay, no_decay = param_groups(model, 0.05)
