@@ -2,6 +2,20 @@
 
 A :class:`Detector` wraps one expert and its :class:`~myriad.calibration.Calibrator`
 and returns both raw and calibrated outputs with a decision.
+
+**Transductive experts** (``Expert.transductive``: scores depend on the batch, as
+MuSc's) that did not fit on the normal images are calibrated *in each batch*:
+:meth:`Detector.fit` keeps ``controls`` (16 by default) of the normal images as
+control normals, and :meth:`Detector.detect` scores ``batch + controls`` in one
+call and derives that batch's calibration from the controls' scores
+(:meth:`myriad.calibration.Calibrator.from_controls`: threshold = max control
+score). A fixed threshold would not transfer, because a normal image scores
+differently in an all-normal batch and in a mostly anomalous one; the controls
+score inside the same batch as the test images, so their maximum is the paper's
+threshold for *this* batch. It also lets a transductive expert inspect a single
+image. The cost is ``controls`` more images per batch. Other experts (and
+``controls=0``) keep the fixed k-fold calibration, unchanged. The calibration of
+the last batch is :attr:`Detector.last_calibrator`.
 """
 
 from __future__ import annotations
@@ -11,13 +25,17 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import TYPE_CHECKING, Any, Sequence
 
-from myriad.calibration import DECISION_THRESHOLD, Calibrator, fit_calibrated
-from myriad.errors import ExpertStateError, WeightsError
+from myriad.calibration import DECISION_THRESHOLD, DEFAULT_CONTROLS, MIN_CONTROLS, Calibrator, fit_calibrated
+from myriad.errors import ConfigError, ExpertStateError, WeightsError
 
 if TYPE_CHECKING:  # pragma: no cover
     import numpy as np
 
-    from myriad.experts import Expert
+    from myriad.experts import Expert, Prediction
+
+
+#: File of a saved detector's control normals (safetensors, one uint8 H x W x 3 tensor each).
+CONTROLS_FILE = "controls.safetensors"
 
 
 @dataclass(frozen=True)
@@ -41,41 +59,106 @@ class Detector:
 
         self.expert_name = expert_name
         self.expert: "Expert" = get_expert(expert_name, config, **overrides)
+        #: fixed calibration from fit (for in-batch calibrated experts: the normals scored on their own)
         self.calibrator: Calibrator | None = None
+        #: control normals appended to every batch of a transductive expert (empty: fixed calibration)
+        self.controls: list["np.ndarray"] = []
+        #: the calibration :meth:`detect` used for its last batch
+        self.last_calibrator: Calibrator | None = None
 
     @property
     def mode(self) -> str:
         """The active expert's mode (``zero_shot``, ``few_shot`` or ``one_class``)."""
         return self.expert.mode.value
 
-    def fit(self, normal_images: Sequence["np.ndarray"], folds: int = 3, seed: int = 0) -> "Detector":
-        """Fit the expert on normal images and calibrate it (see :mod:`myriad.calibration`)."""
+    @property
+    def uses_controls(self) -> bool:
+        """Whether :meth:`detect` calibrates each batch with control normals (see the module docstring)."""
+        return bool(self.controls)
+
+    def fit(
+        self,
+        normal_images: Sequence["np.ndarray"],
+        folds: int = 3,
+        seed: int = 0,
+        controls: int | None = None,
+    ) -> "Detector":
+        """Fit the expert on normal images and calibrate it (see :mod:`myriad.calibration`).
+
+        ``controls``: for a transductive expert that does not fit on the normal images,
+        how many of them to keep as control normals for in-batch calibration
+        (None: :data:`~myriad.calibration.DEFAULT_CONTROLS`, capped at the number of
+        normal images; 0: the fixed calibration only). Ignored for other experts.
+        """
+        import numpy as np
+
+        from myriad.images import check_batch
         from myriad.plugins import get_expert
 
+        if controls is not None and controls < 0:
+            raise ConfigError(f"controls must not be negative, got {controls}")
+        images = check_batch(normal_images, what="normal images")
         config = self.expert.config
         self.expert, self.calibrator = fit_calibrated(
-            lambda: get_expert(self.expert_name, config), normal_images, folds=folds, seed=seed
+            lambda: get_expert(self.expert_name, config), images, folds=folds, seed=seed
         )
+        self.controls = []
+        self.last_calibrator = None
+        if self.expert.transductive and not self.expert.needs_fit:
+            # the expert never saw these images, so they are valid held-out normals in any batch
+            wanted = DEFAULT_CONTROLS if controls is None else controls
+            count = min(wanted, len(images))
+            if count >= MIN_CONTROLS:
+                chosen = sorted(int(i) for i in np.random.default_rng(seed).permutation(len(images))[:count])
+                self.controls = [images[i] for i in chosen]
+            elif controls:
+                raise ConfigError(
+                    f"in-batch calibration needs at least {MIN_CONTROLS} control normals, "
+                    f"got {len(images)} normal images and controls={controls}"
+                )
         return self
 
     def detect(self, images: Sequence["np.ndarray"]) -> list[Detection]:
-        """Score images; maps are at each image's resolution."""
+        """Score images; maps are at each image's resolution.
+
+        With control normals (a transductive expert, see the module docstring) the
+        batch is scored together with the controls and calibrated by them.
+        """
+        if self.controls:
+            return self._detect_with_controls(images)
         if self.calibrator is None:
             if self.expert.needs_fit:
                 raise ExpertStateError(f"detector for {self.expert_name!r} must be fitted before detect()")
             self.calibrator = Calibrator.identity()
-        out = []
-        for pred in self.expert.predict(images):
-            out.append(
-                Detection(
-                    raw_map=pred.anomaly_map,
-                    raw_score=float(pred.score),
-                    anomaly_map=self.calibrator.apply(pred.anomaly_map),  # type: ignore[arg-type]
-                    score=float(self.calibrator.apply(pred.score)),
-                    anomalous=bool(self.calibrator.is_anomalous(pred.score)),
-                )
-            )
-        return out
+        self.last_calibrator = self.calibrator
+        return [self._detection(pred, self.calibrator) for pred in self.expert.predict(images)]
+
+    def _detect_with_controls(self, images: Sequence["np.ndarray"]) -> list[Detection]:
+        from myriad.errors import MyriadError
+        from myriad.images import check_batch
+
+        batch = check_batch(images)
+        preds = self.expert.predict(batch + self.controls)
+        tests, controls = preds[: len(batch)], preds[len(batch) :]
+        if len(controls) != len(self.controls):  # pragma: no cover - Expert.predict checks the count
+            raise MyriadError(f"{self.expert_name}: lost control predictions")
+        calibrator = Calibrator.from_controls(
+            [p.score for p in controls],
+            [p.anomaly_map for p in controls],
+            method=f"in-batch-controls(m={len(controls)},batch={len(batch)})",
+        )
+        self.last_calibrator = calibrator
+        return [self._detection(pred, calibrator) for pred in tests]
+
+    @staticmethod
+    def _detection(pred: "Prediction", calibrator: Calibrator) -> Detection:
+        return Detection(
+            raw_map=pred.anomaly_map,
+            raw_score=float(pred.score),
+            anomaly_map=calibrator.apply_map(pred.anomaly_map),
+            score=float(calibrator.apply(pred.score)),
+            anomalous=bool(calibrator.is_anomalous(pred.score)),
+        )
 
     def save(self, directory: str | Path) -> Path:
         """Save expert state, calibration and the expert name to ``directory``."""
@@ -85,7 +168,13 @@ class Detector:
         self.expert.save(directory / "expert")
         if self.calibrator is not None:
             self.calibrator.save(directory / "calibration.json")
-        atomic_write_text(directory / "detector.json", json.dumps({"expert": self.expert_name}, indent=2))
+        meta: dict[str, Any] = {"expert": self.expert_name}
+        if self.controls:  # control normals (RGB uint8), in the order detect() appends them
+            from myriad.io import save_tensors
+
+            save_tensors({f"control_{i:04d}": image for i, image in enumerate(self.controls)}, directory / CONTROLS_FILE)
+            meta["controls"] = len(self.controls)
+        atomic_write_text(directory / "detector.json", json.dumps(meta, indent=2))
         return directory
 
     @classmethod
@@ -98,7 +187,8 @@ class Detector:
         meta = directory / "detector.json"
         if not meta.is_file():
             raise WeightsError(f"{directory}: not a saved detector (missing detector.json)")
-        name = json.loads(meta.read_text())["expert"]
+        record = json.loads(meta.read_text())
+        name = record["expert"]
         info = get_expert_info(name)
         expert_cls = info.load_factory()
         loader = expert_cls.load if isinstance(expert_cls, type) and issubclass(expert_cls, Expert) else Expert.load
@@ -107,4 +197,15 @@ class Detector:
         detector.expert = loader(directory / "expert")
         calib = directory / "calibration.json"
         detector.calibrator = Calibrator.load(calib) if calib.is_file() else None
+        detector.controls = []
+        detector.last_calibrator = None
+        if record.get("controls"):
+            from myriad.io import load_tensors
+
+            tensors = load_tensors(directory / CONTROLS_FILE)
+            detector.controls = [tensors[key].numpy() for key in sorted(tensors)]
+            if len(detector.controls) != int(record["controls"]):
+                raise WeightsError(
+                    f"{directory / CONTROLS_FILE}: {len(detector.controls)} control images, detector.json says {record['controls']}"
+                )
         return detector

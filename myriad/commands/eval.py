@@ -62,6 +62,9 @@ def _names(values: tuple[str, ...]) -> tuple[str, ...] | None:
               help="Repeat with seeds seed, seed+1, ... and average (few-shot draws).")
 @click.option("--batch-size", "-b", type=click.IntRange(1), default=8, show_default=True, help="Test images per predict call.")
 @click.option("--folds", type=click.IntRange(2), default=3, show_default=True, help="k of the k-fold calibration.")
+@click.option("--controls", type=click.IntRange(0), default=None,
+              help="Transductive zero-shot experts: control normals added to each test batch for in-batch "
+              "calibration (default 16; 0 = fixed calibration).")
 @click.option("--metric-size", type=click.IntRange(0), default=256, show_default=True,
               help="Pixel metrics on maps/masks shrunk to this longer side (0 = native resolution).")
 @click.option("--examples", type=click.IntRange(0), default=6, show_default=True, help="Rows of the overlay grid per category.")
@@ -90,6 +93,7 @@ def eval_command(
     lmm: str | None = None,
     ask: str | None = None,
     precision: str = DEFAULT_PRECISION,
+    controls: int | None = None,
 ) -> None:
     """Evaluate an expert: image/pixel AUROC, AUPRO, F1-max and accuracy at the calibrated threshold.
 
@@ -114,6 +118,7 @@ def eval_command(
         runs=runs,
         batch_size=batch_size,
         folds=folds,
+        controls=controls,
         metric_size=metric_size,
         examples=examples,
         progress=not quiet,

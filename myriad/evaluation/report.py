@@ -167,7 +167,8 @@ def markdown(report: dict[str, Any]) -> str:
         + (f", device {report['device']}" if report.get("device") else ""),
         f"- config: `{json.dumps(report['config'], sort_keys=True)}`",
         "- image metrics from raw scores; `expert acc.` = decisions at the calibrated threshold "
-        "(max held-out normal score over k folds); fit time includes the calibration folds",
+        "(max held-out normal score over k folds; transductive experts: max score of the control normals "
+        "scored inside each test batch); fit time includes the calibration folds",
         f"- peak RSS {_fmt(report['peak_rss_mb'], digits=0)} MiB, total {report['total_seconds']:.1f} s, "
         f"myriad {report['myriad_version']}, {report['created']}",
         "",

@@ -10,7 +10,9 @@ Protocol (the Myriad paper's tables):
 
 Fitting goes through :class:`myriad.detector.Detector`, so every expert is calibrated the
 same way (threshold = max score of held-out normals over k folds, see
-:mod:`myriad.calibration`); ``expert_accuracy`` counts decisions at that threshold.
+:mod:`myriad.calibration`; a zero-shot transductive expert is calibrated in each test
+batch by the control normals the detector appends to it); ``expert_accuracy`` counts
+decisions at that threshold.
 Threshold-free metrics (AUROC, AP, F1-max, AUPRO) use the **raw** scores and maps:
 calibration clips to [0, 1], which would create ties.
 
@@ -60,6 +62,8 @@ class EvalSettings:
     runs: int = 1
     batch_size: int = 8
     folds: int = 3
+    #: control normals per test batch of a transductive zero-shot expert (None: the detector's default)
+    controls: int | None = None
     #: pixel metrics on maps/masks shrunk so the longer side is at most this (0 = native size)
     metric_size: int = 256
     #: rows of the example overlay grid per category
@@ -76,6 +80,8 @@ class EvalSettings:
             raise ConfigError(f"--batch-size must be at least 1, got {self.batch_size}")
         if self.folds < 2:
             raise ConfigError(f"--folds must be at least 2, got {self.folds}")
+        if self.controls is not None and self.controls < 0:
+            raise ConfigError(f"--controls must not be negative, got {self.controls}")
         if self.metric_size < 0 or self.examples < 0:
             raise ConfigError("--metric-size and --examples must not be negative")
         return self
@@ -364,7 +370,7 @@ def _run_category(
     normal_images = [load_image(s.path) for s in references]
     detector = Detector(settings.expert, config)
     started = time.perf_counter()
-    detector.fit(normal_images, folds=settings.folds, seed=seed)
+    detector.fit(normal_images, folds=settings.folds, seed=seed, controls=settings.controls)
     fit_seconds = time.perf_counter() - started
     del normal_images
 
@@ -377,6 +383,7 @@ def _run_category(
     maps: list[np.ndarray] | None = [] if category.has_masks else None
     run_records: list[ImageRecord] = []
     detect_seconds = 0.0
+    batch_calibrations: list[dict[str, Any]] = []  # in-batch calibrations (transductive experts with controls)
 
     desc = f"{category.name}" + (f" run {run + 1}/{settings.runs}" if settings.runs > 1 else "")
     with tqdm(total=len(category.test), desc=desc, unit="img", disable=None if settings.progress else True, leave=False, file=sys.stderr) as bar:
@@ -385,6 +392,8 @@ def _run_category(
             started = time.perf_counter()
             detections = detector.detect(images)
             detect_seconds += time.perf_counter() - started
+            if detector.uses_controls and detector.last_calibrator is not None:
+                batch_calibrations.append(detector.last_calibrator.to_dict())
             new_records = []
             for sample, image, det in zip(batch, images, detections):
                 record = ImageRecord(
@@ -432,6 +441,8 @@ def _run_category(
         order = {s.path: i for i, s in enumerate(_pick_examples(category.test, settings.examples))}
         result.examples = sorted(kept.values(), key=lambda e: order[Path(e.path)])
     calibration = detector.calibrator.to_dict() if detector.calibrator is not None else {}
+    if batch_calibrations:  # the decisions used these; the last one first-level (plots read its threshold)
+        calibration = {**batch_calibrations[-1], "fit": calibration, "batches": batch_calibrations}
     run_result = RunResult(
         category=category.name,
         run=run,
