@@ -204,7 +204,7 @@ class Inspector:
         from myriad.images import check_batch, resize_map
 
         if self.detector is None:
-            if not self._zero_shot():
+            if not self.zero_shot_only:
                 raise ConfigError(f"expert {self.expert_name!r} must be fitted on normal images first (fit())")
             from myriad.detector import Detector
 
@@ -265,7 +265,10 @@ class Inspector:
             conversation = self.model.start_conversation(self.model.preprocess([result.pixels]).to(self.device), amap.to(self.device))
         return self.model.chat(conversation, question), conversation
 
-    def _zero_shot(self) -> bool:
+    @property
+    def zero_shot_only(self) -> bool:
+        """Whether the expert is zero-shot only: it can inspect without ``fit()``, but then nothing
+        calibrates its scores (the identity calibration takes its raw 0.5 as the threshold)."""
         from myriad.experts import Mode
         from myriad.plugins import get_expert_info
 

@@ -69,6 +69,12 @@ def inspect_command(images, normal, expert, config_json, ask, output, lmm, batch
         inspector.fit(normal_paths)
     elif normal:
         raise click.ClickException(f"no readable normal images in {', '.join(map(str, normal))}")
+    elif inspector.zero_shot_only:
+        click.echo(
+            f"warning: no --normal images, so {expert}'s scores and maps are not calibrated (its raw 0.5 is the "
+            "threshold). A few normal images given with --normal calibrate a zero-shot expert; it does not train on them.",
+            err=True,
+        )
     output.mkdir(parents=True, exist_ok=True)
     shown_names = _display_names(test_paths)
     overlay_names = _unique_overlay_names(shown_names)
