@@ -111,6 +111,9 @@ class TrainConfig(BaseModel):
     decision_weight: float = Field(1.0, gt=0)
     #: several ways of making maps, one drawn per training pair; empty: ``expert_config`` with all references
     map_sources: list[MapSource] = Field(default_factory=list)
+    #: share of training pairs asked "Where is the defect in the image?" (answered from the anomaly's mask,
+    #: :mod:`myriad.training.answers`) instead of the paper's question; 0 = the paper's question only
+    location_fraction: float = Field(0.0, ge=0.0, le=1.0)
     #: expert maps: "cache" (computed once, saved as safetensors keyed by the expert config) or "online"
     maps: Literal["cache", "online"] = "cache"
     cache_dir: Path | None = None

@@ -61,8 +61,9 @@ def _distributed() -> tuple[int, int]:
 
 def _step_plan(
     config: TrainConfig, step: int, num_categories: int, route_probs: dict[str, float]
-) -> tuple[str, list[tuple[int, int, int]]]:
-    """The step's route and its (category, image index, map source) pairs, reproducible from (seed, step)."""
+) -> tuple[str, list[tuple[int, int, int, bool]]]:
+    """The step's route and its (category, image index, map source, ask location) pairs, reproducible
+    from (seed, step)."""
     rng = np.random.default_rng([config.seed, step])
     names = list(route_probs)
     probs = np.array([route_probs[n] for n in names], dtype=np.float64)
@@ -75,7 +76,10 @@ def _step_plan(
     if len(config.map_sources) > 1:  # drawn after the pairs: single-source runs keep their plans
         weights = np.array([s.weight for s in config.map_sources], dtype=np.float64)
         sources = [int(k) for k in rng.choice(len(weights), size=len(pairs), p=weights / weights.sum())]
-    return route, [(c, i, k) for (c, i), k in zip(pairs, sources)]
+    locate = [False] * len(pairs)
+    if config.location_fraction > 0:  # drawn last: runs without it keep their plans
+        locate = [bool(x) for x in rng.random(len(pairs)) < config.location_fraction]
+    return route, [(c, i, k, q) for (c, i), k, q in zip(pairs, sources, locate)]
 
 
 def set_phase_parts(model: Any, parts: list[str] | None) -> None:
@@ -100,7 +104,7 @@ def train(
     """
     from tqdm.auto import tqdm
 
-    from myriad.lmm.prompting import ANSWER_ANOMALOUS, ANSWER_NORMAL
+    from myriad.training.answers import LOCATION_QUESTION, answer_for
     from myriad.training.checkpoint import load_latest, restore_optimizer, save_checkpoint
     from myriad.training.data import TrainingPool
     from myriad.training.maps import MapMixture
@@ -175,15 +179,23 @@ def train(
         step_loss = torch.zeros((), device=device)
         for m in range(config.grad_accum):
             chunk = mine[m * micro : (m + 1) * micro]
-            items = [pool.item(c, i, anomalous) for c, i, _ in chunk for anomalous in (False, True)]
+            items = [pool.item(c, i, anomalous) for c, i, _, _ in chunk for anomalous in (False, True)]
             pixels = model.preprocess([it.image for it in items]).to(device)
-            answer_maps = maps.maps(items, [k for _, _, k in chunk for _ in (False, True)]).to(device)
-            answers = [ANSWER_ANOMALOUS if it.anomalous else ANSWER_NORMAL for it in items]
+            answer_maps = maps.maps(items, [k for _, _, k, _ in chunk for _ in (False, True)]).to(device)
+            locate = [q for _, _, _, q in chunk for _ in (False, True)]
+            answers = [answer_for(it.anomalous, it.mask, q) for it, q in zip(items, locate)]
+            instructions = [LOCATION_QUESTION if q else model.config.question for q in locate] if any(locate) else None
             sync = world > 1 and m < config.grad_accum - 1
             context = engine.no_sync() if sync else _null()
             with context, torch.autocast(device.type, dtype=torch.bfloat16, enabled=use_amp):
                 loss = engine(
-                    pixels, answer_maps, answers, use_vpg=use_vpg, use_tpg=use_tpg, decision_weight=config.decision_weight
+                    pixels,
+                    answer_maps,
+                    answers,
+                    instructions,
+                    use_vpg=use_vpg,
+                    use_tpg=use_tpg,
+                    decision_weight=config.decision_weight,
                 ).loss / config.grad_accum
                 loss.backward()
             step_loss += loss.detach()

@@ -106,10 +106,10 @@ def test_map_sources_mix_expert_settings_reproducibly(tmp_path):
     for step in range(3):
         route, pairs = _step_plan(mixed, step, 2, routes)
         plain_route, plain_pairs = _step_plan(plain, step, 2, routes)
-        assert (route, [(c, i) for c, i, _ in pairs]) == (plain_route, [(c, i) for c, i, _ in plain_pairs])
-        assert all(k == 0 for _, _, k in plain_pairs)
+        assert (route, [(c, i) for c, i, _, _ in pairs]) == (plain_route, [(c, i) for c, i, _, _ in plain_pairs])
+        assert all(k == 0 and not q for _, _, k, q in plain_pairs)
         assert pairs == _step_plan(mixed, step, 2, routes)[1]  # reproducible from (seed, step)
-    drawn = {k for step in range(20) for _, _, k in _step_plan(mixed, step, 2, {"tpg": 1.0})[1]}
+    drawn = {k for step in range(20) for _, _, k, _ in _step_plan(mixed, step, 2, {"tpg": 1.0})[1]}
     assert drawn == {0, 1, 2}
     sources = mixed.sources()
     assert [s.shots for s in sources] == [1, 2, None]
@@ -223,3 +223,39 @@ def test_phase_parts_train_only_the_named_parts(tmp_path):
 def test_phase_parts_must_be_known_parts():
     with pytest.raises(ValueError, match="parts must name"):
         Phase(steps=1, parts=["decoder"])
+
+
+def test_location_answers_name_the_cell_with_most_defect_pixels():
+    import numpy as np
+
+    from myriad.lmm.prompting import ANSWER_ANOMALOUS, ANSWER_NORMAL, parse_answer
+    from myriad.training.answers import answer_for, defect_region, location_answer
+
+    mask = np.zeros((90, 90), np.uint8)
+    assert defect_region(mask) is None
+    mask[5:20, 70:85] = 1  # top right
+    assert defect_region(mask) == "top right"
+    mask[40:50, 40:55] = 1  # a smaller second patch in the center: the larger one wins
+    assert defect_region(mask) == "top right"
+    mask[30:60, 30:60] = 1
+    assert defect_region(mask) == "center"
+    assert location_answer("bottom left") == "Yes, there exists anomalies in the bottom left of the image."
+    assert parse_answer(location_answer("top")) == "anomalous" and location_answer(None) == ANSWER_NORMAL
+    assert answer_for(False, mask, True) == ANSWER_NORMAL
+    assert answer_for(True, mask, False) == ANSWER_ANOMALOUS
+    assert answer_for(True, None, True) == ANSWER_ANOMALOUS  # nothing to locate
+    assert answer_for(True, mask, True) == location_answer("center")
+    with pytest.raises(ValueError, match="H x W"):
+        defect_region(np.zeros((4, 4, 3)))
+
+
+def test_location_questions_are_drawn_and_trained(tmp_path):
+    from myriad.training.loop import _step_plan
+
+    config = tiny_config(tmp_path, steps=2, location_fraction=0.5, batch_size=8)
+    asked = [q for step in range(10) for *_, q in _step_plan(config, step, 2, {"tpg": 1.0})[1]]
+    assert 0 < sum(asked) < len(asked)
+    plain = tiny_config(tmp_path, batch_size=8)
+    assert [p[:3] for p in _step_plan(config, 3, 2, {"tpg": 1.0})[1]] == [p[:3] for p in _step_plan(plain, 3, 2, {"tpg": 1.0})[1]]
+    result, _ = run(config)
+    assert len(result.losses) == 2 and all(v == v for v in result.losses)
