@@ -24,7 +24,15 @@ from typing import Any, ClassVar, Iterator
 
 import pytest
 
-__all__ = ["ExpertContractTests", "brick_crops", "registered_plugin", "run_cli", "synthetic_images"]
+__all__ = [
+    "ExpertContractTests",
+    "brick_crops",
+    "constant_expert",
+    "constant_expert_plugin",
+    "registered_plugin",
+    "run_cli",
+    "synthetic_images",
+]
 
 
 def run_cli(args: list[str], capsys: Any) -> tuple[int | str | None, str, str]:
@@ -97,6 +105,52 @@ def synthetic_images(n: int, size: int = 64, seed: int = 0, defect: bool = False
             img[y : y + s, x : x + s] = [250, 30, 30]
         images.append(np.clip(img, 0, 255).astype(np.uint8))
     return images
+
+
+_CONSTANT_EXPERT: Any = None
+
+
+def constant_expert() -> Any:
+    """A zero-shot toy :class:`~myriad.experts.Expert` whose every map pixel and score is ``config.level``
+    (0.25 by default); its pydantic config class is ``constant_expert().Config``."""
+    global _CONSTANT_EXPERT
+    if _CONSTANT_EXPERT is None:
+        import numpy as np
+        from pydantic import BaseModel
+
+        from myriad.experts import Expert, Mode, Prediction
+
+        class ConstantConfig(BaseModel):
+            level: float = 0.25
+
+        class ConstantExpert(Expert):
+            Config = ConstantConfig
+
+            def __init__(self, config: ConstantConfig) -> None:
+                super().__init__(config, Mode.ZERO_SHOT)
+
+            def _predict(self, images: Any) -> list[Any]:
+                level = self.config.level
+                return [Prediction(np.full(i.shape[:2], level, np.float32), level) for i in images]
+
+        _CONSTANT_EXPERT = ConstantExpert
+    return _CONSTANT_EXPERT
+
+
+def constant_expert_plugin(name: str = "constant", description: str = "Constant maps (tests).", **options: Any) -> Any:
+    """An in-process plugin registering :func:`constant_expert` as ``name`` (zero-shot); ``options`` go to
+    ``register`` (e.g. ``transductive=True``). Register it with the ``myriad_plugin`` fixture."""
+    import types
+
+    from myriad.hookspecs import hookimpl
+
+    expert = constant_expert()
+
+    @hookimpl
+    def register_experts(register: Any) -> None:
+        register(name, factory=expert, config=expert.Config, modes=["zero_shot"], description=description, **options)
+
+    return types.SimpleNamespace(register_experts=register_experts)
 
 
 @contextlib.contextmanager

@@ -115,37 +115,14 @@ def test_inspector_with_a_tiny_lmm_answers_and_follows_up(folders):
 
 def test_zero_shot_expert_without_normals_warns_that_it_is_uncalibrated(folders, tmp_path, capsys, myriad_plugin):
     """A zero-shot expert inspects without --normal, but nothing calibrates it then: the CLI says so."""
-    import types
+    from myriad.testing import constant_expert_plugin
 
-    from pydantic import BaseModel
-
-    from myriad.experts import Expert, Mode, Prediction
-
-    class FlatConfig(BaseModel):
-        level: float = 0.3
-
-    class FlatExpert(Expert):
-        Config = FlatConfig
-
-        def __init__(self, config: FlatConfig) -> None:
-            super().__init__(config, Mode.ZERO_SHOT)
-
-        def _predict(self, images):
-            return [Prediction(np.full(i.shape[:2], self.config.level, np.float32), self.config.level) for i in images]
-
-    from myriad.hookspecs import hookimpl
-
-    @hookimpl
-    def register_experts(register):
-        register("flat", factory=FlatExpert, config=FlatConfig, modes=["zero_shot"], description="Flat.")
-
-    plugin = types.SimpleNamespace(register_experts=register_experts)
-    myriad_plugin(plugin, name="flat-plugin")
+    myriad_plugin(constant_expert_plugin("flat"), name="flat-plugin")
     normal, test = folders
     out = tmp_path / "out"
     code, stdout, stderr = run_cli(["inspect", str(test), "--expert", "flat", "--lmm", "none", "-o", str(out)], capsys)
     assert code == 0, stderr
     assert "no --normal images" in stderr and "not calibrated" in stderr
-    assert stdout.count("NORMAL") == 4  # raw 0.3 < 0.5
+    assert stdout.count("NORMAL") == 4  # raw 0.25 < 0.5
     code, _, stderr = run_cli(["inspect", str(test), "--normal", str(normal), "--expert", "flat", "--lmm", "none", "-o", str(out)], capsys)
     assert code == 0 and "not calibrated" not in stderr

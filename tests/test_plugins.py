@@ -5,39 +5,20 @@ from __future__ import annotations
 import types
 
 import pytest
-from pydantic import BaseModel
 
 from myriad import hookimpl
 from myriad.errors import ConfigError, MyriadError, UnknownExpertError
-from myriad.experts import Expert, Mode, Prediction
+from myriad.experts import Mode
 from myriad.plugins import get_expert, get_expert_info, list_experts
+from myriad.testing import constant_expert, constant_expert_plugin
 
 
-class EchoConfig(BaseModel):
-    level: float = 0.25
-
-
-class EchoExpert(Expert):
-    Config = EchoConfig
-
-    def __init__(self, config: EchoConfig) -> None:
-        super().__init__(config, Mode.ZERO_SHOT)
-
-    def _predict(self, images):
-        import numpy as np
-
-        return [Prediction(np.full(i.shape[:2], self.config.level, np.float32), self.config.level) for i in images]
+EchoExpert = constant_expert()
+EchoConfig = EchoExpert.Config
 
 
 def make_plugin(name: str = "echo", **extra):
-    plugin = types.SimpleNamespace()
-
-    @hookimpl
-    def register_experts(register):
-        register(name, factory=EchoExpert, config=EchoConfig, modes=["zero_shot"], description="Echo.", **extra)
-
-    plugin.register_experts = register_experts
-    return plugin
+    return constant_expert_plugin(name, description="Echo.", **extra)
 
 
 def test_in_process_plugin_registers_and_builds(myriad_plugin):
