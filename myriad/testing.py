@@ -20,6 +20,7 @@ that is not installed as a distribution, register it in-process with the
 from __future__ import annotations
 
 import contextlib
+import functools
 from typing import Any, ClassVar, Iterator
 
 import pytest
@@ -107,34 +108,29 @@ def synthetic_images(n: int, size: int = 64, seed: int = 0, defect: bool = False
     return images
 
 
-_CONSTANT_EXPERT: Any = None
-
-
+@functools.cache
 def constant_expert() -> Any:
     """A zero-shot toy :class:`~myriad.experts.Expert` whose every map pixel and score is ``config.level``
-    (0.25 by default); its pydantic config class is ``constant_expert().Config``."""
-    global _CONSTANT_EXPERT
-    if _CONSTANT_EXPERT is None:
-        import numpy as np
-        from pydantic import BaseModel
+    (0.25 by default); its pydantic config class is ``constant_expert().Config``. Built once, on first use."""
+    import numpy as np
+    from pydantic import BaseModel
 
-        from myriad.experts import Expert, Mode, Prediction
+    from myriad.experts import Expert, Mode, Prediction
 
-        class ConstantConfig(BaseModel):
-            level: float = 0.25
+    class ConstantConfig(BaseModel):
+        level: float = 0.25
 
-        class ConstantExpert(Expert):
-            Config = ConstantConfig
+    class ConstantExpert(Expert):
+        Config = ConstantConfig
 
-            def __init__(self, config: ConstantConfig) -> None:
-                super().__init__(config, Mode.ZERO_SHOT)
+        def __init__(self, config: ConstantConfig) -> None:
+            super().__init__(config, Mode.ZERO_SHOT)
 
-            def _predict(self, images: Any) -> list[Any]:
-                level = self.config.level
-                return [Prediction(np.full(i.shape[:2], level, np.float32), level) for i in images]
+        def _predict(self, images: Any) -> list[Any]:
+            level = self.config.level
+            return [Prediction(np.full(i.shape[:2], level, np.float32), level) for i in images]
 
-        _CONSTANT_EXPERT = ConstantExpert
-    return _CONSTANT_EXPERT
+    return ConstantExpert
 
 
 def constant_expert_plugin(name: str = "constant", description: str = "Constant maps (tests).", **options: Any) -> Any:
