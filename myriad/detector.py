@@ -16,6 +16,13 @@ threshold for *this* batch. It also lets a transductive expert inspect a single
 image. The cost is ``controls`` more images per batch. Other experts (and
 ``controls=0``) keep the fixed k-fold calibration, unchanged. The calibration of
 the last batch is :attr:`Detector.last_calibrator`.
+
+**Native resolution** (``tile``, see :mod:`myriad.tiling`): when the normal images
+are large (``"auto"``: shorter side above 384 px) a non-transductive expert is fitted
+and run on overlapping 256 px tiles, and maps are stitched back at full resolution.
+
+**Several experts** are fused by :class:`myriad.fusion.FusedDetector`
+(``make_detector("patchcore+global")``); each member is a :class:`Detector`.
 """
 
 from __future__ import annotations
@@ -25,8 +32,16 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import TYPE_CHECKING, Any, Sequence
 
-from myriad.calibration import DECISION_THRESHOLD, DEFAULT_CONTROLS, MIN_CONTROLS, Calibrator, fit_calibrated
+from myriad.calibration import (
+    DECISION_THRESHOLD,
+    DEFAULT_CONTROLS,
+    MIN_CONTROLS,
+    Calibrator,
+    check_false_alarm_rate,
+    fit_calibrated,
+)
 from myriad.errors import ConfigError, ExpertStateError, WeightsError
+from myriad.tiling import DEFAULT_OVERLAP, Tiling, TiledExpert, plan_tiling
 
 if TYPE_CHECKING:  # pragma: no cover
     import numpy as np
@@ -49,16 +64,29 @@ class Detection:
     anomalous: bool
 
     threshold: float = DECISION_THRESHOLD
+    #: fused detections: each member's calibrated ``score`` and ``anomalous`` (None for one expert)
+    members: dict[str, dict[str, Any]] | None = None
 
 
 class Detector:
-    """An expert plus its calibration."""
+    """An expert plus its calibration (and, for large images, its tiling)."""
 
-    def __init__(self, expert_name: str, config: Any = None, **overrides: Any) -> None:
+    def __init__(
+        self,
+        expert_name: str,
+        config: Any = None,
+        tile: int | str | None = "auto",
+        tile_overlap: float = DEFAULT_OVERLAP,
+        **overrides: Any,
+    ) -> None:
         from myriad.plugins import get_expert
 
         self.expert_name = expert_name
         self.expert: "Expert" = get_expert(expert_name, config, **overrides)
+        self.tile = tile
+        self.tile_overlap = tile_overlap
+        #: the tiling chosen at fit time (None: images go to the expert whole)
+        self.tiling: Tiling | None = None
         #: fixed calibration from fit (for in-batch calibrated experts: the normals scored on their own)
         self.calibrator: Calibrator | None = None
         #: control normals appended to every batch of a transductive expert (empty: fixed calibration)
@@ -72,6 +100,33 @@ class Detector:
         return self.expert.mode.value
 
     @property
+    def min_batch(self) -> int:
+        """Smallest batch :meth:`detect` accepts (a transductive expert's minimum, else 1)."""
+        return type(self.expert).min_batch if self.expert.transductive else 1
+
+    @property
+    def base_expert(self) -> "Expert":
+        """The plugin's expert (inside the tiling wrapper when tiled)."""
+        return self.expert.inner if isinstance(self.expert, TiledExpert) else self.expert
+
+    def resolved_config(self) -> dict[str, Any]:
+        """The expert's full config (defaults filled in) as JSON values, plus the tiling in use."""
+        config = self.base_expert.config.model_dump(mode="json")
+        if self.tiling is not None:
+            config["tiling"] = self.tiling.to_dict()
+        return config
+
+    def calibration_record(self) -> dict[str, Any]:
+        """The fixed calibration as JSON (empty before fit)."""
+        return self.calibrator.to_dict() if self.calibrator is not None else {}
+
+    def batch_calibration_record(self) -> dict[str, Any] | None:
+        """The in-batch calibration of the last :meth:`detect` call as JSON (None without controls)."""
+        if not self.uses_controls or self.last_calibrator is None:
+            return None
+        return self.last_calibrator.to_dict()
+
+    @property
     def uses_controls(self) -> bool:
         """Whether :meth:`detect` calibrates each batch with control normals (see the module docstring)."""
         return bool(self.controls)
@@ -82,6 +137,7 @@ class Detector:
         folds: int = 3,
         seed: int = 0,
         controls: int | None = None,
+        false_alarm_rate: float | None = None,
     ) -> "Detector":
         """Fit the expert on normal images and calibrate it (see :mod:`myriad.calibration`).
 
@@ -89,6 +145,8 @@ class Detector:
         how many of them to keep as control normals for in-batch calibration
         (None: :data:`~myriad.calibration.DEFAULT_CONTROLS`, capped at the number of
         normal images; 0: the fixed calibration only). Ignored for other experts.
+        ``false_alarm_rate``: None for the paper's threshold (maximum held-out normal),
+        else the target rate of :func:`myriad.calibration.tail_threshold`.
         """
         import numpy as np
 
@@ -97,10 +155,23 @@ class Detector:
 
         if controls is not None and controls < 0:
             raise ConfigError(f"controls must not be negative, got {controls}")
+        check_false_alarm_rate(false_alarm_rate)
         images = check_batch(normal_images, what="normal images")
-        config = self.expert.config
+        config = self.base_expert.config
+        self.tiling = self._plan_tiling(images)
+        tiling = self.tiling
+
+        def make_expert() -> "Expert":
+            expert = get_expert(self.expert_name, config)
+            return TiledExpert(expert, tiling) if tiling is not None else expert
+
+        if false_alarm_rate is not None and self.expert.transductive and not self.expert.needs_fit:
+            raise ConfigError(
+                f"expert {self.expert_name!r} is calibrated in each batch by control normals (threshold = their "
+                "maximum, false-alarm rate <= 1/(controls+1)); a target false-alarm rate applies to other experts"
+            )
         self.expert, self.calibrator = fit_calibrated(
-            lambda: get_expert(self.expert_name, config), images, folds=folds, seed=seed
+            make_expert, images, folds=folds, seed=seed, false_alarm_rate=false_alarm_rate
         )
         self.controls = []
         self.last_calibrator = None
@@ -117,6 +188,21 @@ class Detector:
                     f"got {len(images)} normal images and controls={controls}"
                 )
         return self
+
+    def _plan_tiling(self, images: list["np.ndarray"]) -> Tiling | None:
+        """The tiling for these normal images (None when the expert gets them whole)."""
+        from myriad.errors import ImageError
+
+        if self.tile is None or self.tile == "none" or self.expert.transductive:
+            if self.tile not in (None, "none", "auto") and self.expert.transductive:
+                raise ConfigError(f"expert {self.expert_name!r} is transductive: tiled scoring does not apply to it")
+            return None
+        shapes = {image.shape[:2] for image in images}
+        tiling = plan_tiling(max(shapes, key=lambda s: min(s)), self.tile, self.tile_overlap)
+        if tiling is not None and len(shapes) > 1:
+            sizes = ", ".join(f"{h} x {w}" for h, w in sorted(shapes))
+            raise ImageError(f"tiled scoring needs normal images of one size, got {sizes}")
+        return tiling
 
     def detect(self, images: Sequence["np.ndarray"]) -> list[Detection]:
         """Score images; maps are at each image's resolution.
@@ -165,10 +251,12 @@ class Detector:
         from myriad.io import atomic_write_text
 
         directory = Path(directory)
-        self.expert.save(directory / "expert")
+        self.base_expert.save(directory / "expert")
         if self.calibrator is not None:
             self.calibrator.save(directory / "calibration.json")
         meta: dict[str, Any] = {"expert": self.expert_name}
+        if self.tiling is not None:
+            meta["tiling"] = self.tiling.to_dict()
         if self.controls:  # control normals (RGB uint8), in the order detect() appends them
             from myriad.io import save_tensors
 
@@ -195,6 +283,16 @@ class Detector:
         detector = cls.__new__(cls)
         detector.expert_name = name
         detector.expert = loader(directory / "expert")
+        detector.tile, detector.tile_overlap, detector.tiling = None, DEFAULT_OVERLAP, None
+        if record.get("tiling"):
+            try:
+                detector.tiling = Tiling(**record["tiling"])
+            except TypeError as exc:
+                raise WeightsError(f"{meta}: invalid tiling record {record['tiling']!r}: {exc}") from exc
+            detector.tile = detector.tiling.tile
+            fitted = detector.expert.fitted
+            detector.expert = TiledExpert(detector.expert, detector.tiling)
+            detector.expert.fitted = fitted
         calib = directory / "calibration.json"
         detector.calibrator = Calibrator.load(calib) if calib.is_file() else None
         detector.controls = []

@@ -4,7 +4,7 @@ The Python API behind ``myriad inspect``::
 
     from myriad.inspection import Inspector
 
-    inspector = Inspector(expert="patchcore").fit(["refs/good1.png", "refs/good2.png"])
+    inspector = Inspector().fit(["refs/good1.png", "refs/good2.png"])   # the default fused expert
     for result in inspector.inspect(["parts/0001.png"]):
         print(result.decision, result.score, result.answer)
     print(inspector.follow_up(result, "Where is the defect?"))
@@ -18,6 +18,7 @@ from pathlib import Path
 from typing import TYPE_CHECKING, Any, Sequence
 
 from myriad.calibration import DECISION_THRESHOLD
+from myriad.defaults import DEFAULT_EXPERT
 from myriad.errors import ConfigError, WeightsError
 
 if TYPE_CHECKING:  # pragma: no cover
@@ -44,9 +45,12 @@ class InspectionResult:
     timings_ms: dict[str, float]
     anomaly_map: "np.ndarray | None" = field(default=None, repr=False)
     pixels: "np.ndarray | None" = field(default=None, repr=False)
+    #: fused experts: each member's calibrated score, decision and mode (None for one expert)
+    members: dict[str, dict[str, Any]] | None = None
 
     def as_record(self) -> dict[str, Any]:
-        """The JSON-serialisable record (maps and pixels left out)."""
+        """The JSON-serialisable record (maps and pixels left out; ``members`` for fused experts)."""
+        extra = {"members": self.members} if self.members else {}
         return {
             "image": self.image,
             "expert": self.expert,
@@ -57,14 +61,22 @@ class InspectionResult:
             "decision": self.decision,
             "answer": self.answer,
             "timings_ms": {k: round(v, 2) for k, v in self.timings_ms.items()},
+            **extra,
         }
 
 
 def choose_mode(expert: str, config: dict, num_normal: int) -> dict:
-    """Pick few-shot or one-class by the number of normal images, unless the config says."""
+    """Pick few-shot or one-class by the number of normal images, unless the config says.
+
+    For a fused expert (``"a+b"``) ``config`` holds one config per member and each member
+    gets its own mode.
+    """
     from myriad.experts import Mode
+    from myriad.fusion import is_fused, member_configs
     from myriad.plugins import get_expert_info
 
+    if is_fused(expert):
+        return {name: choose_mode(name, cfg, num_normal) for name, cfg in member_configs(expert, config).items()}
     info = get_expert_info(expert)
     config = dict(config)
     if "mode" not in config and "mode" in info.config.model_fields:
@@ -72,6 +84,19 @@ def choose_mode(expert: str, config: dict, num_normal: int) -> dict:
             config["mode"] = Mode.FEW_SHOT.value
         elif Mode.ONE_CLASS in info.modes:
             config["mode"] = Mode.ONE_CLASS.value
+    return config
+
+
+def with_device(expert: str, config: dict, device: str) -> dict:
+    """``config`` with ``device`` set for every (member) expert that has a device setting and leaves it unset."""
+    from myriad.fusion import is_fused, member_configs
+    from myriad.plugins import get_expert_info
+
+    if is_fused(expert):
+        return {name: with_device(name, cfg, device) for name, cfg in member_configs(expert, config).items()}
+    config = dict(config)
+    if "device" in get_expert_info(expert).config.model_fields and "device" not in config:
+        config["device"] = device
     return config
 
 
@@ -161,31 +186,38 @@ class Inspector:
 
     def __init__(
         self,
-        expert: str = "patchcore",
+        expert: str = DEFAULT_EXPERT,
         expert_config: dict | None = None,
         lmm: str | Path | None = "mini",
         device: str = "cpu",
         model: Any = None,
         precision: str = DEFAULT_PRECISION,
+        false_alarm_rate: float | None = None,
+        tile: int | str | None = "auto",
     ) -> None:
+        from myriad.calibration import check_false_alarm_rate
+        from myriad.fusion import member_configs
+
+        member_configs(expert, expert_config)  # unknown experts and misshapen fused configs fail here, before loading
         self.expert_name = expert
         self.expert_config = dict(expert_config or {})
         self.device = device
+        self.false_alarm_rate = check_false_alarm_rate(false_alarm_rate)
+        self.tile = tile
         self.detector: Any = None
         self.model = model if model is not None else load_lmm(lmm, device, precision)
 
     def fit(self, normal_images: Sequence["np.ndarray | str | Path"]) -> "Inspector":
         """Fit and calibrate the expert on normal images (paths or RGB arrays)."""
-        from myriad.detector import Detector
+        from myriad.fusion import make_detector
         from myriad.images import check_batch
 
         images = check_batch(normal_images, what="normal images")
         config = choose_mode(self.expert_name, self.expert_config, len(images))
-        from myriad.plugins import get_expert_info
-
-        if "device" in get_expert_info(self.expert_name).config.model_fields and "device" not in config:
-            config["device"] = self.device
-        self.detector = Detector(self.expert_name, config).fit(images)
+        config = with_device(self.expert_name, config, self.device)
+        self.detector = make_detector(self.expert_name, config, tile=self.tile).fit(
+            images, false_alarm_rate=self.false_alarm_rate
+        )
         return self
 
     @property
@@ -206,9 +238,9 @@ class Inspector:
         if self.detector is None:
             if not self.zero_shot_only:
                 raise ConfigError(f"expert {self.expert_name!r} must be fitted on normal images first (fit())")
-            from myriad.detector import Detector
+            from myriad.fusion import make_detector
 
-            self.detector = Detector(self.expert_name, self.expert_config)
+            self.detector = make_detector(self.expert_name, self.expert_config, tile=self.tile)
         names = list(names) if names is not None else [str(i) if isinstance(i, (str, Path)) else f"image-{k}" for k, i in enumerate(images)]
         pixels = check_batch(images)
         t0 = time.perf_counter()
@@ -246,6 +278,7 @@ class Inspector:
                     timings_ms={"expert": expert_ms, "lmm": lmm_ms, "total": expert_ms + lmm_ms},
                     anomaly_map=det.anomaly_map,
                     pixels=image,
+                    members=det.members,
                 )
             )
         return results
@@ -267,9 +300,10 @@ class Inspector:
 
     @property
     def zero_shot_only(self) -> bool:
-        """Whether the expert is zero-shot only: it can inspect without ``fit()``, but then nothing
-        calibrates its scores (the identity calibration takes its raw 0.5 as the threshold)."""
+        """Whether the expert (every member of a fusion) is zero-shot only: it can inspect without ``fit()``,
+        but then nothing calibrates its scores (the identity calibration takes its raw 0.5 as the threshold)."""
         from myriad.experts import Mode
+        from myriad.fusion import member_names
         from myriad.plugins import get_expert_info
 
-        return get_expert_info(self.expert_name).modes == (Mode.ZERO_SHOT,)
+        return all(get_expert_info(name).modes == (Mode.ZERO_SHOT,) for name in member_names(self.expert_name))

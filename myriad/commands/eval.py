@@ -7,7 +7,8 @@ from typing import Any
 
 import click
 
-from myriad.commands.options import precision_option
+from myriad.commands.options import false_alarm_rate_option, precision_option, tile_option
+from myriad.defaults import DEFAULT_EXPERT
 from myriad.inspection import DEFAULT_PRECISION
 
 
@@ -45,7 +46,8 @@ def _names(values: tuple[str, ...]) -> tuple[str, ...] | None:
 
 
 @click.command("eval")
-@click.option("--expert", "-e", required=True, help="Expert name (see `myriad experts`).")
+@click.option("--expert", "-e", default=DEFAULT_EXPERT, show_default=True,
+              help="Expert name (see `myriad experts`), or several fused with '+'.")
 @click.option("--data", "-d", "data", required=True, type=click.Path(path_type=Path),
               help="MVTec-AD-layout root (<category>/train/good, test/<defect>, ground_truth/<defect>).")
 @click.option("--category", "-c", "categories", multiple=True, metavar="NAME",
@@ -74,6 +76,8 @@ def _names(values: tuple[str, ...]) -> tuple[str, ...] | None:
               help="Also evaluate Myriad's text answers: 'mini' (shipped weights) or a trained weights file.")
 @click.option("--ask", default=None, help="Instruction for --lmm instead of the default question.")
 @precision_option
+@false_alarm_rate_option
+@tile_option
 def eval_command(
     expert: str,
     data: Path,
@@ -94,6 +98,8 @@ def eval_command(
     ask: str | None = None,
     precision: str = DEFAULT_PRECISION,
     controls: int | None = None,
+    false_alarm_rate: float | None = None,
+    tile: int | str | None = "auto",
 ) -> None:
     """Evaluate an expert: image/pixel AUROC, AUPRO, F1-max and accuracy at the calibrated threshold.
 
@@ -121,6 +127,8 @@ def eval_command(
         controls=controls,
         metric_size=metric_size,
         examples=examples,
+        false_alarm_rate=false_alarm_rate,
+        tile=tile,
         progress=not quiet,
     )
 

@@ -7,7 +7,8 @@ from pathlib import Path
 
 import click
 
-from myriad.commands.options import precision_option
+from myriad.commands.options import false_alarm_rate_option, precision_option, tile_option
+from myriad.defaults import DEFAULT_EXPERT
 
 
 def collect_images(sources: tuple[Path, ...] | list[Path], what: str) -> tuple[list[Path], list[tuple[Path, str]]]:
@@ -40,15 +41,21 @@ def collect_images(sources: tuple[Path, ...] | list[Path], what: str) -> tuple[l
 @click.command("inspect")
 @click.argument("images", nargs=-1, required=True, type=click.Path(path_type=Path))
 @click.option("--normal", "normal", multiple=True, type=click.Path(path_type=Path), help="Normal reference images or folders (repeatable).")
-@click.option("--expert", default="patchcore", show_default=True, help="Expert plugin to use (see `myriad experts`).")
-@click.option("--config", "config_json", default=None, help="Expert options as JSON (or a JSON file).")
+@click.option("--expert", default=DEFAULT_EXPERT, show_default=True,
+              help="Expert plugin (see `myriad experts`), or several fused with '+', e.g. patchcore+global.")
+@click.option("--config", "config_json", default=None,
+              help='Expert options as JSON (or a JSON file); for a fusion one object per member: {"patchcore": {...}}.')
 @click.option("--ask", default=None, help="Instruction to send instead of the default question.")
 @click.option("--output", "-o", type=click.Path(path_type=Path), default=Path("myriad-output"), show_default=True)
 @click.option("--lmm", default="mini", show_default=True, help="'mini' (shipped weights), a weights file, or 'none' (expert only).")
 @click.option("--batch-size", "-b", default=8, show_default=True, type=int)
 @click.option("--device", default="cpu", show_default=True)
 @precision_option
-def inspect_command(images, normal, expert, config_json, ask, output, lmm, batch_size, device, precision) -> None:
+@false_alarm_rate_option
+@tile_option
+def inspect_command(
+    images, normal, expert, config_json, ask, output, lmm, batch_size, device, precision, false_alarm_rate, tile
+) -> None:
     """Fit EXPERT on --normal images, then inspect IMAGES (files or folders).
 
     Prints one line per image and writes OUTPUT/results.jsonl and OUTPUT/<path>_overlay.png.
@@ -64,7 +71,9 @@ def inspect_command(images, normal, expert, config_json, ask, output, lmm, batch
         click.echo(f"warning: skipped {path}: {reason}", err=True)
     if not test_paths:
         raise click.ClickException(f"no readable images to inspect in {', '.join(map(str, images))}")
-    inspector = Inspector(expert, config, lmm=lmm, device=device, precision=precision)
+    inspector = Inspector(
+        expert, config, lmm=lmm, device=device, precision=precision, false_alarm_rate=false_alarm_rate, tile=tile
+    )
     if normal_paths:
         inspector.fit(normal_paths)
     elif normal:
@@ -87,7 +96,12 @@ def inspect_command(images, normal, expert, config_json, ask, output, lmm, batch
             flag = result.decision.upper()
             answer = f' "{result.answer}"' if result.answer else ""
             shown = shown_names[path]
-            click.echo(f"{shown}: {flag} (expert score {result.score:.2f}, threshold {result.threshold:.2f}){answer}")
+            fired = ""
+            if result.members:
+                fired = " [" + ", ".join(f"{n} {m['score']:.2f}" for n, m in result.members.items()) + "]"
+            click.echo(
+                f"{shown}: {flag} (expert score {result.score:.2f}{fired}, threshold {result.threshold:.2f}){answer}"
+            )
             caption = f"{result.decision} ({result.score:.2f})" + (f": {result.answer}" if result.answer else "")
             overlay_path = output / overlay_names[path]
             with atomic_path(overlay_path) as tmp:

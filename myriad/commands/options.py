@@ -15,3 +15,49 @@ precision_option = click.option(
     help="LMM inference precision: auto = bfloat16 LLM where the hardware computes bf16 (e.g. AVX512-BF16 CPUs), "
     "else float32; int8 quantises the LLM's linear layers (CPU; less accurate).",
 )
+
+
+def _false_alarm_rate(ctx: click.Context, param: click.Parameter, value: float | None) -> float | None:
+    from myriad.calibration import check_false_alarm_rate
+    from myriad.errors import ConfigError
+
+    try:
+        return check_false_alarm_rate(value)
+    except ConfigError as exc:
+        raise click.BadParameter(str(exc)) from exc
+
+
+#: ``--false-alarm-rate``: calibrate at a target rate instead of the paper's maximum (``inspect``, ``eval``, ``serve``).
+false_alarm_rate_option = click.option(
+    "--false-alarm-rate",
+    type=float,
+    default=None,
+    callback=_false_alarm_rate,
+    metavar="RATE",
+    help="Threshold at this false-alarm rate on held-out normals (e.g. 0.01; a tail fit) instead of the paper's "
+    "maximum held-out normal (the default). Fused experts split it among their members.",
+)
+
+
+def _tile(ctx: click.Context, param: click.Parameter, value: str) -> int | str | None:
+    if value in ("auto", "none"):
+        return value
+    try:
+        side = int(value)
+    except ValueError:
+        raise click.BadParameter(f"{value!r}: give 'auto', 'none' or a tile side in pixels") from None
+    if side < 32:
+        raise click.BadParameter(f"{value!r}: a tile side must be at least 32 pixels")
+    return side
+
+
+#: ``--tile``: native-resolution scoring of large images in overlapping tiles (``inspect``, ``eval``).
+tile_option = click.option(
+    "--tile",
+    default="auto",
+    show_default=True,
+    callback=_tile,
+    metavar="auto|none|PIXELS",
+    help="Score large images in overlapping tiles at native resolution: auto = 256 px tiles when the shorter side "
+    "exceeds 384 px; none = let the expert resize whole images; or a tile side in pixels.",
+)

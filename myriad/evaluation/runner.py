@@ -68,6 +68,10 @@ class EvalSettings:
     metric_size: int = 256
     #: rows of the example overlay grid per category
     examples: int = 6
+    #: calibrate at this false-alarm rate instead of the paper's maximum (None)
+    false_alarm_rate: float | None = None
+    #: native-resolution tiling (see myriad.tiling): "auto", "none" or a tile side
+    tile: int | str | None = "auto"
     progress: bool = True
 
     def validate(self) -> "EvalSettings":
@@ -84,6 +88,9 @@ class EvalSettings:
             raise ConfigError(f"--controls must not be negative, got {self.controls}")
         if self.metric_size < 0 or self.examples < 0:
             raise ConfigError("--metric-size and --examples must not be negative")
+        from myriad.calibration import check_false_alarm_rate
+
+        check_false_alarm_rate(self.false_alarm_rate)
         return self
 
     def to_json(self) -> dict[str, Any]:
@@ -143,18 +150,33 @@ def _warn(message: str) -> None:
     print(f"warning: {message}", file=sys.stderr)
 
 
-def expert_config(info: "ExpertInfo", settings: EvalSettings, warn: Callable[[str], None] = _warn) -> dict[str, Any]:
+def evaluation_config(settings: EvalSettings, warn: Callable[[str], None] = _warn) -> dict[str, Any]:
+    """:func:`expert_config` for ``settings.expert``; for a fused expert, one config per member."""
+    from myriad.fusion import is_fused, member_configs
+    from myriad.plugins import get_expert_info
+
+    configs = member_configs(settings.expert, settings.config)
+    out = {name: expert_config(get_expert_info(name), settings, warn, cfg) for name, cfg in configs.items()}
+    return out if is_fused(settings.expert) else out[settings.expert]
+
+
+def expert_config(
+    info: "ExpertInfo",
+    settings: EvalSettings,
+    warn: Callable[[str], None] = _warn,
+    user_config: dict[str, Any] | None = None,
+) -> dict[str, Any]:
     """The expert config for this evaluation: user options plus ``mode`` and ``device``.
 
     When the expert's config has a ``mode`` field, ``--k-shot`` selects ``few_shot`` and its
     absence ``one_class`` (or ``zero_shot`` for experts without one-class mode), unless the
     user's config sets the mode; contradictions are errors. ``device`` is passed when the
-    config has a ``device`` field.
+    config has a ``device`` field. ``user_config``: the options (default ``settings.config``).
     """
     from myriad.experts import Mode
 
     fields = getattr(info.config, "model_fields", {})
-    config = dict(settings.config)
+    config = dict(settings.config if user_config is None else user_config)
     if "mode" in fields:
         chosen = config.get("mode")
         if settings.k_shot is not None:
@@ -288,19 +310,18 @@ def evaluate(
 ) -> EvalResult:
     """Evaluate ``settings.expert`` on ``settings.data``; nothing is written to disk."""
     from myriad.datasets import read_mvtec
-    from myriad.detector import Detector
+    from myriad.fusion import make_detector, member_names
     from myriad.plugins import get_expert_info
 
     start = time.perf_counter()
     settings.validate()
-    info = get_expert_info(settings.expert)
-    config = expert_config(info, settings, warn)
+    config = evaluation_config(settings, warn)
     categories = read_mvtec(settings.data, settings.categories)
 
     # Check everything that can fail before the first (possibly long) fit.
-    probe = Detector(settings.expert, config)
+    probe = make_detector(settings.expert, config, tile=settings.tile)
     mode = probe.mode
-    if mode == "few_shot" and settings.k_shot is None:
+    if "few_shot" in mode.split("+") and settings.k_shot is None:
         raise ConfigError(
             f"expert {settings.expert!r} is configured few-shot: give --k-shot K "
             "(or set a one-class mode in --config)"
@@ -313,13 +334,13 @@ def evaluate(
                     f"--k-shot {settings.k_shot} is larger than the {len(category.train)} training images "
                     f"in {train_dir} (category {category.name!r})"
                 )
-    min_batch = type(probe.expert).min_batch if probe.expert.transductive else 1
+    min_batch = probe.min_batch
     if settings.batch_size < min_batch:
         raise ConfigError(
             f"--batch-size {settings.batch_size} is too small: expert {settings.expert!r} is transductive "
             f"and needs at least {min_batch} images per batch"
         )
-    resolved_config = probe.expert.config.model_dump(mode="json")
+    resolved_config = probe.resolved_config()
     del probe
     import torch  # noqa: F401  - imported now so that the first category's fit time does not include it
 
@@ -346,8 +367,19 @@ def evaluate(
         total_seconds=round(time.perf_counter() - start, 3),
         peak_rss_mb=peak_rss_mb() or 0.0,
         peak_gpu_mb=_peak_gpu_mb(),
-        expert_info={"distribution": info.distribution, "version": info.version, "description": info.description},
+        expert_info=_expert_info(member_names(settings.expert)),
     )
+
+
+def _expert_info(names: list[str]) -> dict[str, Any]:
+    """Distribution, version and description of the expert (joined with '+' for a fusion)."""
+    from myriad.plugins import get_expert_info
+
+    infos = [get_expert_info(name) for name in names]
+    return {
+        key: " + ".join(str(getattr(info, key)) for info in infos)
+        for key in ("distribution", "version", "description")
+    }
 
 
 def _run_category(
@@ -362,15 +394,18 @@ def _run_category(
     from tqdm import tqdm
 
     from myriad.datasets import load_mask
-    from myriad.detector import Detector
+    from myriad.fusion import make_detector
     from myriad.images import load_image
 
     seed = settings.seed + run
     references = _draw_references(category, settings.k_shot, seed)
     normal_images = [load_image(s.path) for s in references]
-    detector = Detector(settings.expert, config)
+    detector = make_detector(settings.expert, config, tile=settings.tile)
     started = time.perf_counter()
-    detector.fit(normal_images, folds=settings.folds, seed=seed, controls=settings.controls)
+    detector.fit(
+        normal_images, folds=settings.folds, seed=seed, controls=settings.controls,
+        false_alarm_rate=settings.false_alarm_rate,
+    )
     fit_seconds = time.perf_counter() - started
     del normal_images
 
@@ -392,8 +427,9 @@ def _run_category(
             started = time.perf_counter()
             detections = detector.detect(images)
             detect_seconds += time.perf_counter() - started
-            if detector.uses_controls and detector.last_calibrator is not None:
-                batch_calibrations.append(detector.last_calibrator.to_dict())
+            batch_record = detector.batch_calibration_record()
+            if batch_record is not None:
+                batch_calibrations.append(batch_record)
             new_records = []
             for sample, image, det in zip(batch, images, detections):
                 record = ImageRecord(
@@ -406,6 +442,8 @@ def _run_category(
                     score=float(det.score),
                     anomalous=bool(det.anomalous),
                 )
+                if det.members:
+                    record.extra["members"] = det.members
                 new_records.append(record)
                 labels.append(record.label)
                 raw_scores.append(record.raw_score)
@@ -440,7 +478,7 @@ def _run_category(
     if run == 0:
         order = {s.path: i for i, s in enumerate(_pick_examples(category.test, settings.examples))}
         result.examples = sorted(kept.values(), key=lambda e: order[Path(e.path)])
-    calibration = detector.calibrator.to_dict() if detector.calibrator is not None else {}
+    calibration = detector.calibration_record()
     if batch_calibrations:  # the decisions used these; the last one first-level (plots read its threshold)
         calibration = {**batch_calibrations[-1], "fit": calibration, "batches": batch_calibrations}
     run_result = RunResult(

@@ -1,0 +1,238 @@
+"""Fused experts: several installed experts on the same normal images, one decision.
+
+``"patchcore+global"`` names a fusion of the experts ``patchcore`` and ``global``.
+Each member is an ordinary :class:`~myriad.detector.Detector` (its own fit, its own
+calibration), so fusion happens in the host, on the calibrated scale, and no plugin
+imports another:
+
+- the fused score is the **maximum of the members' calibrated scores** (on the
+  calibrated scale extended past [0, 1], :meth:`~myriad.calibration.Calibrator.scale`,
+  so ranking keeps working where one member saturates), and the fused map is the
+  pixel-wise maximum of the members' calibrated maps;
+- an image is anomalous when the fused score exceeds 0.5, i.e. when **any member**
+  is above its own threshold. Each member's threshold is the maximum of its held-out
+  normals, so the maximum of the fused held-out scores is again 0.5: the paper's rule
+  holds for the fusion as a whole;
+- with a target false-alarm rate ``alpha`` each of the ``m`` members is calibrated
+  at ``alpha / m``, so the fusion's false-alarm rate is at most ``alpha`` (union bound);
+- every member's calibrated score and decision are kept with each detection
+  (:attr:`Detection.members`), so users see which expert fired.
+
+A config for a fusion gives options per member: ``{"patchcore": {...}, "global": {...}}``.
+"""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+from typing import TYPE_CHECKING, Any, Sequence
+
+from myriad.calibration import DECISION_THRESHOLD, check_false_alarm_rate
+from myriad.detector import Detection, Detector
+from myriad.errors import ConfigError, WeightsError
+from myriad.tiling import DEFAULT_OVERLAP
+
+if TYPE_CHECKING:  # pragma: no cover
+    import numpy as np
+
+#: Joins member names in a fused expert's name.
+SEPARATOR = "+"
+#: File that marks a saved fused detector.
+FUSED_FILE = "fused.json"
+
+
+def member_names(spec: str) -> list[str]:
+    """The experts named by ``spec`` (``"patchcore+global"`` -> both), each checked to be installed."""
+    from myriad.plugins import get_expert_info
+
+    names = [part.strip() for part in str(spec).split(SEPARATOR)]
+    if not spec or any(not n for n in names):
+        raise ConfigError(f"expert {spec!r}: empty member name (write e.g. 'patchcore+global')")
+    duplicates = sorted({n for n in names if names.count(n) > 1})
+    if duplicates:
+        raise ConfigError(f"expert {spec!r} names {', '.join(duplicates)} more than once")
+    for name in names:
+        get_expert_info(name)  # UnknownExpertError naming it and the installed ones
+    return names
+
+
+def is_fused(spec: str) -> bool:
+    """Whether ``spec`` names several experts."""
+    return SEPARATOR in str(spec)
+
+
+def member_configs(spec: str, config: dict[str, Any] | None) -> dict[str, dict[str, Any]]:
+    """Each member's config from a fusion's config (``{member: {...}}``); one expert: ``{name: config}``."""
+    names = member_names(spec)
+    config = dict(config or {})
+    if len(names) == 1:
+        return {names[0]: config}
+    unknown = sorted(set(config) - set(names))
+    if unknown:
+        raise ConfigError(
+            f"config for the fused expert {spec!r} must give options per member, e.g. "
+            f'{{"{names[0]}": {{...}}}}; {", ".join(map(repr, unknown))} is not one of its members {names}'
+        )
+    out = {}
+    for name in names:
+        value = config.get(name, {})
+        if not isinstance(value, dict):
+            raise ConfigError(f"config for member {name!r} of {spec!r} must be an object, got {type(value).__name__}")
+        out[name] = dict(value)
+    return out
+
+
+class FusedDetector:
+    """Several :class:`~myriad.detector.Detector` members, fused on the calibrated scale (see the module docstring)."""
+
+    def __init__(
+        self,
+        spec: str,
+        config: dict[str, Any] | None = None,
+        tile: int | str | None = "auto",
+        tile_overlap: float = DEFAULT_OVERLAP,
+    ) -> None:
+        configs = member_configs(spec, config)
+        self.expert_name = SEPARATOR.join(configs)
+        self.members: list[Detector] = [Detector(name, cfg, tile, tile_overlap) for name, cfg in configs.items()]
+
+    # -- the Detector interface -----------------------------------------------------
+    @property
+    def mode(self) -> str:
+        """The members' modes, joined with ``+`` when they differ."""
+        return SEPARATOR.join(dict.fromkeys(m.mode for m in self.members))
+
+    @property
+    def min_batch(self) -> int:
+        """Smallest batch every member accepts."""
+        return max(m.min_batch for m in self.members)
+
+    @property
+    def uses_controls(self) -> bool:
+        """Whether any member calibrates each batch with control normals."""
+        return any(m.uses_controls for m in self.members)
+
+    @property
+    def calibrator(self) -> Any:
+        """The fused scale needs no calibrator of its own (its threshold is 0.5 by construction); None before fit."""
+        return None
+
+    def resolved_config(self) -> dict[str, Any]:
+        """Each member's full config (and tiling), by member name."""
+        return {m.expert_name: m.resolved_config() for m in self.members}
+
+    def calibration_record(self) -> dict[str, Any]:
+        """How the fusion decides, and each member's calibration."""
+        return {
+            "method": "fused-max",
+            "threshold": DECISION_THRESHOLD,
+            "members": {m.expert_name: m.calibration_record() for m in self.members},
+        }
+
+    def batch_calibration_record(self) -> dict[str, Any] | None:
+        """The in-batch calibrations of members that use controls (None when none does)."""
+        records = {m.expert_name: m.batch_calibration_record() for m in self.members if m.uses_controls}
+        return {"members": records} if records else None
+
+    def fit(
+        self,
+        normal_images: Sequence["np.ndarray"],
+        folds: int = 3,
+        seed: int = 0,
+        controls: int | None = None,
+        false_alarm_rate: float | None = None,
+    ) -> "FusedDetector":
+        """Fit and calibrate every member on the same normal images (``false_alarm_rate`` split evenly)."""
+        from myriad.images import check_batch
+
+        check_false_alarm_rate(false_alarm_rate)
+        images = check_batch(normal_images, what="normal images")
+        share = None if false_alarm_rate is None else false_alarm_rate / len(self.members)
+        for member in self.members:
+            member.fit(images, folds=folds, seed=seed, controls=controls, false_alarm_rate=share)
+        return self
+
+    def detect(self, images: Sequence["np.ndarray"]) -> list[Detection]:
+        """Score images with every member and fuse (see the module docstring)."""
+        import numpy as np
+
+        from myriad.images import check_batch
+
+        batch = check_batch(images)
+        per_member = []
+        for member in self.members:
+            detections = member.detect(batch)
+            per_member.append((member, detections, member.last_calibrator))
+        fused = []
+        for i in range(len(batch)):
+            scores, raw_maps, maps, members = [], [], [], {}
+            for member, detections, calibrator in per_member:
+                det = detections[i]
+                scores.append(float(calibrator.scale(det.raw_score)))
+                raw_maps.append(calibrator.scale_map(det.raw_map))
+                maps.append(det.anomaly_map)
+                members[member.expert_name] = {
+                    "score": round(det.score, 6),
+                    "anomalous": det.anomalous,
+                    "mode": member.mode,
+                }
+            raw_score = max(scores)
+            fused.append(
+                Detection(
+                    raw_map=np.maximum.reduce(raw_maps),
+                    raw_score=raw_score,
+                    anomaly_map=np.maximum.reduce(maps),
+                    score=float(min(max(raw_score, 0.0), 1.0)),
+                    anomalous=any(m["anomalous"] for m in members.values()),
+                    members=members,
+                )
+            )
+        return fused
+
+    @property
+    def last_calibrator(self) -> Any:
+        """Not defined for a fusion: each member has its own (``members[i].last_calibrator``)."""
+        return None
+
+    def save(self, directory: str | Path) -> Path:
+        """Save every member (``members/<i>-<name>/``) and the fusion's name."""
+        from myriad.io import atomic_write_text
+
+        directory = Path(directory)
+        for index, member in enumerate(self.members):
+            member.save(directory / "members" / f"{index}-{member.expert_name}")
+        names = [m.expert_name for m in self.members]
+        atomic_write_text(directory / FUSED_FILE, json.dumps({"expert": self.expert_name, "members": names}, indent=2))
+        return directory
+
+    @classmethod
+    def load(cls, directory: str | Path) -> "FusedDetector":
+        """Load a fused detector saved with :meth:`save` (every member's plugin must be installed)."""
+        directory = Path(directory)
+        meta = directory / FUSED_FILE
+        try:
+            record = json.loads(meta.read_text())
+            names = list(record["members"])
+        except (OSError, ValueError, KeyError, TypeError) as exc:
+            raise WeightsError(f"{meta}: not a saved fused detector: {exc}") from exc
+        detector = cls.__new__(cls)
+        detector.expert_name = SEPARATOR.join(names)
+        detector.members = [Detector.load(directory / "members" / f"{i}-{name}") for i, name in enumerate(names)]
+        return detector
+
+
+def make_detector(
+    spec: str, config: dict[str, Any] | None = None, tile: int | str | None = "auto", tile_overlap: float = DEFAULT_OVERLAP
+) -> "Detector | FusedDetector":
+    """A :class:`~myriad.detector.Detector` for one expert, a :class:`FusedDetector` for ``"a+b"``."""
+    if is_fused(spec):
+        return FusedDetector(spec, config, tile, tile_overlap)
+    member_names(spec)
+    return Detector(spec, config, tile, tile_overlap)
+
+
+def load_detector(directory: str | Path) -> "Detector | FusedDetector":
+    """Load a detector saved by either class."""
+    if (Path(directory) / FUSED_FILE).is_file():
+        return FusedDetector.load(directory)
+    return Detector.load(directory)

@@ -1,0 +1,65 @@
+"""Registers the ``global`` expert. Only cheap imports here: discovery must stay instant.
+
+Every setting is documented in the model card (README.md, "Config reference").
+"""
+
+from __future__ import annotations
+
+from typing import Literal, Optional
+
+from pydantic import BaseModel, ConfigDict, Field, field_validator
+
+from myriad import hookimpl
+
+
+class GlobalStatsConfig(BaseModel):
+    """Settings of the texture-wide expert (defaults: embedded EfficientNet-Lite0, stages 1-4, 256 px)."""
+
+    model_config = ConfigDict(extra="forbid")
+
+    mode: Literal["one_class", "few_shot"] = Field(
+        "one_class", description="one_class: a training set of normals; few_shot: k reference images"
+    )
+    backbone: str = Field(
+        "efficientnet_lite0",
+        description="embedded 'efficientnet_lite0/1/2', or any timm CNN name with `weights`",
+    )
+    weights: Optional[str] = Field(None, description="local weights file (.safetensors/.pth) for a non-embedded backbone")
+    layers: list[int] = Field([1, 2, 3, 4], description="timm out_indices of the stages whose statistics are pooled")
+    image_size: int = Field(256, ge=32, le=2048, description="images are resized to image_size x image_size")
+    window: float = Field(
+        0.5, gt=0.0, le=1.0,
+        description="statistics are pooled over windows of this fraction of the image side (1 = the whole image only)",
+    )
+    window_stride: float = Field(0.25, gt=0.0, le=1.0, description="step between windows, fraction of the image side")
+    shrinkage: Optional[float] = Field(
+        None, ge=0.0, le=1.0, description="covariance shrinkage towards a scaled identity; None = Ledoit-Wolf estimate"
+    )
+    batch_size: int = Field(8, ge=1, le=1024, description="images per backbone forward")
+    device: str = Field("auto", description="'auto' (cuda if available), 'cpu', 'cuda' or 'cuda:N'")
+    num_threads: Optional[int] = Field(None, ge=1, description="CPU threads for torch (None = leave as is)")
+
+    @field_validator("layers")
+    @classmethod
+    def _check_layers(cls, value: list[int]) -> list[int]:
+        if not 1 <= len(value) <= 5 or any(i < 0 for i in value) or list(value) != sorted(set(value)):
+            raise ValueError(f"layers needs 1 to 5 distinct, increasing, non-negative stage indices, got {value}")
+        return list(value)
+
+    @field_validator("device")
+    @classmethod
+    def _check_device(cls, value: str) -> str:
+        if value not in ("auto", "cpu", "cuda") and not (value.startswith("cuda:") and value[5:].isdigit()):
+            raise ValueError(f"device must be 'auto', 'cpu', 'cuda' or 'cuda:N', got {value!r}")
+        return value
+
+
+@hookimpl
+def register_experts(register):  # type: ignore[no-untyped-def]
+    register(
+        "global",
+        factory="myriad_experts_global.expert:GlobalStatsExpert",
+        config=GlobalStatsConfig,
+        modes=["one_class", "few_shot"],
+        description="Texture-wide: Mahalanobis distance of pooled CNN feature statistics to the normals' (image-level map).",
+    )
