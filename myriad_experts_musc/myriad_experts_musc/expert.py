@@ -82,7 +82,7 @@ class MuScExpert(Expert):
         device = torch.device(cfg.device)
         n = grids[0].shape[0]
         grid = tuple(int(s) for s in grids[0].shape[-2:])  # the shallowest layer's grid
-        total = len(cfg.r_list) * len(grids) * num_pairs(n)
+        total = len(cfg.r_list) * len(grids) * num_pairs(n, cfg.references)
         bar = tqdm(total=total, desc="MuSc mutual scoring", unit="pair", disable=not cfg.progress, leave=False)
         per_r = []
         for r in cfg.r_list:
@@ -92,7 +92,9 @@ class MuScExpert(Expert):
                 for start in range(0, n, cfg.batch_size):  # LNAMD in chunks: bounded memory
                     part = raw[start : start + cfg.batch_size].to(device)
                     z[start : start + part.shape[0]] = lnamd(part, r, grid)
-                per_layer += mutual_scores(z, cfg.topmin, cfg.chunk_mb * 2**20, progress=bar.update).double().cpu()
+                per_layer += mutual_scores(
+                    z, cfg.topmin, cfg.chunk_mb * 2**20, progress=bar.update, references=cfg.references, seed=cfg.seed
+                ).double().cpu()
                 del z
             per_r.append(per_layer / len(grids))
         bar.close()

@@ -11,6 +11,8 @@ from myriad.experts import check_layer_indices
 
 #: The embedded ImageNet CNN (ships with Myriad, so MuSc runs without any download).
 EMBEDDED_BACKBONE = "efficientnet_lite0"
+#: Reference images per image in mutual scoring (chosen by measurement: README, *Scaling*).
+DEFAULT_REFERENCES = 32
 
 
 class MuScConfig(BaseModel):
@@ -38,7 +40,15 @@ class MuScConfig(BaseModel):
     r_list: list[int] = Field([1, 3, 5], min_length=1, description="LNAMD aggregation degrees (odd)")
     topmin: float = Field(0.3, gt=0.0, le=1.0, description="fraction of the other images averaged (lowest distances)")
     rscin_k: list[int] = Field([1, 2, 3], description="RsCIN k-list ([1, 2, 3] MVTec, [1, 8, 9] VisA); [] disables")
-    chunk_mb: int = Field(512, ge=1, description="memory budget of one block of the N^2 mutual-scoring step")
+    references: int | None = Field(
+        DEFAULT_REFERENCES,
+        ge=1,
+        description="reference images per image in mutual scoring: a seeded random subset of the other images of the "
+        "batch (odd values round up to even), so the cost grows as N x references instead of N^2; "
+        "None: every other image (the paper's exact all-pairs scoring, also used when references >= N - 1)",
+    )
+    seed: int = Field(0, description="seed of the random reference subsets (same seed and batch: same result)")
+    chunk_mb: int = Field(512, ge=1, description="memory of one similarity chunk of the mutual-scoring step (MB)")
     batch_size: int = Field(8, ge=1, description="images per backbone forward pass")
     device: str = Field("cpu", description="torch device, e.g. 'cpu' or 'cuda:0'")
     progress: bool = Field(True, description="show tqdm progress bars")

@@ -6,23 +6,26 @@ Shapes: ``N`` images, ``L = h * w`` patches per image, ``C`` channels.
   ``r x r`` neighbourhood (stride 1, zero padding counted, as an unfold followed by
   a per-channel mean), bilinear resize to the common grid, L2 normalisation.
 - :func:`mutual_scores`: each patch's minimum Euclidean distance to every OTHER
-  image, then the mean of the lowest ``topmin`` fraction of those ``N - 1``
-  distances. The ``N^2 L^2`` similarity matrix is never held at once: it is
-  computed in blocks of ``a x b`` images that fit ``chunk_bytes``, and each block
-  serves both directions (``i -> j`` and ``j -> i``), so every pair is computed once.
+  image (exact, the paper) or to ``R`` seeded random reference images (cost
+  ``N R / 2`` pairs instead of ``N (N - 1) / 2``), then the mean of the lowest
+  ``topmin`` fraction of those distances. The ``N^2 L^2`` similarity matrix is never
+  held at once: one image's patches are matched against a chunk of partners that
+  fits ``chunk_bytes`` by one matmul into a reused buffer, and each chunk serves both
+  directions (``i -> j`` and ``j -> i``), so every pair is computed once.
 - :func:`rscin`: re-scores image scores by their most similar images (class
   embeddings), averaged over a k-list.
 """
 
 from __future__ import annotations
 
-import math
 from typing import TYPE_CHECKING, Callable, Sequence
 
 if TYPE_CHECKING:  # pragma: no cover
     import torch
 
 _FLOAT_BYTES = 4
+#: images per chunk of the final top-k (bounds its values + indices)
+_TOPK_ROWS = 16
 
 
 def lnamd(feature: "torch.Tensor", r: int, grid: tuple[int, int]) -> "torch.Tensor":
@@ -39,20 +42,73 @@ def lnamd(feature: "torch.Tensor", r: int, grid: tuple[int, int]) -> "torch.Tens
     return F.normalize(x, dim=-1)
 
 
-def block_size(num_patches: int, chunk_bytes: int) -> int:
-    """Images per side of a block so that the ``(a L) x (a L)`` similarity block fits ``chunk_bytes``."""
-    per_pair = _FLOAT_BYTES * num_patches * num_patches
-    return max(1, int(math.isqrt(max(chunk_bytes // per_pair, 1))))
+def columns_per_chunk(num_patches: int, chunk_bytes: int) -> int:
+    """Reference images per matmul so that the ``L x (c L)`` similarity chunk fits ``chunk_bytes`` (at least 1)."""
+    return max(1, chunk_bytes // (_FLOAT_BYTES * num_patches * num_patches))
 
 
-def mutual_scoring_bytes(num_images: int, num_patches: int, channels: int, chunk_bytes: int) -> int:
-    """Peak working memory of :func:`mutual_scores` (features, the N x L x N minima, one block)."""
-    a = min(block_size(num_patches, chunk_bytes), num_images)
+def reference_offsets(num_images: int, references: int | None) -> int | None:
+    """Half-width ``h`` of the reference band (each image meets ``2 h`` others), or None for exact all-pairs.
+
+    None, or a ``references`` that reaches every other image (``2 * ceil(R / 2) >= N - 1``),
+    means all pairs; odd ``references`` round up to the next even number.
+    """
+    if references is None:
+        return None
+    if references < 1:
+        raise ValueError(f"references must be a positive number of images or None, got {references}")
+    half = (references + 1) // 2
+    return None if 2 * half >= num_images - 1 else half
+
+
+def mutual_scoring_bytes(
+    num_images: int, num_patches: int, channels: int, chunk_bytes: int, references: int | None = None
+) -> int:
+    """Peak working memory of :func:`mutual_scores` (features, the table of best matches, one chunk, the top-k)."""
+    half = reference_offsets(num_images, references)
+    slots = num_images if half is None else 2 * half
+    c = min(columns_per_chunk(num_patches, chunk_bytes), max(1, num_images - 1))
     features = num_images * num_patches * channels * _FLOAT_BYTES
-    minima = num_images * num_patches * num_images * _FLOAT_BYTES
-    block = (a * num_patches) ** 2 * _FLOAT_BYTES
-    reductions = 2 * a * num_patches * a * _FLOAT_BYTES
-    return features + 2 * minima + block + reductions
+    table = num_images * num_patches * slots * _FLOAT_BYTES
+    chunk = num_patches * c * num_patches * _FLOAT_BYTES + c * num_patches * channels * _FLOAT_BYTES
+    rows = min(num_images, _TOPK_ROWS)
+    topk = rows * num_patches * slots * (_FLOAT_BYTES + 8)  # values + int64 indices of one row chunk
+    return features + table + chunk + topk
+
+
+def pair_plan(
+    num_images: int, references: int | None, seed: int = 0
+) -> tuple[list["torch.Tensor"], list["torch.Tensor"], list["torch.Tensor"], int]:
+    """Which pairs :func:`mutual_scores` computes: per image ``p`` its partners and table slots.
+
+    Returns ``(partners, own_slots, their_slots, slots)``: image ``p`` is matched once with
+    each ``partners[p][t]``; the best similarities of ``p``'s patches go to
+    ``table[p, :, own_slots[p][t]]`` and those of the partner's patches to
+    ``table[partners[p][t], :, their_slots[p][t]]``, so every computed pair serves both
+    images. Exact (``references`` None or covering everyone): partners are the images
+    after ``p``, the slot is the other image's index (``slots = N``; the diagonal stays
+    unused). Subset: the images are put in a random order drawn from ``seed``, and each
+    meets the ``h`` images after it in that circular order (slots ``0..h-1``) and,
+    through their rows, the ``h`` before it (slots ``h..2h-1``): ``2 h`` references per
+    image, ``N h`` pairs in all, deterministic for a seed.
+    """
+    import torch
+
+    half = reference_offsets(num_images, references)
+    if half is None:
+        partners = [torch.arange(p + 1, num_images) for p in range(num_images)]
+        own = [part.clone() for part in partners]
+        theirs = [torch.full((num_images - p - 1,), p, dtype=torch.long) for p in range(num_images)]
+        return partners, own, theirs, num_images
+    generator = torch.Generator().manual_seed(int(seed))
+    order = torch.randperm(num_images, generator=generator)
+    offsets = torch.arange(1, half + 1)
+    partners = [torch.empty(0, dtype=torch.long)] * num_images
+    own = [offsets - 1] * num_images
+    theirs = [offsets - 1 + half] * num_images
+    for position in range(num_images):
+        partners[int(order[position])] = order[(position + offsets) % num_images]
+    return partners, own, theirs, 2 * half
 
 
 def mutual_scores(
@@ -60,48 +116,62 @@ def mutual_scores(
     topmin: float = 0.3,
     chunk_bytes: int = 512 * 2**20,
     progress: Callable[[int], object] | None = None,
+    *,
+    references: int | None = None,
+    seed: int = 0,
 ) -> "torch.Tensor":
     """Mutual scoring of ``N x L x C`` unit vectors: an ``N x L`` tensor of patch scores.
 
-    For image ``i`` and patch ``p``: ``d_j = min_q ||z_ip - z_jq||`` for each other image
-    ``j``; the score is the mean of the ``max(1, int((N - 1) * topmin))`` smallest ``d_j``.
-    ``progress(n)`` is called after each block with the number of image pairs done.
+    For image ``i`` and patch ``p``: ``d_j = min_q ||z_ip - z_jq||`` for each reference
+    image ``j`` of ``i``; the score is the mean of the ``max(1, int(R * topmin))`` smallest
+    ``d_j``, with ``R`` references per image. ``references=None`` (or one reaching every
+    other image): every other image is a reference (``R = N - 1``, the paper's exact
+    all-pairs scoring). Otherwise each image gets ``R`` (rounded up to even) references
+    of a seeded random circular order (:func:`pair_plan`): cost ``N R / 2`` pairs, not
+    ``N (N - 1) / 2``.
+
+    Memory stays bounded: one ``L x (c L)`` similarity chunk (``chunk_bytes``, reused),
+    a table of best similarities (``N x L x R``, or ``N x L x N`` for all pairs) and the
+    final top-k in chunks of images. ``progress(n)`` is called after each chunk with the
+    number of image pairs done.
     """
     import torch
 
-    n, length, _ = z.shape
+    n, length, channels = z.shape
     if n < 2:
         raise ValueError(f"mutual scoring needs at least 2 images, got {n}")
-    z = z.float()
-    a = min(block_size(length, chunk_bytes), n)
-    # best[i, p, j] = max_q <z_ip, z_jq>  (unit vectors: distance = sqrt(2 - 2 * similarity))
-    best = torch.empty(n, length, n, dtype=torch.float32, device=z.device)
-    for i0 in range(0, n, a):
-        rows = z[i0 : i0 + a]
-        ai = rows.shape[0]
-        rows_flat = rows.reshape(ai * length, -1)
-        for j0 in range(i0, n, a):
-            cols = z[j0 : j0 + a]
-            bj = cols.shape[0]
-            sim = (rows_flat @ cols.reshape(bj * length, -1).T).view(ai, length, bj, length)
-            best[i0 : i0 + ai, :, j0 : j0 + bj] = sim.amax(dim=3)
-            if j0 != i0:
-                best[j0 : j0 + bj, :, i0 : i0 + ai] = sim.amax(dim=1).permute(1, 2, 0)
-            del sim
+    z = z.float().contiguous()
+    partners, own, theirs, slots = pair_plan(n, references, seed)
+    per_chunk = columns_per_chunk(length, chunk_bytes)
+    buffer = torch.empty(length * min(per_chunk, n - 1) * length, dtype=torch.float32, device=z.device)
+    # table[i, p, s] = max_q <z_ip, z_jq> for i's s-th reference j (unit vectors: distance = sqrt(2 - 2 * similarity))
+    table = torch.full((n, length, slots), -torch.inf, dtype=torch.float32, device=z.device)
+    for image in range(n):
+        rows = z[image]
+        for start in range(0, len(partners[image]), per_chunk):
+            others = partners[image][start : start + per_chunk].to(z.device)
+            c = len(others)
+            sim = buffer[: length * c * length].view(length, c * length)
+            torch.matmul(rows, z[others].reshape(c * length, channels).T, out=sim)
+            sim = sim.view(length, c, length)
+            table[image][:, own[image][start : start + c].to(z.device)] = sim.amax(dim=2)
+            table[others, :, theirs[image][start : start + c].to(z.device)] = sim.amax(dim=0)
             if progress is not None:
-                progress(ai * bj if j0 != i0 else ai * (ai + 1) // 2)
-    dist = (2.0 - 2.0 * best).clamp_(min=0.0).sqrt_()
-    del best
-    eye = torch.arange(n, device=z.device)
-    dist[eye, :, eye] = float("inf")  # an image is never compared with itself
-    k = max(1, int((n - 1) * topmin))
-    lowest = torch.topk(dist, k, dim=2, largest=False, sorted=False).values
-    return lowest.mean(dim=2)
+                progress(c)
+    del buffer
+    used = n - 1 if slots == n else slots
+    k = max(1, int(used * topmin))
+    out = torch.empty(n, length, dtype=torch.float32, device=z.device)
+    for start in range(0, n, _TOPK_ROWS):  # the top-k in chunks of images: bounded memory
+        best = torch.topk(table[start : start + _TOPK_ROWS], k, dim=2, largest=True, sorted=False).values
+        out[start : start + _TOPK_ROWS] = (2.0 - 2.0 * best).clamp_(min=0.0).sqrt_().mean(dim=2)
+    return out
 
 
-def num_pairs(n: int) -> int:
-    """Image pairs (including each image with itself) that :func:`mutual_scores` computes."""
-    return n * (n + 1) // 2
+def num_pairs(n: int, references: int | None = None) -> int:
+    """Image pairs that :func:`mutual_scores` computes (each serves both of its images)."""
+    half = reference_offsets(n, references)
+    return n * (n - 1) // 2 if half is None else n * half
 
 
 def rscin(scores: "torch.Tensor", embeddings: "torch.Tensor | None", k_list: Sequence[int]) -> "torch.Tensor":
