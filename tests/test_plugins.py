@@ -1,4 +1,4 @@
-"""The plugin host: registration, lookup errors, failing plugins, MYRIAD_LOAD_PLUGINS."""
+"""The plugin host: registration, lookup errors, broken plugins isolated and reported once, MYRIAD_LOAD_PLUGINS."""
 
 from __future__ import annotations
 
@@ -7,10 +7,10 @@ import types
 import pytest
 
 from myriad import hookimpl
-from myriad.errors import ConfigError, MyriadError, UnknownExpertError
+from myriad.errors import ConfigError, MyriadError, PluginError, UnknownExpertError
 from myriad.experts import Mode
-from myriad.plugins import get_expert, get_expert_info, list_experts
-from myriad.testing import constant_expert, constant_expert_plugin
+from myriad.plugins import get_expert, get_expert_info, list_experts, plugin_errors
+from myriad.testing import constant_expert, constant_expert_plugin, registered_plugin
 
 
 EchoExpert = constant_expert()
@@ -43,24 +43,80 @@ def test_invalid_config_names_the_expert(myriad_plugin):
         get_expert("echo", {"level": "not a number"})
 
 
-def test_duplicate_names_are_refused(myriad_plugin):
-    myriad_plugin(make_plugin(), name="a")
-    myriad_plugin(make_plugin(), name="b")
-    with pytest.raises(MyriadError, match="registered twice"):
-        list_experts()
+def errors_of(name: str) -> list[PluginError]:
+    return [e for e in plugin_errors() if e.entry_point == name]
 
 
-def test_unknown_mode_is_refused(myriad_plugin):
-    plugin = types.SimpleNamespace()
+def plugin_calling(register_call) -> types.SimpleNamespace:
+    """An in-process plugin whose hook runs ``register_call(register)``."""
 
     @hookimpl
     def register_experts(register):
-        register("bad", factory=EchoExpert, config=EchoConfig, modes=["sometimes"], description="x")
+        register_call(register)
 
-    plugin.register_experts = register_experts
-    myriad_plugin(plugin, name="bad")
-    with pytest.raises(MyriadError, match="unknown mode"):
-        list_experts()
+    return types.SimpleNamespace(register_experts=register_experts)
+
+
+def test_duplicate_names_are_withheld_from_both_and_reported_once(myriad_plugin):
+    myriad_plugin(make_plugin(), name="a")
+    myriad_plugin(make_plugin(), name="b")
+    myriad_plugin(make_plugin("other"), name="c")
+    for _ in range(3):  # listing again neither raises nor repeats the report
+        names = [e.name for e in list_experts()]
+    assert "echo" not in names and "other" in names
+    for plugin, other in (("a", "b"), ("b", "a")):
+        (error,) = errors_of(plugin)
+        assert isinstance(error, PluginError) and isinstance(error, MyriadError)
+        assert error.distribution == plugin and f"'echo' is also registered by {other}" in error.error
+    with pytest.raises(UnknownExpertError, match="several plugins"):
+        get_expert("echo")
+
+
+@pytest.mark.parametrize(
+    "bad_call, message",
+    [
+        (lambda r: r("bad", factory=EchoExpert, config=EchoConfig, modes=["sometimes"], description="x"), "unknown mode 'sometimes'"),
+        (lambda r: r("bad", factory=EchoExpert, config=EchoConfig, modes=[], description="x"), "no modes"),
+        (lambda r: r("bad", factory=EchoExpert, config=dict, modes=["zero_shot"], description="x"), "pydantic"),
+        (lambda r: r("two words", factory=EchoExpert, config=EchoConfig, modes=["zero_shot"], description="x"), "name"),
+        (lambda r: r("bad", factory=EchoExpert, config=EchoConfig, modes=["zero_shot"], description="a\nb"), "one line"),
+        (lambda r: r("bad", factory=42, config=EchoConfig, modes=["zero_shot"], description="x"), "factory"),
+        (lambda r: r("bad", factory=EchoExpert, config=EchoConfig, modes=["zero_shot"]), "description"),
+        (lambda r: 1 / 0, "ZeroDivisionError"),
+    ],
+)
+def test_a_broken_registration_is_isolated_to_its_plugin(myriad_plugin, bad_call, message):
+    def good_then_bad(register):
+        register("half", factory=EchoExpert, config=EchoConfig, modes=["zero_shot"], description="x")
+        bad_call(register)
+
+    myriad_plugin(make_plugin(), name="good")
+    myriad_plugin(plugin_calling(good_then_bad), name="broken")
+    names = [e.name for e in list_experts()]
+    assert "echo" in names and "half" not in names and "bad" not in names  # a broken plugin registers nothing
+    (error,) = errors_of("broken")
+    assert message in error.error and "register_experts failed" in str(error)
+    assert errors_of("good") == []
+    list_experts()
+    assert len(errors_of("broken")) == 1
+    with pytest.raises(UnknownExpertError, match="plugins that failed: broken"):
+        get_expert("half")
+
+
+def test_errors_go_with_the_plugin(myriad_plugin):
+    broken = plugin_calling(lambda r: r("bad", factory=EchoExpert, config=EchoConfig, modes=["x"], description="x"))
+    with registered_plugin(broken, name="transient"):
+        assert len(errors_of("transient")) == 1
+    assert errors_of("transient") == []
+
+
+def test_plugin_error_keeps_its_fields_and_pickles():
+    import pickle
+
+    error = PluginError("dist-a", "ep", "boom")
+    assert (error.distribution, error.entry_point, error.error) == ("dist-a", "ep", "boom")
+    assert str(error) == "plugin dist-a (ep): boom"
+    assert pickle.loads(pickle.dumps(error)) == error
 
 
 def test_lazy_factory_string_with_bad_target(myriad_plugin):

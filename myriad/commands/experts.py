@@ -1,4 +1,4 @@
-"""``myriad experts``: list installed expert plugins."""
+"""``myriad experts``: list installed expert plugins, and (once, on stderr) the plugins that failed."""
 
 from __future__ import annotations
 
@@ -10,13 +10,15 @@ import click
 @click.command("experts")
 @click.option("--json", "as_json", is_flag=True, help="Print a JSON list of objects.")
 def experts_command(as_json: bool) -> None:
-    """List installed experts: name, modes, distribution, version, description."""
+    """List installed experts: name, modes, distribution, version, description.
+
+    Plugins that failed to load or register are listed on stderr, one line each; the others are listed as usual.
+    """
     from myriad.plugins import list_experts, plugin_errors
 
     experts = list_experts()
-    errors = plugin_errors()
-    for error in errors:
-        click.echo(f"warning: plugin {error.distribution} ({error.entry_point}) failed to load: {error.error}", err=True)
+    for error in plugin_errors():
+        click.echo(f"warning: {error}", err=True)
     if as_json:
         click.echo(json.dumps([info.as_dict() for info in experts], indent=2))
         return
