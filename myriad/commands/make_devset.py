@@ -3,11 +3,12 @@
 from __future__ import annotations
 
 from pathlib import Path
+from typing import Callable
 
 import click
 
 # Kept in sync with myriad.synthetic.devset.PRESET_NAMES (not imported here: --help stays instant).
-_PRESETS = ("default", "benchmark", "samples")
+_PRESETS = ("default", "benchmark", "samples", "realistic")
 
 
 def _names(values: tuple[str, ...]) -> tuple[str, ...] | None:
@@ -19,7 +20,8 @@ def _names(values: tuple[str, ...]) -> tuple[str, ...] | None:
 @click.command("make-devset")
 @click.argument("out", type=click.Path(file_okay=False, path_type=Path), required=False)
 @click.option("--preset", type=click.Choice(_PRESETS), default="default", show_default=True,
-              help="Starting point: default (fast, ~190 images), benchmark (~2,150 images), samples (12 images).")
+              help="Starting point: default (fast, ~190 images), benchmark (~2,150 images), samples (12 images), "
+                   "realistic (real photos, subtle real-sized defects, ~1,740 images; docs/realistic-devset.md).")
 @click.option("--seed", type=int, default=None, help="Random seed (same seed = identical files). [default: 0]")
 @click.option("--categories", "-c", multiple=True, metavar="NAMES",
               help="Texture categories, comma-separated or repeated (see --list).")
@@ -58,6 +60,9 @@ def make_devset_command(
     from myriad.synthetic.devset import PRESETS, make_devset
     from myriad.synthetic.textures import TEXTURES
 
+    if preset == "realistic":
+        _realistic(out, seed, categories, train, test_good, test_defect, size, defects, overwrite, list_only, quiet)
+        return
     if list_only:
         click.echo("textures:")
         for t in TEXTURES.values():
@@ -82,6 +87,13 @@ def make_devset_command(
     }
     spec = replace(spec, **{k: v for k, v in overrides.items() if v is not None})
 
+    start = time.perf_counter()
+    manifest = _with_progress(lambda progress: make_devset(out, spec, overwrite=overwrite, progress=progress), quiet)
+    _summary(manifest, out, start)
+
+
+def _with_progress(job: Callable[[Callable[[int, int], None]], dict], quiet: bool) -> dict:
+    """Run ``job(progress)`` under a tqdm bar (none with ``quiet``)."""
     bar = None
     if not quiet:
         from tqdm import tqdm
@@ -93,15 +105,66 @@ def make_devset_command(
             bar.total = total
             bar.update(1)
 
-    start = time.perf_counter()
     try:
-        manifest = make_devset(out, spec, overwrite=overwrite, progress=progress)
+        return job(progress)
     finally:
         if bar is not None:
             bar.close()
+
+
+def _summary(manifest: dict, out: Path, start: float) -> None:
+    import time
+
     images = len(manifest["files"])
     defective = sum(1 for f in manifest["files"] if f["defect"] != "good")
     click.echo(
         f"wrote {images} images ({defective} defective) in {len(manifest['categories'])} categories to {out} "
         f"in {time.perf_counter() - start:.1f} s"
     )
+
+
+def _realistic(
+    out: Path | None,
+    seed: int | None,
+    categories: tuple[str, ...],
+    train: int | None,
+    test_good: int | None,
+    test_defect: int | None,
+    size: int | None,
+    defects: tuple[str, ...],
+    overwrite: bool,
+    list_only: bool,
+    quiet: bool,
+) -> None:
+    """``--preset realistic``: real photos and subtle defects (myriad.synthetic.realistic_devset)."""
+    import time
+    from dataclasses import replace
+
+    from myriad.synthetic.realistic_defects import REALISTIC_KINDS
+    from myriad.synthetic.realistic_devset import REALISTIC, make_realistic_devset
+    from myriad.synthetic.realistic_photos import PHOTOS
+
+    if list_only:
+        click.echo("photos (E = realistic dev set, T = may train the LMM):")
+        for p in PHOTOS.values():
+            tag = "E" if p.split == "eval" else "T"
+            click.echo(f"  {tag} {p.name:<8} {'oriented ' if p.oriented else 'isotropic'}  {p.description}")
+        click.echo("realistic defect kinds (E = evaluation, T = training):")
+        for k in REALISTIC_KINDS.values():
+            click.echo(f"  {'E' if k.split == 'eval' else 'T'} {k.name:<20} {k.family:<13} {k.description}")
+        return
+    if out is None:
+        raise click.UsageError("missing argument OUT (the folder to write the dev set to)")
+    overrides = {
+        "seed": seed,
+        "categories": _names(categories),
+        "train": train,
+        "test_good": test_good,
+        "test_defect": test_defect,
+        "size": size,
+        "defects": _names(defects),
+    }
+    spec = replace(REALISTIC, **{k: v for k, v in overrides.items() if v is not None})
+    start = time.perf_counter()
+    manifest = _with_progress(lambda progress: make_realistic_devset(out, spec, overwrite=overwrite, progress=progress), quiet)
+    _summary(manifest, out, start)

@@ -53,7 +53,8 @@ __all__ = [
 MANIFEST = "devset.json"
 FORMAT = "myriad-devset/1"
 DEFAULT_CATEGORIES = ("brick", "grass", "gravel", "wood", "weave")
-PRESET_NAMES = ("default", "benchmark", "samples")
+#: Every ``--preset`` of ``myriad make-devset``; ``realistic`` is made by :mod:`myriad.synthetic.realistic_devset`.
+PRESET_NAMES = ("default", "benchmark", "samples", "realistic")
 
 
 @dataclass(frozen=True)
