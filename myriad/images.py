@@ -2,12 +2,18 @@
 
 :func:`load_image` always returns an RGB ``uint8`` array ``H x W x 3``, whatever the
 file holds (grayscale, RGBA, palette, 16-bit); errors name the file.
+
+Only the raster formats in :data:`IMAGE_FORMATS` are opened (never EPS/PS/PDF, which Pillow
+would hand to Ghostscript), and an image's size is read from its header and checked against
+:data:`MAX_PIXELS` before any pixel is decoded. Nothing here changes Pillow's process-wide
+settings (``PIL.Image.MAX_IMAGE_PIXELS`` is left alone), so concurrent callers cannot race.
 """
 
 from __future__ import annotations
 
+import contextlib
 from pathlib import Path
-from typing import TYPE_CHECKING, Iterable, Literal, Sequence
+from typing import TYPE_CHECKING, Iterable, Iterator, Literal, Sequence
 
 from myriad.errors import ImageError
 
@@ -16,8 +22,11 @@ if TYPE_CHECKING:  # pragma: no cover
     import torch
 
 IMAGE_SUFFIXES = (".png", ".jpg", ".jpeg", ".bmp", ".tif", ".tiff", ".webp")
-#: Images above this many pixels are refused (a decompression bomb or a mistake).
-MAX_PIXELS = 16384 * 16384
+#: Pillow format names Myriad opens, whatever a file's suffix says; every other format is refused.
+IMAGE_FORMATS = ("PNG", "JPEG", "BMP", "TIFF", "WEBP")
+#: Images above this many pixels (8192 x 8192) are refused from the header, before decoding
+#: (a decompression bomb or a mistake). Below Pillow's own bomb threshold, so it always applies first.
+MAX_PIXELS = 8192 * 8192
 
 CLIP_MEAN = (0.48145466, 0.4578275, 0.40821073)
 CLIP_STD = (0.26862954, 0.26130258, 0.27577711)
@@ -40,36 +49,70 @@ def list_images(folder: str | Path) -> list[Path]:
     return sorted(p for p in folder.iterdir() if p.is_file() and is_image_file(p) and not p.name.startswith("."))
 
 
-def load_image(path: str | Path) -> "np.ndarray":
+def read_image_size(path: str | Path, max_pixels: int | None = None) -> tuple[int, int]:
+    """``(width, height)`` of an image file from its header alone, checked against the pixel limit.
+
+    Raises :class:`ImageError` naming the file when it is missing, not one of
+    :data:`IMAGE_FORMATS`, corrupt, or larger than ``max_pixels`` (default :data:`MAX_PIXELS`).
+    """
+    with _open_checked(Path(path), max_pixels) as img:
+        return img.size
+
+
+def load_image(path: str | Path, max_pixels: int | None = None) -> "np.ndarray":
     """Read an image file as RGB uint8 ``H x W x 3``.
 
     Grayscale is replicated to three channels, alpha is composited onto black
     (transparent areas are background), palettes are expanded and 16-bit or float
-    images are rescaled to 8 bits by their bit depth.
+    images are rescaled to 8 bits by their bit depth. Files of other formats than
+    :data:`IMAGE_FORMATS`, or over ``max_pixels`` (default :data:`MAX_PIXELS`, checked from the
+    header before decoding), are refused with an :class:`ImageError` naming the file.
     """
-    import numpy as np
-    from PIL import Image, UnidentifiedImageError
+    from PIL import Image
 
     path = Path(path)
+    with _open_checked(path, max_pixels) as img:
+        try:
+            img.load()
+            return to_rgb_array(img, source=str(path))
+        except (Image.DecompressionBombError, Image.DecompressionBombWarning) as exc:
+            raise ImageError(f"{path}: image too large ({exc})") from exc
+        except (OSError, SyntaxError, ValueError) as exc:
+            raise ImageError(f"{path}: corrupt or truncated image: {exc}") from exc
+
+
+def check_pixels(width: int, height: int, source: str, max_pixels: int | None = None) -> None:
+    """Refuse ``width x height`` above ``max_pixels`` (default :data:`MAX_PIXELS`) with an error naming ``source``."""
+    limit = MAX_PIXELS if max_pixels is None else max_pixels
+    if width * height > limit:
+        raise ImageError(
+            f"{source}: image too large: {width} x {height} = {width * height} pixels; the limit is {limit} pixels"
+        )
+
+
+@contextlib.contextmanager
+def _open_checked(path: Path, max_pixels: int | None) -> Iterator["object"]:
+    """Open ``path`` lazily (header only) as one of :data:`IMAGE_FORMATS`, refusing it above the pixel limit."""
+    from PIL import Image, UnidentifiedImageError
+
     if not path.exists():
         raise ImageError(f"{path}: file not found")
     if path.is_dir():
         raise ImageError(f"{path}: is a folder, not an image")
-    previous = Image.MAX_IMAGE_PIXELS
-    Image.MAX_IMAGE_PIXELS = MAX_PIXELS
     try:
-        with Image.open(path) as img:
-            img.load()
-            return to_rgb_array(img, source=str(path))
-    except (Image.DecompressionBombError, Image.DecompressionBombWarning) as exc:
-        raise ImageError(f"{path}: image too large ({exc}); the limit is {MAX_PIXELS} pixels") from exc
+        img = Image.open(path, formats=IMAGE_FORMATS)
+    except Image.DecompressionBombError as exc:  # Pillow's own hard limit, far above ours
+        raise ImageError(f"{path}: image too large ({exc}); the limit is {MAX_PIXELS if max_pixels is None else max_pixels} pixels") from exc
     except UnidentifiedImageError as exc:
-        raise ImageError(f"{path}: not a readable image (unknown or corrupt format)") from exc
+        raise ImageError(
+            f"{path}: not a readable image (unknown or corrupt format; accepted: {', '.join(IMAGE_FORMATS)})"
+        ) from exc
     except (OSError, SyntaxError, ValueError) as exc:
         raise ImageError(f"{path}: corrupt or truncated image: {exc}") from exc
-    finally:
-        Image.MAX_IMAGE_PIXELS = previous
-    del np
+    with img:
+        width, height = img.size
+        check_pixels(width, height, str(path), max_pixels)
+        yield img
 
 
 def to_rgb_array(img: "object", source: str = "image") -> "np.ndarray":

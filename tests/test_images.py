@@ -7,7 +7,7 @@ import pytest
 from PIL import Image
 
 from myriad.errors import ImageError
-from myriad.images import as_rgb, check_batch, list_images, load_image, resize_map, to_tensor
+from myriad.images import IMAGE_FORMATS, as_rgb, check_batch, list_images, load_image, read_image_size, resize_map, to_tensor
 
 
 @pytest.mark.parametrize(
@@ -101,3 +101,69 @@ def test_to_tensor_normalisations_and_crop():
 def test_resize_map():
     out = resize_map(np.ones((4, 4), np.float32), 9, 7)
     assert out.shape == (9, 7) and out.dtype == np.float32 and np.allclose(out, 1)
+
+
+def test_pixel_cap_is_checked_from_the_header_before_decoding(tmp_path):
+    from serve.crafted import png_header
+
+    path = tmp_path / "bomb.png"
+    path.write_bytes(png_header(16500, 16500))  # 33 KB declaring 272 M pixels
+    assert path.stat().st_size < 40_000
+    with pytest.raises(ImageError, match=r"bomb.png: image too large.*limit is 67108864 pixels"):
+        load_image(path)
+    medium = tmp_path / "medium.png"
+    medium.write_bytes(png_header(9000, 8000))  # above our limit, below Pillow's own
+    with pytest.raises(ImageError, match=r"medium.png: image too large: 9000 x 8000 = 72000000 pixels"):
+        load_image(medium)
+    with pytest.raises(ImageError, match="image too large"):
+        read_image_size(path)
+    small = tmp_path / "small.png"
+    Image.fromarray(np.zeros((10, 20, 3), np.uint8)).save(small)
+    assert read_image_size(small) == (20, 10) and load_image(small).shape == (10, 20, 3)
+    with pytest.raises(ImageError, match="limit is 100 pixels"):
+        load_image(small, max_pixels=100)
+
+
+@pytest.mark.filterwarnings("ignore::PIL.Image.DecompressionBombWarning")
+def test_pillow_global_limit_is_never_touched_even_under_threads(tmp_path, monkeypatch):
+    from concurrent.futures import ThreadPoolExecutor
+
+    from serve.crafted import png_header
+
+    sentinel = 123_456_789
+    monkeypatch.setattr(Image, "MAX_IMAGE_PIXELS", sentinel)
+    ok = tmp_path / "ok.png"
+    Image.fromarray(np.zeros((32, 32, 3), np.uint8)).save(ok)
+    bomb = tmp_path / "bomb.png"
+    bomb.write_bytes(png_header(12000, 12000))
+    seen = set()
+
+    def one(path):
+        seen.add(Image.MAX_IMAGE_PIXELS)
+        try:
+            return load_image(path).shape
+        except ImageError:
+            return "refused"
+        finally:
+            seen.add(Image.MAX_IMAGE_PIXELS)
+
+    with ThreadPoolExecutor(max_workers=8) as pool:
+        results = list(pool.map(one, [ok, bomb] * 20))
+    assert results == [(32, 32, 3), "refused"] * 20
+    assert seen == {sentinel} and Image.MAX_IMAGE_PIXELS == sentinel
+
+
+@pytest.mark.parametrize("name", ["drawing.eps", "drawing.png"])
+def test_only_documented_raster_formats_are_opened(tmp_path, name, monkeypatch):
+    from PIL import EpsImagePlugin
+
+    from serve.crafted import eps_file
+
+    calls = []
+    monkeypatch.setattr(EpsImagePlugin, "Ghostscript", lambda *a, **k: calls.append(a))
+    path = tmp_path / name
+    path.write_bytes(eps_file())
+    with pytest.raises(ImageError, match=f"{name}: not a readable image .*accepted: PNG, JPEG, BMP, TIFF, WEBP"):
+        load_image(path)
+    assert calls == []
+    assert set(IMAGE_FORMATS) == {"PNG", "JPEG", "BMP", "TIFF", "WEBP"}

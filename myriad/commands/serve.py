@@ -1,51 +1,99 @@
-"""``myriad serve``: the REST API and the web page (FastAPI + Gradio, run by uvicorn)."""
+"""``myriad serve``: the REST API and the web page (FastAPI + static page, run by uvicorn)."""
 
 from __future__ import annotations
 
+import json
 from pathlib import Path
+from typing import Any
 
 import click
 
 from myriad.commands.options import precision_option
 
+_HOST_HELP = (
+    "Interface to listen on. Keep the default loopback address unless other machines must connect: any other "
+    "address (e.g. 0.0.0.0, every interface) exposes the server to the network and needs --token."
+)
+
+
+def _expert_config(value: str | None) -> dict[str, dict[str, Any]]:
+    """``--expert-config``: a JSON object (or a JSON file) mapping expert names to settings objects."""
+    if not value:
+        return {}
+    text = Path(value).read_text(encoding="utf-8") if Path(value).is_file() else value
+    try:
+        data = json.loads(text)
+    except (json.JSONDecodeError, UnicodeDecodeError) as exc:
+        raise click.BadParameter(f"not valid JSON: {exc}", param_hint="--expert-config") from None
+    if not isinstance(data, dict) or not all(isinstance(v, dict) for v in data.values()):
+        raise click.BadParameter('give {"<expert>": {<settings>}, ...}', param_hint="--expert-config")
+    return data
+
 
 @click.command("serve")
-@click.option("--host", default="127.0.0.1", show_default=True, help="Interface to listen on (0.0.0.0 for every one).")
+@click.option("--host", default="127.0.0.1", show_default=True, help=_HOST_HELP)
 @click.option("--port", default=8000, show_default=True, type=click.IntRange(0, 65535), help="TCP port.")
+@click.option("--token", "tokens", multiple=True, envvar="MYRIAD_SERVE_TOKEN", show_envvar=True,
+              help="Bearer token every /api/ request must send (repeat for several clients, each its own owner; "
+                   "the environment variable takes several separated by spaces). Required off loopback.")
+@click.option("--allowed-host", "allowed_hosts", multiple=True,
+              help="Another host name clients may use in the Host header (besides loopback names and --host); '*': any.")
 @click.option("--expert", default="patchcore", show_default=True, help="Default expert of new profiles (see `myriad experts`).")
+@click.option("--expert-config", default=None, metavar="JSON|FILE",
+              help='Operator settings per expert, e.g. \'{"patchcore": {"backbone": "wide_resnet50_2", "weights": "/models/wrn50.pth"}}\'. '
+                   "Clients may only add bounded, harmless settings (see docs/serving.md).")
 @click.option("--lmm", default="mini", show_default=True, help="'mini' (shipped weights), a weights file, or 'none' (expert only).")
 @click.option("--device", default="cpu", show_default=True, help="Torch device of the LMM and the experts.")
 @precision_option
 @click.option("--data-root", type=click.Path(file_okay=False, exists=True, path_type=Path), default=None,
               help="Allow fitting profiles from server-side folders under this directory (off by default).")
 @click.option("--max-upload-mb", type=click.FloatRange(min=0.001), default=20.0, show_default=True, help="Largest uploaded file, in MiB.")
+@click.option("--max-request-mb", type=click.FloatRange(min=0.001), default=256.0, show_default=True,
+              help="Largest request body, in MiB, counted while it streams in.")
 @click.option("--max-files", type=click.IntRange(1), default=64, show_default=True, help="Most normal images per profile.")
 @click.option("--max-side", type=click.IntRange(8), default=4096, show_default=True, help="Largest image side, in pixels.")
 @click.option("--max-pixels", type=click.IntRange(64), default=4096 * 4096, show_default=True, help="Largest image area, in pixels.")
-@click.option("--max-profiles", type=click.IntRange(1), default=32, show_default=True, help="Profiles kept in memory (least recently used dropped).")
-@click.option("--max-sessions", type=click.IntRange(1), default=128, show_default=True, help="Inspected images (with their chats) kept in memory.")
+@click.option("--max-question-chars", type=click.IntRange(1), default=500, show_default=True, help="Longest question (ask, follow-ups).")
+@click.option("--max-turns", type=click.IntRange(1), default=8, show_default=True, help="Follow-up questions per session.")
+@click.option("--max-new-tokens", type=click.IntRange(1), default=64, show_default=True, help="Tokens per answer at most.")
+@click.option("--max-generation-s", type=click.FloatRange(min=0.1), default=20.0, show_default=True, help="Seconds of decoding per answer at most.")
+@click.option("--max-profiles", type=click.IntRange(1), default=32, show_default=True, help="Profiles kept in memory, all clients.")
+@click.option("--max-sessions", type=click.IntRange(1), default=128, show_default=True, help="Inspected images (with their chats) kept, all clients.")
+@click.option("--per-client-profiles", type=click.IntRange(1), default=None, help="Profiles one client may keep [default: a quarter of --max-profiles].")
+@click.option("--per-client-sessions", type=click.IntRange(1), default=None, help="Sessions one client may keep [default: a quarter of --max-sessions].")
 @click.option("--no-ui", is_flag=True, help="Serve the REST API only, without the web page.")
 @click.option("--log-level", type=click.Choice(["critical", "error", "warning", "info", "debug"]), default="info", show_default=True)
 def serve_command(
     host: str,
     port: int,
+    tokens: tuple[str, ...],
+    allowed_hosts: tuple[str, ...],
     expert: str,
+    expert_config: str | None,
     lmm: str,
     device: str,
     precision: str,
     data_root: Path | None,
     max_upload_mb: float,
+    max_request_mb: float,
     max_files: int,
     max_side: int,
     max_pixels: int,
+    max_question_chars: int,
+    max_turns: int,
+    max_new_tokens: int,
+    max_generation_s: float,
     max_profiles: int,
     max_sessions: int,
+    per_client_profiles: int | None,
+    per_client_sessions: int | None,
     no_ui: bool,
     log_level: str,
 ) -> None:
     """Serve the inspection API at /api (schema at /docs) and the web page at /ui.
 
-    The LMM is loaded once at start-up and shared by every profile and request.
+    The LMM is loaded once at start-up and shared by every profile and request. Off loopback,
+    a token is required; see docs/serving.md for what the server does and does not protect.
     """
     try:
         import uvicorn
@@ -56,20 +104,35 @@ def serve_command(
     from myriad.errors import WeightsError
     from myriad.plugins import get_expert_info
     from myriad.serve.limits import Limits
+    from myriad.serve.security import AccessPolicy, check_bind
 
+    tokens = tuple(t for value in tokens for t in value.split())
+    try:
+        check_bind(host, tokens)
+    except ValueError as exc:
+        raise click.ClickException(str(exc)) from None
     get_expert_info(expert)  # an unknown default expert is a start-up error naming the installed ones
+    operator = _expert_config(expert_config)
+    for name in operator:
+        get_expert_info(name)
     limits = Limits(
-        max_upload_bytes=int(max_upload_mb * 1024 * 1024), max_files=max_files, max_side=max_side, max_pixels=max_pixels
+        max_upload_bytes=int(max_upload_mb * 1024 * 1024), max_files=max_files, max_side=max_side, max_pixels=max_pixels,
+        max_body_bytes=int(max_request_mb * 1024 * 1024), max_question_chars=max_question_chars, max_turns=max_turns,
+        max_new_tokens=max_new_tokens, max_generation_s=max_generation_s,
     )
+    policy = AccessPolicy.for_bind(host, tokens, allowed_hosts, max_body_bytes=limits.max_request_bytes)
     click.echo(f"loading the LMM ({lmm}) ...", err=True)
     try:
         app = create_app(
             lmm=lmm, expert=expert, device=device, precision=precision, limits=limits, data_root=data_root,
-            max_profiles=max_profiles, max_sessions=max_sessions, ui=not no_ui,
+            max_profiles=max_profiles, max_sessions=max_sessions, per_client_profiles=per_client_profiles,
+            per_client_sessions=per_client_sessions, expert_config=operator, policy=policy, ui=not no_ui,
         )
     except WeightsError as exc:
         raise click.ClickException(
             f"{exc}\nStart with `--lmm none` for expert-only answers, or `--lmm PATH` for trained weights."
         ) from exc
-    click.echo(f"Myriad at http://{host}:{port}/ (page /ui, API /api, schema /docs)", err=True)
+    shown = f"[{host}]" if ":" in host else host
+    click.echo(f"Myriad at http://{shown}:{port}/ (page /ui, API /api, schema /docs)"
+               + ("; token required" if tokens else ""), err=True)
     uvicorn.run(app, host=host, port=port, log_level=log_level)

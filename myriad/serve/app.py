@@ -4,11 +4,15 @@ Routes (all JSON unless said; the schema is served at ``/openapi.json``, browsab
 
 - ``GET /api/health``, ``GET /api/experts``
 - ``GET /api/profiles``; ``POST /api/profiles/{name}`` fits a profile from uploaded normal images
-  (multipart ``files``) or a server-side ``folder``; ``GET`` / ``DELETE /api/profiles/{name}``
+  (multipart ``files``) or a ``folder`` under the server's ``--data-root``; ``GET`` / ``DELETE /api/profiles/{name}``
 - ``POST /api/profiles/{name}/inspect`` inspects one uploaded ``file`` and opens a session
 - ``GET /api/sessions/{id}``, ``GET /api/sessions/{id}/overlay.png`` (PNG),
   ``POST /api/sessions/{id}/ask`` (a follow-up question), ``DELETE /api/sessions/{id}``
-- ``/ui/``: the web page (Gradio), unless built with ``ui=False``
+- ``/ui/``: the web page, static files of this package (:mod:`myriad.serve.page`) that call the API
+  above and nothing else, unless built with ``ui=False``
+
+Profiles and sessions belong to the client that made them (see :mod:`myriad.serve.security`).
+Every refusal is JSON ``{"detail": "<one line>"}`` (also for 422s), never a traceback.
 """
 
 from __future__ import annotations
@@ -18,12 +22,15 @@ from pathlib import Path
 from typing import Any, Optional
 
 from fastapi import FastAPI, File, Form, Request, Response, UploadFile
+from fastapi.exceptions import RequestValidationError
 from fastapi.responses import JSONResponse, RedirectResponse
+from starlette.exceptions import HTTPException as StarletteHTTPException
 
 from myriad import __version__
 from myriad.errors import MyriadError
+from myriad.inspection import DEFAULT_PRECISION
 from myriad.serve.errors import ServeError, status_of
-from myriad.serve.limits import Limits, check_count, display_name, human_bytes, load_checked_image, request_tempdir, save_upload
+from myriad.serve.limits import Limits, check_count, clip, display_name, load_checked_image, request_tempdir, save_upload
 from myriad.serve.profiles import Session
 from myriad.serve.schemas import (
     AnswerOut,
@@ -36,20 +43,25 @@ from myriad.serve.schemas import (
     SessionOut,
     TurnOut,
 )
-from myriad.inspection import DEFAULT_PRECISION
-from myriad.serve.service import InspectionService
+from myriad.serve.security import AccessPolicy, SecurityMiddleware
+from myriad.serve.service import DEFAULT_OWNER, InspectionService
 
 __all__ = ["create_app"]
 
-_ERRORS: dict[int | str, dict[str, Any]] = {
-    code: {"model": ErrorOut, "description": text}
-    for code, text in {
-        403: "server-side folder not allowed",
-        404: "unknown profile, session or expert",
-        409: "not possible in the server's state (e.g. follow-ups without the LMM)",
-        413: "upload too large or too many files",
-    }.items()
+#: Longest ``config`` form field (JSON) accepted.
+MAX_CONFIG_CHARS = 4096
+
+_CODES = {
+    400: "a Host header the server does not answer to, or a malformed client id",
+    401: "missing or wrong bearer token (servers started with --token)",
+    403: "a cross-origin request, a server-side folder not allowed, or a file linking outside the data root",
+    404: "unknown profile, session or expert (other clients' are unknown to you)",
+    409: "not possible in the server's state (follow-ups without the LMM, or past the turn limit)",
+    413: "upload too large or too many files",
+    422: "an invalid field: image, name, expert settings, question or folder",
+    429: "the server is full of other clients' recent profiles or sessions",
 }
+_ERRORS: dict[int | str, dict[str, Any]] = {code: {"model": ErrorOut, "description": text} for code, text in _CODES.items()}
 
 
 def create_app(
@@ -64,6 +76,10 @@ def create_app(
     data_root: str | Path | None = None,
     max_profiles: int = 32,
     max_sessions: int = 128,
+    per_client_profiles: int | None = None,
+    per_client_sessions: int | None = None,
+    expert_config: dict[str, dict[str, Any]] | None = None,
+    policy: AccessPolicy | None = None,
     ui: bool = True,
 ) -> FastAPI:
     """Build the Myriad server.
@@ -71,35 +87,39 @@ def create_app(
     The LMM is loaded here, once, and shared by every profile: pass ``model`` to inject one,
     else ``lmm`` (``"mini"``, a weights path or ``"none"``) is loaded and a missing weights file
     raises :class:`myriad.errors.WeightsError`; ``precision`` as in :func:`myriad.inspection.load_lmm`. A ready
-    ``service`` overrides all of these.
-    ``ui=False`` leaves out the Gradio page (and its import).
+    ``service`` overrides all of these. ``expert_config`` maps expert names to the operator's
+    settings (clients may add only the allow-listed ones). ``policy`` says who may connect
+    (default: loopback host names, no token). ``ui=False`` leaves out the web page.
     """
     if service is None:
         from myriad.serve.profiles import ProfileStore
 
+        store = ProfileStore(max_profiles, max_sessions, per_client_profiles, per_client_sessions)
         options: dict[str, Any] = {
             "default_expert": expert,
             "device": device,
             "limits": limits or Limits(),
-            "store": ProfileStore(max_profiles=max_profiles, max_sessions=max_sessions),
+            "store": store,
             "data_root": data_root,
+            "expert_config": expert_config,
         }
         if model is not None:
             service = InspectionService(model, lmm_label="injected", **options)
         else:
             service = InspectionService.load(lmm, precision=precision, **options)
+    policy = policy or AccessPolicy()
+    if policy.max_body_bytes != service.limits.max_request_bytes:
+        policy = AccessPolicy(policy.tokens, policy.allowed_hosts, service.limits.max_request_bytes)
     app = FastAPI(
         title="Myriad",
         version=__version__,
         description="Industrial anomaly detection: vision experts produce anomaly maps, Myriad answers in text.",
     )
     app.state.service = service
-    app.add_middleware(_BodyLimit, max_bytes=service.limits.max_request_bytes)
+    app.state.policy = policy
+    app.add_middleware(SecurityMiddleware, policy=policy)
     _add_routes(app, service)
-
-    @app.exception_handler(MyriadError)
-    def _myriad_error(request: Request, exc: MyriadError) -> JSONResponse:
-        return JSONResponse(status_code=status_of(exc), content={"detail": str(exc)})
+    _add_error_handlers(app)
 
     @app.get("/", include_in_schema=False)
     def _root() -> RedirectResponse:
@@ -108,34 +128,49 @@ def create_app(
     if ui:
         from myriad.serve.page import mount_page
 
-        app = mount_page(app, service, path="/ui")
+        mount_page(app)
     return app
 
 
-class _BodyLimit:
-    """Refuse API requests whose declared body is over the limit before reading it (413)."""
+def _add_error_handlers(app: FastAPI) -> None:
+    @app.exception_handler(MyriadError)
+    def _myriad_error(request: Request, exc: MyriadError) -> JSONResponse:
+        return JSONResponse(status_code=status_of(exc), content={"detail": clip(str(exc), 600)})
 
-    def __init__(self, app: Any, max_bytes: int) -> None:
-        self.app = app
-        self.max_bytes = max_bytes
+    @app.exception_handler(RequestValidationError)
+    def _invalid(request: Request, exc: RequestValidationError) -> JSONResponse:
+        return JSONResponse(status_code=422, content={"detail": validation_detail(exc.errors())})
 
-    async def __call__(self, scope: dict, receive: Any, send: Any) -> None:
-        if scope["type"] == "http" and scope.get("path", "").startswith("/api/"):
-            length = dict(scope.get("headers") or []).get(b"content-length")
-            if length is not None and length.isdigit() and int(length) > self.max_bytes:
-                detail = f"request body of {human_bytes(int(length))} is over the limit of {human_bytes(self.max_bytes)}"
-                await JSONResponse(status_code=413, content={"detail": detail})(scope, receive, send)
-                return
-        await self.app(scope, receive, send)
+    @app.exception_handler(StarletteHTTPException)
+    def _http(request: Request, exc: StarletteHTTPException) -> Response:
+        detail = exc.detail if isinstance(exc.detail, str) else "request refused"
+        return JSONResponse(status_code=exc.status_code, content={"detail": clip(detail, 600)}, headers=exc.headers)
+
+
+def validation_detail(errors: Any) -> str:
+    """FastAPI's validation errors as one line, ``field: problem; ...``, without echoing the input."""
+    parts = []
+    for error in list(errors)[:5]:
+        where = ".".join(str(p) for p in error.get("loc", ()) if p not in ("body", "query", "path", "header"))
+        parts.append(f"{clip(where, 40) or 'request'}: {clip(str(error.get('msg', 'invalid')), 120)}")
+    return "; ".join(parts) or "invalid request"
+
+
+def _owner(request: Request) -> str:
+    """The client a request comes from (set by :class:`SecurityMiddleware`)."""
+    return getattr(request.state, "owner", DEFAULT_OWNER)
 
 
 def _parse_config(value: Optional[str]) -> dict[str, Any]:
     if not value or not value.strip():
         return {}
+    if len(value) > MAX_CONFIG_CHARS:
+        raise ServeError(f"config: {len(value)} characters; the limit is {MAX_CONFIG_CHARS}", status=422)
     try:
         data = json.loads(value)
-    except json.JSONDecodeError as exc:
-        raise ServeError(f"config: not valid JSON: {exc}", status=422) from None
+    except (json.JSONDecodeError, RecursionError) as exc:
+        reason = exc.msg if isinstance(exc, json.JSONDecodeError) else "nested too deeply"
+        raise ServeError(f"config: not valid JSON: {reason}", status=422) from None
     if not isinstance(data, dict):
         raise ServeError("config: must be a JSON object of expert settings", status=422)
     return data
@@ -157,30 +192,31 @@ def _turns(session: Session) -> list[TurnOut]:
 def _add_routes(app: FastAPI, service: InspectionService) -> None:
     limits = service.limits
 
-    @app.get("/api/health", response_model=HealthOut, tags=["server"])
+    @app.get("/api/health", response_model=HealthOut, responses={400: _ERRORS[400]}, tags=["server"])
     def health() -> dict[str, Any]:
-        """Liveness, version, the loaded LMM and how many profiles and sessions are held."""
-        return service.health()
+        """Liveness, version, the loaded LMM, whether a token is needed, and how many profiles and sessions are held."""
+        return {**service.health(), "token_required": app.state.policy.token_required}
 
-    @app.get("/api/experts", response_model=list[ExpertOut], tags=["server"])
+    @app.get("/api/experts", response_model=list[ExpertOut], responses=_ERRORS, tags=["server"])
     def experts() -> list[dict[str, Any]]:
         """The installed expert plugins."""
         return service.experts()
 
-    @app.get("/api/profiles", response_model=list[ProfileOut], tags=["profiles"])
-    def list_profiles() -> list[dict[str, Any]]:
-        """Every fitted profile, least recently used first."""
-        return [p.describe() for p in service.store.list_profiles()]
+    @app.get("/api/profiles", response_model=list[ProfileOut], responses=_ERRORS, tags=["profiles"])
+    def list_profiles(request: Request) -> list[dict[str, Any]]:
+        """Your fitted profiles, least recently used first."""
+        return [p.describe() for p in service.store.list_profiles(_owner(request))]
 
     @app.post("/api/profiles/{name}", response_model=ProfileOut, status_code=201, responses=_ERRORS, tags=["profiles"])
     def fit_profile(
+        request: Request,
         name: str,
         files: Optional[list[UploadFile]] = File(None, description="normal reference images (few-shot: 1 to 16)"),
         folder: Optional[str] = Form(None, description="instead of files: a folder under the server's --data-root"),
         expert: Optional[str] = Form(None, description="expert name (default: the server's --expert)"),
-        config: Optional[str] = Form(None, description="expert settings as a JSON object"),
+        config: Optional[str] = Form(None, description="expert settings as a JSON object (only the allowed fields)"),
     ) -> dict[str, Any]:
-        """Fit (or refit) the profile ``name``: the expert calibrated on normal images."""
+        """Fit (or refit) your profile ``name``: the expert calibrated on normal images."""
         settings = _parse_config(config)
         if files and folder:
             raise ServeError("give either uploaded files or a server-side folder, not both", status=422)
@@ -195,62 +231,66 @@ def _add_routes(app: FastAPI, service: InspectionService) -> None:
                     shown = display_name(upload.filename, i)
                     path = save_upload(upload.file, upload.filename, tmp, i, limits)
                     images.append(load_checked_image(path, shown, limits))
-        return service.fit_profile(name, images, expert=expert, config=settings).describe()
+        return service.fit_profile(name, images, expert=expert, config=settings, owner=_owner(request)).describe()
 
     @app.get("/api/profiles/{name}", response_model=ProfileOut, responses=_ERRORS, tags=["profiles"])
-    def get_profile(name: str) -> dict[str, Any]:
-        """One fitted profile."""
-        return service.store.get_profile(name).describe()
+    def get_profile(request: Request, name: str) -> dict[str, Any]:
+        """One of your fitted profiles."""
+        return service.store.get_profile(name, _owner(request)).describe()
 
     @app.delete("/api/profiles/{name}", status_code=204, responses=_ERRORS, tags=["profiles"])
-    def delete_profile(name: str) -> Response:
-        """Forget a profile."""
-        service.store.delete_profile(name)
+    def delete_profile(request: Request, name: str) -> Response:
+        """Forget one of your profiles."""
+        service.store.delete_profile(name, _owner(request))
         return Response(status_code=204)
 
     @app.post("/api/profiles/{name}/inspect", response_model=InspectionOut, responses=_ERRORS, tags=["inspection"])
     def inspect(
+        request: Request,
         name: str,
         file: UploadFile = File(..., description="the image to inspect"),
-        ask: Optional[str] = Form(None, description="instruction instead of the default question"),
+        ask: Optional[str] = Form(None, description="instruction instead of the default question (bounded length)"),
     ) -> InspectionOut:
         """Inspect one image: calibrated score, decision, Myriad's answer, timings and an overlay URL.
 
         A 422 ``{"detail": "<file>: ..."}`` names an unreadable image or one over the dimension limits.
         """
-        profile = service.store.get_profile(name)
+        owner = _owner(request)
+        profile = service.store.get_profile(name, owner)
+        ask = service.check_question(ask, "ask")
         shown = display_name(file.filename)
         with request_tempdir() as tmp:
             path = save_upload(file.file, file.filename, tmp, 0, limits)
             image = load_checked_image(path, shown, limits)
-        return _inspection(app, service.inspect(profile, image, shown, ask))
+        return _inspection(app, service.inspect(profile, image, shown, ask, owner=owner))
 
     @app.get("/api/sessions/{session_id}", response_model=SessionOut, responses=_ERRORS, tags=["inspection"])
-    def get_session(session_id: str) -> SessionOut:
-        """An inspected image's result and its conversation so far."""
-        session = service.store.get_session(session_id)
+    def get_session(request: Request, session_id: str) -> SessionOut:
+        """One of your inspected images: its result and its conversation so far."""
+        session = service.store.get_session(session_id, _owner(request))
         return SessionOut(session_id=session.id, inspection=_inspection(app, session), turns=_turns(session))
 
     @app.get(
         "/api/sessions/{session_id}/overlay.png",
         name="session_overlay",
         response_class=Response,
-        responses={200: {"content": {"image/png": {}}, "description": "the heat-map overlay"}, 404: _ERRORS[404]},
+        responses={200: {"content": {"image/png": {}}, "description": "the heat-map overlay"}, **_ERRORS},
         tags=["inspection"],
     )
-    def session_overlay(session_id: str) -> Response:
+    def session_overlay(request: Request, session_id: str) -> Response:
         """The heat-map overlay of an inspected image (PNG, the image's own size)."""
-        return Response(service.store.get_session(session_id).overlay_png, media_type="image/png")
+        return Response(service.store.get_session(session_id, _owner(request)).overlay_png, media_type="image/png")
 
     @app.post("/api/sessions/{session_id}/ask", response_model=AnswerOut, responses=_ERRORS, tags=["inspection"])
-    def ask(session_id: str, body: QuestionIn) -> AnswerOut:
-        """Ask a follow-up question about an inspected image (needs the LMM); the conversation is kept."""
-        answer = service.ask(session_id, body.question)
-        return AnswerOut(session_id=session_id, answer=answer, turns=_turns(service.store.get_session(session_id)))
+    def ask(request: Request, session_id: str, body: QuestionIn) -> AnswerOut:
+        """Ask a follow-up question about an inspected image (needs the LMM); the conversation is kept, bounded in turns."""
+        owner = _owner(request)
+        answer = service.ask(session_id, body.question, owner=owner)
+        return AnswerOut(session_id=session_id, answer=answer, turns=_turns(service.store.get_session(session_id, owner)))
 
     @app.delete("/api/sessions/{session_id}", status_code=204, responses=_ERRORS, tags=["inspection"])
-    def delete_session(session_id: str) -> Response:
-        """Forget a session and its conversation."""
-        service.store.delete_session(session_id)
+    def delete_session(request: Request, session_id: str) -> Response:
+        """Forget one of your sessions and its conversation."""
+        service.store.delete_session(session_id, _owner(request))
         return Response(status_code=204)
 

@@ -46,6 +46,12 @@ class ForbiddenError(ServeError):
     status = 403
 
 
+class BusyError(ServeError):
+    """The server holds as many profiles or sessions as it may, all of other clients and recently used."""
+
+    status = 429
+
+
 def status_of(exc: MyriadError) -> int:
     """The HTTP status for any Myriad error: a ServeError's own, 422 for the core's input errors."""
     from myriad.errors import UnknownExpertError
@@ -55,3 +61,4 @@ def status_of(exc: MyriadError) -> int:
     if isinstance(exc, UnknownExpertError):
         return 404
     return 422
+

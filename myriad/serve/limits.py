@@ -1,8 +1,11 @@
-"""Upload limits and per-request temporary files.
+"""Request limits and per-request temporary files.
 
 Every upload is copied, in chunks and under a byte limit, into a temporary directory that
 belongs to one request and is deleted when the request ends; its header is checked against the
-dimension limits before any pixel is decoded. Errors name the uploaded file and the limit.
+dimension limits (and the format against :data:`myriad.images.IMAGE_FORMATS`) before any pixel
+is decoded. The whole body is also capped while it streams in
+(:class:`myriad.serve.security.SecurityMiddleware`). Questions, conversations and answers are
+bounded too, so that no request holds the model lock for long. Errors name the file and the limit.
 """
 
 from __future__ import annotations
@@ -38,16 +41,27 @@ class Limits:
     max_pixels: int = 4096 * 4096
     #: smallest accepted side, in pixels
     min_side: int = 8
+    #: a whole request body, whatever the files add up to
+    max_body_bytes: int = 256 * 1024 * 1024
+    #: characters of a question (``ask=`` of an inspection, a follow-up)
+    max_question_chars: int = 500
+    #: follow-up questions per session
+    max_turns: int = 8
+    #: new tokens per answer
+    max_new_tokens: int = 64
+    #: seconds of decoding per answer (the answer is cut there)
+    max_generation_s: float = 20.0
 
     def __post_init__(self) -> None:
-        for name in ("max_upload_bytes", "max_files", "max_side", "max_pixels", "min_side"):
-            if getattr(self, name) < 1:
-                raise ValueError(f"Limits.{name} must be at least 1, got {getattr(self, name)}")
+        for name in ("max_upload_bytes", "max_files", "max_side", "max_pixels", "min_side", "max_body_bytes",
+                     "max_question_chars", "max_turns", "max_new_tokens", "max_generation_s"):
+            if getattr(self, name) <= 0:
+                raise ValueError(f"Limits.{name} must be positive, got {getattr(self, name)}")
 
     @property
     def max_request_bytes(self) -> int:
-        """A whole request body: every file at its limit, plus 1 MiB for the form fields."""
-        return self.max_upload_bytes * self.max_files + (1 << 20)
+        """A whole request body: every file at its limit plus 1 MiB for the form fields, at most ``max_body_bytes``."""
+        return min(self.max_upload_bytes * self.max_files + (1 << 20), self.max_body_bytes)
 
 
 def human_bytes(count: int) -> str:
@@ -61,9 +75,14 @@ def human_bytes(count: int) -> str:
 
 
 def display_name(name: str | None, index: int = 0) -> str:
-    """The name an upload is reported under: its base name, or ``upload-<index>`` when it has none."""
-    base = Path(name or "").name.strip()
-    return base[:200] if base else f"upload-{index}"
+    """The name an upload is reported under: its base name (printable, at most 100 characters), or ``upload-<index>``."""
+    base = "".join(c for c in Path((name or "").replace("\0", "")).name if c.isprintable()).strip()
+    return clip(base, 100) if base else f"upload-{index}"
+
+
+def clip(text: str, length: int = 80) -> str:
+    """``text`` cut to ``length`` characters (with ``...``), so errors never echo a huge input back."""
+    return text if len(text) <= length else text[: length - 3] + "..."
 
 
 def safe_filename(name: str | None, index: int) -> str:
@@ -116,32 +135,25 @@ def check_count(count: int, what: str, limits: Limits) -> None:
 
 
 def load_checked_image(path: Path, name: str, limits: Limits) -> "np.ndarray":
-    """Read ``path`` as RGB uint8 after checking its dimensions from the header.
+    """Read ``path`` as RGB uint8 after checking its format and dimensions from the header.
 
     Raises :class:`BadImageError` (HTTP 422) naming ``name`` when the file is not a readable
-    image or its size is outside the limits.
+    image of an accepted format or its size is outside the limits; no pixel is decoded before.
     """
-    from PIL import Image, UnidentifiedImageError
+    from myriad.images import load_image, read_image_size
 
-    from myriad.images import load_image
+    def named(exc: ImageError) -> BadImageError:
+        return BadImageError(str(exc).replace(str(path), name))
 
     try:
-        with Image.open(path) as img:
-            width, height = img.size
-    except UnidentifiedImageError:
-        raise BadImageError(f"{name}: not a readable image (unknown or corrupt format)") from None
-    except (OSError, SyntaxError, ValueError) as exc:
-        raise BadImageError(f"{name}: corrupt or truncated image: {exc}") from None
+        width, height = read_image_size(path, max_pixels=limits.max_pixels)
+    except ImageError as exc:
+        raise named(exc) from None
     if max(width, height) > limits.max_side:
         raise BadImageError(f"{name}: the image is {width} x {height} pixels; the limit is {limits.max_side} pixels per side")
-    if width * height > limits.max_pixels:
-        raise BadImageError(
-            f"{name}: the image is {width} x {height} = {width * height} pixels; the limit is {limits.max_pixels} pixels"
-        )
     if min(width, height) < limits.min_side:
         raise BadImageError(f"{name}: the image is {width} x {height} pixels; each side needs at least {limits.min_side}")
     try:
-        return load_image(path)
+        return load_image(path, max_pixels=limits.max_pixels)
     except ImageError as exc:
-        raise BadImageError(str(exc).replace(str(path), name)) from None
-
+        raise named(exc) from None

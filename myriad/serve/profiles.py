@@ -1,9 +1,12 @@
-"""The thread-safe store of fitted inspection profiles and chat sessions.
+"""The thread-safe store of fitted inspection profiles and chat sessions, owned per client.
 
 A *profile* is a named, fitted :class:`~myriad.inspection.Inspector` (an expert calibrated on
 normal images). A *session* is one inspected image: its result, its overlay and the conversation
-of follow-up questions about it. Both are kept in memory, most recently used last; past the
-capacity the least recently used one is dropped.
+of follow-up questions about it. Both belong to the client (*owner*) that made them: other clients
+neither see, use, overwrite nor delete them. Each client has a quota; past it, its own least
+recently used item is dropped. When the whole server is full, a client's own items go first, then
+items of others idle for longer than ``idle_s``; otherwise the request is refused (429), so no client
+can push out another's recent work.
 """
 
 from __future__ import annotations
@@ -16,7 +19,8 @@ from collections import OrderedDict
 from dataclasses import dataclass, field
 from typing import Any
 
-from myriad.serve.errors import NotFoundError, ServeError
+from myriad.serve.errors import BusyError, NotFoundError, ServeError
+from myriad.serve.limits import clip
 
 _PROFILE_NAME = re.compile(r"^[A-Za-z0-9][A-Za-z0-9._-]{0,63}$")
 
@@ -25,7 +29,7 @@ def check_profile_name(name: str) -> str:
     """``name`` if it is a valid profile name (letters, digits, ``._-``, at most 64), else a 422 error."""
     if not _PROFILE_NAME.match(name):
         raise ServeError(
-            f"invalid profile name {name!r}: use 1 to 64 letters, digits, '.', '_' or '-', starting with a letter or digit",
+            f"invalid profile name {clip(name, 40)!r}: use 1 to 64 letters, digits, '.', '_' or '-', starting with a letter or digit",
             status=422,
         )
     return name
@@ -43,6 +47,8 @@ class Profile:
     inspector: Any = field(repr=False)
     fit_ms: float = 0.0
     created: float = field(default_factory=time.time)
+    owner: str = "local/default"
+    last_used: float = field(default_factory=time.monotonic, repr=False)
 
     def describe(self) -> dict[str, Any]:
         """The JSON description of the profile (the inspector left out)."""
@@ -68,6 +74,8 @@ class Session:
     inspector: Any = field(repr=False)
     conversation: Any = field(default=None, repr=False)
     turns: list[tuple[str, str]] = field(default_factory=list)
+    owner: str = "local/default"
+    last_used: float = field(default_factory=time.monotonic, repr=False)
 
     @staticmethod
     def new_id() -> str:
@@ -75,84 +83,159 @@ class Session:
         return uuid.uuid4().hex
 
 
-class ProfileStore:
-    """Profiles by name and sessions by id, safe to use from many threads at once."""
+class _OwnedLRU:
+    """Items by key, least recently used first, each with an ``owner`` and a ``last_used`` time."""
 
-    def __init__(self, max_profiles: int = 32, max_sessions: int = 128) -> None:
+    def __init__(self, what: str, capacity: int, per_owner: int, idle_s: float) -> None:
+        self.what, self.capacity, self.per_owner, self.idle_s = what, capacity, per_owner, idle_s
+        self.items: OrderedDict[Any, Any] = OrderedDict()
+
+    def owned(self, owner: str) -> list[Any]:
+        return [k for k, v in self.items.items() if v.owner == owner]
+
+    def victims(self, owner: str, replacing: Any = None) -> list[Any]:
+        """Keys to drop so that one more item of ``owner`` fits; raises :class:`BusyError` when none may go."""
+        mine = [k for k in self.owned(owner) if k != replacing]
+        present = replacing in self.items
+        drop: list[Any] = []
+        if not present and len(mine) >= self.per_owner:
+            drop.append(mine[0])
+        total = len(self.items) - len(drop) + (0 if present else 1)
+        if total > self.capacity:
+            candidates = [k for k in mine if k not in drop]
+            if candidates:
+                drop.append(candidates[0])
+            else:
+                now = time.monotonic()
+                idle = [k for k, v in self.items.items() if v.owner != owner and now - v.last_used > self.idle_s]
+                if not idle:
+                    raise BusyError(
+                        f"the server holds its maximum of {self.capacity} {self.what}, all recently used by other "
+                        f"clients; try again later or delete some of yours"
+                    )
+                drop.append(idle[0])
+        return drop
+
+    def put(self, key: Any, item: Any) -> list[Any]:
+        drop = self.victims(item.owner, key)
+        for k in drop:
+            self.items.pop(k, None)
+        self.items.pop(key, None)
+        self.items[key] = item
+        return drop
+
+    def get(self, key: Any, owner: str) -> Any:
+        item = self.items.get(key)
+        if item is None or item.owner != owner:
+            return None
+        item.last_used = time.monotonic()
+        self.items.move_to_end(key)
+        return item
+
+
+class ProfileStore:
+    """Profiles by (owner, name) and sessions by id, safe to use from many threads at once.
+
+    ``max_profiles`` / ``max_sessions`` bound the whole server, ``per_client_profiles`` /
+    ``per_client_sessions`` each owner (default: a quarter of the total, at least 1), and ``idle_s``
+    is how long an item must be unused before another client's request may drop it.
+    """
+
+    def __init__(
+        self,
+        max_profiles: int = 32,
+        max_sessions: int = 128,
+        per_client_profiles: int | None = None,
+        per_client_sessions: int | None = None,
+        idle_s: float = 1800.0,
+    ) -> None:
         if max_profiles < 1 or max_sessions < 1:
             raise ValueError("max_profiles and max_sessions must be at least 1")
+        per_profiles = per_client_profiles or max(1, max_profiles // 4)
+        per_sessions = per_client_sessions or max(1, max_sessions // 4)
+        if per_profiles < 1 or per_sessions < 1:
+            raise ValueError("per-client quotas must be at least 1")
         self.max_profiles = max_profiles
         self.max_sessions = max_sessions
         self._lock = threading.Lock()
-        self._profiles: OrderedDict[str, Profile] = OrderedDict()
-        self._sessions: OrderedDict[str, Session] = OrderedDict()
+        self._profiles = _OwnedLRU("profiles", max_profiles, min(per_profiles, max_profiles), idle_s)
+        self._sessions = _OwnedLRU("sessions", max_sessions, min(per_sessions, max_sessions), idle_s)
+
+    @property
+    def per_client_sessions(self) -> int:
+        """Sessions one client may hold."""
+        return self._sessions.per_owner
 
     # -- profiles ---------------------------------------------------------------------
+    def check_room(self, owner: str, name: str) -> None:
+        """Raise :class:`BusyError` now if a profile ``name`` of ``owner`` could not be kept (before fitting it)."""
+        with self._lock:
+            self._profiles.victims(owner, (owner, name))
+
     def put_profile(self, profile: Profile) -> list[str]:
-        """Add or replace a profile; returns the names dropped to stay within capacity."""
+        """Add or replace a profile of ``profile.owner``; returns the names of that owner's profiles dropped.
+
+        Raises :class:`BusyError` (429) when the server is full of other clients' recent profiles.
+        """
         check_profile_name(profile.name)
         with self._lock:
-            self._profiles.pop(profile.name, None)
-            self._profiles[profile.name] = profile
-            dropped = []
-            while len(self._profiles) > self.max_profiles:
-                name, _ = self._profiles.popitem(last=False)
-                dropped.append(name)
-            return dropped
+            dropped = self._profiles.put((profile.owner, profile.name), profile)
+        return [name for owner, name in dropped if owner == profile.owner]
 
-    def get_profile(self, name: str) -> Profile:
-        """The profile ``name``; a 404 error lists the fitted ones."""
+    def get_profile(self, name: str, owner: str = "local/default") -> Profile:
+        """The profile ``name`` of ``owner``; a 404 error lists that owner's fitted ones."""
         with self._lock:
-            profile = self._profiles.get(name)
+            profile = self._profiles.get((owner, name), owner)
             if profile is None:
-                known = ", ".join(self._profiles) or "none (fit one first: POST /api/profiles/{name})"
-                raise NotFoundError(f"unknown profile {name!r}; fitted profiles: {known}")
-            self._profiles.move_to_end(name)
+                known = ", ".join(n for _, n in self._profiles.owned(owner)) or "none (fit one first: POST /api/profiles/{name})"
+                raise NotFoundError(f"unknown profile {clip(name, 64)!r}; your fitted profiles: {known}")
             return profile
 
-    def list_profiles(self) -> list[Profile]:
-        """Every profile, least recently used first."""
+    def list_profiles(self, owner: str | None = None) -> list[Profile]:
+        """The profiles of ``owner`` (every profile when None), least recently used first."""
         with self._lock:
-            return list(self._profiles.values())
+            return [p for p in self._profiles.items.values() if owner is None or p.owner == owner]
 
-    def delete_profile(self, name: str) -> None:
-        """Forget profile ``name`` (its sessions keep working until they are dropped)."""
+    def delete_profile(self, name: str, owner: str = "local/default") -> None:
+        """Forget profile ``name`` of ``owner`` (its sessions keep working until they are dropped)."""
         with self._lock:
-            if self._profiles.pop(name, None) is None:
-                raise NotFoundError(f"unknown profile {name!r}")
+            if self._profiles.get((owner, name), owner) is None:
+                raise NotFoundError(f"unknown profile {clip(name, 64)!r}")
+            del self._profiles.items[(owner, name)]
 
     # -- sessions ---------------------------------------------------------------------
     def add_session(self, session: Session) -> None:
-        """Keep a new session, dropping the least recently used past capacity."""
-        with self._lock:
-            self._sessions[session.id] = session
-            while len(self._sessions) > self.max_sessions:
-                self._sessions.popitem(last=False)
+        """Keep a new session of ``session.owner``, dropping that owner's least recently used past its quota.
 
-    def get_session(self, session_id: str) -> Session:
-        """The session ``session_id``; 404 if unknown or dropped."""
+        Raises :class:`BusyError` (429) when the server is full of other clients' recent sessions.
+        """
         with self._lock:
-            session = self._sessions.get(session_id)
+            self._sessions.put(session.id, session)
+
+    def get_session(self, session_id: str, owner: str = "local/default") -> Session:
+        """The session ``session_id`` of ``owner``; 404 if unknown, another client's, or dropped."""
+        with self._lock:
+            session = self._sessions.get(session_id, owner)
             if session is None:
                 raise NotFoundError(
-                    f"unknown session {session_id!r}: inspect an image first (sessions past the last "
-                    f"{self.max_sessions} are dropped)"
+                    f"unknown session {clip(session_id, 40)!r}: inspect an image first (each client keeps its "
+                    f"last {self._sessions.per_owner} sessions)"
                 )
-            self._sessions.move_to_end(session_id)
             return session
 
-    def list_sessions(self) -> list[Session]:
-        """Every session, least recently used first."""
+    def list_sessions(self, owner: str | None = None) -> list[Session]:
+        """The sessions of ``owner`` (every session when None), least recently used first."""
         with self._lock:
-            return list(self._sessions.values())
+            return [s for s in self._sessions.items.values() if owner is None or s.owner == owner]
 
-    def delete_session(self, session_id: str) -> None:
-        """Forget a session."""
+    def delete_session(self, session_id: str, owner: str = "local/default") -> None:
+        """Forget a session of ``owner``."""
         with self._lock:
-            if self._sessions.pop(session_id, None) is None:
-                raise NotFoundError(f"unknown session {session_id!r}")
+            if self._sessions.get(session_id, owner) is None:
+                raise NotFoundError(f"unknown session {clip(session_id, 40)!r}")
+            del self._sessions.items[session_id]
 
     def counts(self) -> dict[str, int]:
-        """How many profiles and sessions are held."""
+        """How many profiles and sessions are held (all clients)."""
         with self._lock:
-            return {"profiles": len(self._profiles), "sessions": len(self._sessions)}
+            return {"profiles": len(self._profiles.items), "sessions": len(self._sessions.items)}

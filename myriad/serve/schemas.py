@@ -24,6 +24,7 @@ class HealthOut(BaseModel):
     uptime_s: float
     profiles: int
     sessions: int
+    token_required: bool = Field(description="whether /api/ requests need 'Authorization: Bearer <token>'")
 
 
 class ExpertOut(BaseModel):
@@ -68,7 +69,7 @@ class InspectionOut(BaseModel):
 class QuestionIn(BaseModel):
     """A follow-up question about an inspected image."""
 
-    question: str = Field(min_length=1, max_length=2000)
+    question: str = Field(min_length=1, max_length=4000, description="at most the server's question limit (500 by default)")
 
 
 class TurnOut(BaseModel):

@@ -3,7 +3,9 @@
 It holds what is loaded once (the Myriad LMM, or none), the store of profiles and sessions,
 the limits, and one lock around every model call: experts and the LMM are not re-entrant, so
 inference runs one request at a time while uploads, decoding and rendering run in parallel.
-It calls only the public :class:`myriad.inspection.Inspector` API.
+It calls only the public :class:`myriad.inspection.Inspector` API. Every call names its *owner*
+(the client, see :mod:`myriad.serve.security`); profiles and sessions are per owner. Questions,
+turns per session and each answer's tokens and seconds are bounded by :class:`Limits`.
 """
 
 from __future__ import annotations
@@ -13,10 +15,14 @@ import time
 from pathlib import Path
 from typing import TYPE_CHECKING, Any, Sequence
 
-from myriad.serve.errors import BadImageError, ConflictError, ForbiddenError, NotFoundError, ServeError
-from myriad.serve.limits import Limits, check_count, check_file_size, load_checked_image
 from myriad.inspection import DEFAULT_PRECISION
+from myriad.serve.bounds import BoundedModel
+from myriad.serve.errors import BadImageError, ConflictError, ForbiddenError, NotFoundError, ServeError
+from myriad.serve.experts import check_expert_name, client_config
+from myriad.serve.limits import Limits, check_count, check_file_size, clip, load_checked_image
 from myriad.serve.profiles import Profile, ProfileStore, Session, check_profile_name
+
+DEFAULT_OWNER = "local/default"
 
 if TYPE_CHECKING:  # pragma: no cover
     import numpy as np
@@ -35,12 +41,16 @@ class InspectionService:
         limits: Limits | None = None,
         store: ProfileStore | None = None,
         data_root: str | Path | None = None,
+        expert_config: dict[str, dict[str, Any]] | None = None,
     ) -> None:
-        self.model = model
+        self.limits = limits or Limits()
+        self.raw_model = model
+        self.model = None if model is None else BoundedModel(model, self.limits.max_new_tokens, self.limits.max_generation_s)
         self.lmm_label = lmm_label or ("none" if model is None else "injected")
         self.default_expert = default_expert
         self.device = device
-        self.limits = limits or Limits()
+        #: the operator's settings per expert (``--expert-config``), under every client's allowed ones
+        self.expert_config = {k: dict(v) for k, v in (expert_config or {}).items()}
         self.store = store or ProfileStore()
         self.data_root = Path(data_root).resolve() if data_root is not None else None
         self.started = time.time()
@@ -85,21 +95,30 @@ class InspectionService:
 
     # -- profiles ---------------------------------------------------------------------
     def fit_profile(
-        self, name: str, images: Sequence["np.ndarray"], expert: str | None = None, config: dict[str, Any] | None = None
+        self,
+        name: str,
+        images: Sequence["np.ndarray"],
+        expert: str | None = None,
+        config: dict[str, Any] | None = None,
+        owner: str = DEFAULT_OWNER,
     ) -> Profile:
-        """Fit ``expert`` (default: the server's) on normal ``images`` and keep it as profile ``name``.
+        """Fit ``expert`` (default: the server's) on normal ``images`` and keep it as ``owner``'s profile ``name``.
 
-        A zero-shot-only expert (e.g. ``musc``) may be given no images: it is used unfitted.
+        ``config`` holds the client's settings: only :data:`myriad.serve.experts.CLIENT_FIELDS`,
+        bounded, over the operator's. A zero-shot-only expert (e.g. ``musc``) may be given no
+        images: it is used unfitted.
         """
         from myriad.experts import Mode
         from myriad.inspection import Inspector
         from myriad.plugins import get_expert_info
 
         check_profile_name(name)
-        expert = expert or self.default_expert
-        config = dict(config or {})
-        info = get_expert_info(expert)  # unknown expert: 404 listing the installed ones
+        expert = check_expert_name(expert, self.default_expert)
+        client = dict(config or {})
+        config = client_config(expert, client, self.expert_config.get(expert))
+        info = get_expert_info(expert)
         check_count(len(images), "normal images", self.limits)
+        self.store.check_room(owner, name)
         inspector = Inspector(expert, config, lmm="none", device=self.device, model=self.model)
         fit_ms = 0.0
         if images:
@@ -114,58 +133,83 @@ class InspectionService:
             modes = ", ".join(m.value for m in info.modes)
             raise BadImageError(f"no normal images given: expert {expert!r} ({modes}) needs normal reference images")
         profile = Profile(
-            name=name, expert=expert, config=config, mode=mode, num_normal=len(images), inspector=inspector, fit_ms=fit_ms
+            name=name, expert=expert, config=client, mode=mode, num_normal=len(images), inspector=inspector, fit_ms=fit_ms,
+            owner=owner,
         )
         self.store.put_profile(profile)
         return profile
 
     def folder_images(self, folder: str) -> list["np.ndarray"]:
-        """The normal images of a server-side folder under ``data_root`` (not recursive)."""
+        """The normal images of a server-side folder under ``data_root`` (not recursive).
+
+        The folder and every file in it are resolved (symbolic links followed) and must stay
+        under ``data_root``; a file that leads outside is refused (403) by name.
+        """
         from myriad.images import list_images
 
         if self.data_root is None:
             raise ForbiddenError("server-side folders are disabled: start the server with --data-root DIR to allow them")
+        check_folder_name(folder)
         path = (self.data_root / folder).resolve()
         if not path.is_relative_to(self.data_root):
-            raise ForbiddenError(f"{folder}: outside the server's data root")
+            raise ForbiddenError(f"{clip(folder)}: outside the server's data root")
         if not path.is_dir():
-            raise NotFoundError(f"{folder}: no such folder under the server's data root")
+            raise NotFoundError(f"{clip(folder)}: no such folder under the server's data root")
         files = list_images(path)
         if not files:
-            raise BadImageError(f"{folder}: no image files in this folder")
-        check_count(len(files), f"images in {folder}", self.limits)
+            raise BadImageError(f"{clip(folder)}: no image files in this folder")
+        check_count(len(files), f"images in {clip(folder)}", self.limits)
         images = []
         for file in files:
             shown = str(file.relative_to(self.data_root))
-            check_file_size(file, shown, self.limits)
-            images.append(load_checked_image(file, shown, self.limits))
+            real = file.resolve()
+            if not real.is_relative_to(self.data_root) or not real.is_file():
+                raise ForbiddenError(f"{shown}: a link to a file outside the server's data root")
+            check_file_size(real, shown, self.limits)
+            images.append(load_checked_image(real, shown, self.limits))
         return images
 
     # -- inspection -------------------------------------------------------------------
-    def inspect(self, profile: str | Profile, image: "np.ndarray", name: str, ask: str | None = None) -> Session:
-        """Inspect one image with a profile; returns a new session holding the result and its overlay."""
+    def check_question(self, question: str | None, what: str = "question") -> str | None:
+        """``question`` stripped (None when empty), refused (422) over ``max_question_chars``."""
+        question = (question or "").strip()
+        if len(question) > self.limits.max_question_chars:
+            raise ServeError(f"{what}: {len(question)} characters; the limit is {self.limits.max_question_chars}", status=422)
+        return question or None
+
+    def inspect(
+        self, profile: str | Profile, image: "np.ndarray", name: str, ask: str | None = None, owner: str = DEFAULT_OWNER
+    ) -> Session:
+        """Inspect one image with a profile of ``owner``; returns a new session holding the result and its overlay."""
         from myriad.serve.render import overlay_png
 
+        ask = self.check_question(ask, "ask")
         if isinstance(profile, str):
-            profile = self.store.get_profile(profile)
+            profile = self.store.get_profile(profile, owner)
         inspector = profile.inspector
         with self._inference:
-            (result,) = inspector.inspect([image], ask=ask or None, names=[name])
+            (result,) = inspector.inspect([image], ask=ask, names=[name])
         start = time.perf_counter()
         png = overlay_png(result)
         result.timings_ms["overlay"] = (time.perf_counter() - start) * 1000
-        session = Session(id=Session.new_id(), profile=profile.name, result=result, overlay_png=png, inspector=inspector)
+        session = Session(
+            id=Session.new_id(), profile=profile.name, result=result, overlay_png=png, inspector=inspector, owner=owner
+        )
         self.store.add_session(session)
         return session
 
-    def ask(self, session_id: str, question: str) -> str:
-        """Answer a follow-up question about a session's image; the conversation continues."""
-        question = question.strip()
+    def ask(self, session_id: str, question: str, owner: str = DEFAULT_OWNER) -> str:
+        """Answer a follow-up question about a session's image; the conversation continues (bounded in turns)."""
+        question = self.check_question(question) or ""
         if not question:
             raise ServeError("a follow-up needs a question", status=422)
-        session = self.store.get_session(session_id)
+        session = self.store.get_session(session_id, owner)
         if not self.has_lmm or session.inspector.model is None:
             raise ConflictError("follow-up questions need the Myriad LMM; this server runs expert-only (--lmm none)")
+        if len(session.turns) >= self.limits.max_turns:
+            raise ConflictError(
+                f"this session has had its {self.limits.max_turns} follow-up questions: inspect the image again for a new one"
+            )
         with self._inference:
             answer, session.conversation = session.inspector.follow_up(session.result, question, session.conversation)
             session.turns.append((question, answer))
@@ -184,3 +228,13 @@ class InspectionService:
             "uptime_s": round(time.time() - self.started, 1),
             **self.store.counts(),
         }
+
+
+def check_folder_name(folder: str) -> None:
+    """Refuse (422) a ``folder`` that cannot be a relative folder name: NUL or control characters, over-long parts."""
+    if not folder or len(folder) > 1024:
+        raise ServeError(f"folder: give 1 to 1024 characters (got {len(folder)})", status=422)
+    if not folder.isprintable():
+        raise ServeError("folder: contains NUL or other control characters", status=422)
+    if any(len(part.encode()) > 255 for part in folder.replace("\\", "/").split("/")):
+        raise ServeError(f"folder: {clip(folder)}: a part of the path is over 255 bytes", status=422)

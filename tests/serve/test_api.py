@@ -33,7 +33,7 @@ def app(tmp_path_factory, samples):
 
 @pytest.fixture(scope="module")
 def client(app):
-    with TestClient(app) as c:
+    with TestClient(app, base_url="http://localhost") as c:
         yield c
 
 
@@ -155,7 +155,7 @@ def test_a_zero_shot_expert_needs_no_normal_images(client):
 
 
 def test_folders_are_off_without_a_data_root(samples):
-    with TestClient(create_app(lmm="none", ui=False)) as c:
+    with TestClient(create_app(lmm="none", ui=False), base_url="http://localhost") as c:
         response = c.post("/api/profiles/p", data={"folder": "good"})
     assert response.status_code == 403 and "--data-root" in response.json()["detail"]
 
@@ -196,7 +196,7 @@ def test_temporary_files_are_per_request_and_removed(app, fitted, samples, tmp_p
             seen.append(Path(self.name))
 
     monkeypatch.setattr(tempfile, "TemporaryDirectory", Spy)
-    with TestClient(app) as c:
+    with TestClient(app, base_url="http://localhost") as c:
         assert inspect(c, fitted, samples["good"][0]).status_code == 200
         assert inspect(c, fitted, samples["defect"][0]).status_code == 200
     assert len(seen) == 2 and seen[0] != seen[1]
@@ -217,7 +217,7 @@ def test_delete_profile_and_session(client, samples):
 def test_store_drops_the_least_recently_used(samples):
     from myriad.serve.profiles import Profile, ProfileStore
 
-    store = ProfileStore(max_profiles=2, max_sessions=2)
+    store = ProfileStore(max_profiles=2, max_sessions=2, per_client_profiles=2, per_client_sessions=2)
     for name in ("a", "b"):
         store.put_profile(Profile(name, "e", {}, "few_shot", 1, inspector=None))
     store.get_profile("a")

@@ -15,7 +15,7 @@ from myriad.serve.app import create_app  # noqa: E402
 
 @pytest.fixture(scope="module")
 def client(mini_lmm):
-    with TestClient(create_app(model=mini_lmm, ui=False)) as c:
+    with TestClient(create_app(model=mini_lmm, ui=False), base_url="http://localhost") as c:
         yield c
 
 
@@ -24,8 +24,8 @@ def test_answer_then_a_conversation_kept_per_session(client, mini_lmm, samples):
     for name in ("first", "second"):
         assert client.post(f"/api/profiles/{name}", files=uploads(samples["normal"]), data=config).status_code == 201
     app_service = client.app.state.service
-    assert app_service.store.get_profile("first").inspector.model is mini_lmm  # loaded once, shared
-    assert app_service.store.get_profile("second").inspector.model is mini_lmm
+    assert app_service.store.get_profile("first").inspector.model.wrapped is mini_lmm  # loaded once, shared
+    assert app_service.store.get_profile("second").inspector.model.wrapped is mini_lmm
     assert client.get("/api/health").json()["lmm"] == "injected"
 
     record = client.post("/api/profiles/first/inspect", files=uploads([samples["defect"][0]], "file")).json()

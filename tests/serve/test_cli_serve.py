@@ -8,6 +8,7 @@ import socket
 import subprocess
 import sys
 import time
+import urllib.error
 import urllib.request
 
 import pytest
@@ -42,9 +43,24 @@ def test_unknown_default_expert(capsys):
     assert code == 1 and "unknown expert 'nope'" in err and "patchcore" in err
 
 
-def test_serve_runs_uvicorn_and_answers_health():
+def test_off_loopback_without_a_token_refuses_to_start(capsys, monkeypatch):
+    monkeypatch.delenv("MYRIAD_SERVE_TOKEN", raising=False)
+    for host in ("0.0.0.0", "192.168.1.20", "::"):
+        code, _, err = run_cli(["serve", "--host", host, "--lmm", "none", "--no-ui"], capsys)
+        assert code == 1 and f"--host {host} is reachable from the network: give a token" in err
+        assert "Traceback" not in err and len(err.strip().splitlines()) == 1
+
+
+def test_help_warns_about_exposing_the_server(capsys):
+    code, out, _ = run_cli(["serve", "--help"], capsys)
+    text = " ".join(out.split())
+    assert code == 0 and "exposes the server to the network and needs --token" in text
+    assert "MYRIAD_SERVE_TOKEN" in text and "--allowed-host" in text
+
+
+def test_serve_runs_uvicorn_and_answers_health_with_a_token_from_the_environment():
     port = free_port()
-    env = {**os.environ, "OMP_NUM_THREADS": "1"}
+    env = {**os.environ, "OMP_NUM_THREADS": "1", "MYRIAD_SERVE_TOKEN": "let-me-in"}
     proc = subprocess.Popen(
         [sys.executable, "-m", "myriad", "serve", "--lmm", "none", "--no-ui", "--port", str(port), "--log-level", "warning"],
         stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True, env=env,
@@ -60,7 +76,14 @@ def test_serve_runs_uvicorn_and_answers_health():
                 if proc.poll() is not None or time.monotonic() > deadline:
                     pytest.fail(f"server did not start: {proc.communicate(timeout=5)[0]}")
                 time.sleep(0.2)
-        assert health["status"] == "ok" and health["lmm"] == "none"
+        assert health["status"] == "ok" and health["lmm"] == "none" and health["token_required"] is True
+        request = urllib.request.Request(f"http://127.0.0.1:{port}/api/experts")
+        with pytest.raises(urllib.error.HTTPError) as refused:
+            urllib.request.urlopen(request, timeout=5)
+        assert refused.value.code == 401
+        request.add_header("Authorization", "Bearer let-me-in")
+        with urllib.request.urlopen(request, timeout=5) as response:
+            assert any(e["name"] == "patchcore" for e in json.loads(response.read()))
     finally:
         proc.terminate()
         proc.wait(timeout=20)

@@ -1,4 +1,4 @@
-"""End to end: uvicorn on loopback, the page driven in headless Chromium (Selenium + Debian's chromedriver).
+"""End to end: uvicorn on loopback, the static page driven in headless Chromium (Selenium + Debian's chromedriver).
 
 Skipped when Chromium, chromedriver or Selenium is missing, unless ``MYRIAD_REQUIRE_BROWSER=1``
 (as in ``.ci/run``), where a missing browser fails the test instead.
@@ -31,7 +31,7 @@ def _require_browser() -> None:
     from importlib.util import find_spec
 
     missing = [p for p in (CHROMIUM, CHROMEDRIVER) if not Path(p).is_file()]
-    missing += [f"the {name} package" for name in ("selenium", "gradio", "uvicorn") if find_spec(name) is None]
+    missing += [f"the {name} package" for name in ("selenium", "uvicorn") if find_spec(name) is None]
     if missing:
         message = f"browser test needs {', '.join(missing)} (Debian: apt-get install chromium chromium-driver)"
         if os.environ.get("MYRIAD_REQUIRE_BROWSER") == "1":
@@ -105,34 +105,48 @@ def _drive_the_page(server_url, browser, samples, tmp_path):
     quick = WebDriverWait(browser, 30, poll_frequency=0.2)  # page updates
     slow = WebDriverWait(browser, 180, poll_frequency=0.25)  # model calls on a busy CPU
     browser.get(f"{url}/ui/")
-    quick.until(lambda d: d.find_elements(By.CSS_SELECTOR, "#inspect-button"))
+    quick.until(lambda d: d.find_elements(By.CSS_SELECTOR, "#expert option[value=patchcore]"))
+    assert "Myriad LMM" in browser.find_element(By.ID, "lmm-note").text
+    assert not browser.find_element(By.ID, "token").is_displayed()  # no --token: no token field
+    assert browser.find_element(By.ID, "expert").get_attribute("value") == "patchcore"
 
-    # upload: three normal references, then the test image
+    # upload: three normal references, then the test image (shown at once, before any request)
     browser.find_element(By.CSS_SELECTOR, "#normal-files input[type=file]").send_keys(
         "\n".join(str(p) for p in samples["normal"])
     )
-    quick.until(lambda d: all(p.stem in d.find_element(By.ID, "normal-files").text for p in samples["normal"]))
+    quick.until(lambda d: all(p.name in d.find_element(By.ID, "normal-files").text for p in samples["normal"]))
     browser.find_element(By.CSS_SELECTOR, "#test-image input[type=file]").send_keys(str(samples["defect"][0]))
-    quick.until(lambda d: d.find_elements(By.CSS_SELECTOR, "#test-image img"))
+    quick.until(lambda d: d.find_element(By.ID, "test-preview").is_displayed())
+    browser.find_element(By.CSS_SELECTOR, "details summary").click()  # the expert options, folded by default
+    browser.find_element(By.ID, "expert-config").clear()
+    browser.find_element(By.ID, "expert-config").send_keys('{"image_size": 64, "progress": false}')
 
     # inspect: the overlay appears beside the image, with the verdict and Myriad's answer
     browser.find_element(By.ID, "inspect-button").click()
-    overlay = slow.until(lambda d: d.find_elements(By.CSS_SELECTOR, "#overlay img[src]"))[0]
+    overlay = slow.until(lambda d: [e for e in d.find_elements(By.CSS_SELECTOR, "#overlay img") if e.is_displayed()])[0]
+    quick.until(lambda d: d.execute_script("return arguments[0].complete && arguments[0].naturalWidth", overlay) == 64)
     slow.until(lambda d: "calibrated score" in d.find_element(By.ID, "answer").text)
     answer = browser.find_element(By.ID, "answer").text
     assert "Myriad:" in answer and "patchcore" in answer
-    quick.until(lambda d: d.execute_script("return arguments[0].complete && arguments[0].naturalWidth", overlay))
+    assert not browser.find_element(By.ID, "error").is_displayed()
 
     service = app.state.service
-    (profile,) = [p for p in service.store.list_profiles() if p.name.startswith("ui-")]
-    assert profile.expert == "patchcore" and profile.num_normal == 3
+    (profile,) = service.store.list_profiles()
+    assert profile.name == "page" and profile.owner.startswith("local/page-")  # the tab is its own client
+    assert profile.expert == "patchcore" and profile.num_normal == 3 and profile.config["image_size"] == 64
     (session,) = service.store.list_sessions()
 
     # a follow-up question in the chat
     question = "Where is the defect?"
-    browser.find_element(By.CSS_SELECTOR, "#follow-up textarea").send_keys(question)
+    browser.find_element(By.ID, "follow-up").send_keys(question)
     browser.find_element(By.ID, "ask-button").click()
     slow.until(lambda d: len(session.turns) == 1 and question in d.find_element(By.ID, "chat").text)
+    assert session.turns[0][1] in browser.find_element(By.ID, "chat").text
+
+    # a second inspection with the same references does not refit
+    browser.find_element(By.ID, "inspect-button").click()
+    slow.until(lambda d: len(service.store.list_sessions()) == 2)
+    assert service.store.list_profiles()[0] is profile
 
     shot = tmp_path / "page.png"
     assert browser.save_screenshot(str(shot))
