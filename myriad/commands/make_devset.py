@@ -51,7 +51,8 @@ def make_devset_command(
     """Write a synthetic dev set (MVTec-AD layout) to OUT: textures x normal and defective images.
 
     Options left out come from --preset. Example, a larger benchmark set:
-    `myriad make-devset data/devset-bench --preset benchmark`.
+    `myriad make-devset data/devset-bench --preset benchmark`. `--preset realistic` uses
+    real photos and subtle real-sized defects instead (see docs/realistic-devset.md).
     """
     import time
     from dataclasses import replace

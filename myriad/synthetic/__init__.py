@@ -8,6 +8,9 @@
 * :mod:`myriad.synthetic.devset`: writes a deterministic MVTec-AD-layout dataset
   (``myriad make-devset``) and :func:`~myriad.synthetic.devset.iter_defect_samples` for
   training generators.
+* :mod:`myriad.synthetic.realistic_devset` (with ``realistic_photos``, ``realistic_defects`` and
+  ``realistic_buckets``): ``make-devset --preset realistic``, native-resolution crops of real
+  photos with subtle real-sized defects, and metrics per size/visibility/family bucket.
 * :mod:`myriad.synthetic.nsa`: NSA-style (Poisson-blended patch) anomalies for training
   on real normal images; closest to the ``cut_paste``/``cut_paste_self`` family here.
 
@@ -30,6 +33,12 @@ _LAZY = {
     "PRESETS": "myriad.synthetic.devset",
     "make_devset": "myriad.synthetic.devset",
     "iter_defect_samples": "myriad.synthetic.devset",
+    "RealisticSpec": "myriad.synthetic.realistic_devset",
+    "make_realistic_devset": "myriad.synthetic.realistic_devset",
+    "REALISTIC_EVAL_KINDS": "myriad.synthetic.realistic_defects",
+    "REALISTIC_TRAIN_KINDS": "myriad.synthetic.realistic_defects",
+    "bucket_metrics": "myriad.synthetic.realistic_buckets",
+    "render_bucket_tables": "myriad.synthetic.realistic_buckets",
 }
 
 __all__ = list(_LAZY)

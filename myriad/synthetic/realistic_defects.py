@@ -14,7 +14,7 @@ Kinds (sizes for a 256 px crop; they scale with the crop side):
 kind                      family        what changes
 ========================  ============  =================================================================
 ``scratch_thin``          local         1-2 px curved line, partly interrupted, +-5..22 grey levels
-``pinhole``               local         3-5 px dark hole (5-30 % darker), texture half filled in
+``pinhole``               local         3-4.5 px dark hole (5-30 % darker), texture half filled in
 ``stain_soft``            local         soft irregular patchy blob, 2-7 % brightness (and tint on colour photos)
 ``thread_pull``           local         texture displaced 1-3 px along/across a curve in a 3-8 px band
 ``particle``              local         irregular 5-18 px speck textured from ANOTHER photo, 35-90 % opaque, tone within 2-8 %
@@ -226,7 +226,7 @@ def _local_stats(material: "np.ndarray", centre: tuple[float, float], radius: fl
 def scratch_thin(scene: Scene, rng: "np.random.Generator") -> Alteration:
     """A thin (1-2 px), curved, partly interrupted line slightly brighter or darker than the surface."""
     k = scene.size / 256
-    points = _curve(rng, scene.size, rng.uniform(30, 150) * k, 1 / 40)
+    points = _curve(rng, scene.size, rng.uniform(20, 150) * k, 1 / 40)
     width = float(rng.uniform(1.0, 2.2))
     dist, index = _near_curve(points, scene.size, width / 2 + 1.0)
     strength = _along(rng, len(points), partial=float(rng.uniform(0.0, 0.35)))
@@ -243,7 +243,7 @@ def pinhole(scene: Scene, rng: "np.random.Generator") -> Alteration:
 
     k = scene.size / 256
     centre = _centre(rng, scene.size, 8 * k)
-    radius = float(rng.uniform(3.3, 5.0)) * k
+    radius = float(rng.uniform(3.0, 4.5)) * k
     alpha = _floor(_blob(rng, scene.size, centre, radius, irregularity=0.25, soft=1.2))
     depth = float(rng.uniform(0.05, 0.3))
     smooth = gaussian_filter(scene.material, sigma=(3, 3, 0), mode="reflect")

@@ -9,7 +9,7 @@ percent) and mild sensor noise are applied afterwards (:func:`finish`).
 
 Train and test crops come from different zones of each photo (:class:`Zones`): test
 crops are centred in a box at the bottom-right of the usable centre range, training crops
-at least ``TRAIN_GAP`` pixels away from that box along one axis. On a 512 px photo a 256 px
+at least ``TRAIN_GAP`` pixels (on large photos up to a crop side) away from that box along one axis. On a 512 px photo a 256 px
 crop cannot avoid overlapping every other crop, so some source pixels are shared; the
 dev set measures and records the overlap (:func:`window_overlap`) instead of hiding it.
 Test images are never pixel copies of training images: their centres, rotations, lighting
@@ -57,7 +57,8 @@ GAIN = 0.04  # +-4 % brightness gain
 GAMMA = 0.04  # gamma in 1 +- 0.04
 GRADIENT = 0.03  # up to +-3 % brightness change across the image
 NOISE = (0.8, 2.0)  # sensor noise standard deviation, grey levels
-#: Minimum distance (pixels, along at least one axis) between a training crop's centre and the test box.
+#: Minimum distance (pixels, along at least one axis) between a training crop's centre and the test box
+#: (larger photos get a larger gap, up to a crop side: see :func:`zones_for`).
 TRAIN_GAP = 96
 
 
@@ -171,6 +172,7 @@ class Zones:
     low_x: float
     high_x: float
     test_span: float  # the test box is [high - test_span, high] on both axes
+    gap: float = TRAIN_GAP  # training centres lie at least this far from the test box along one axis
 
     @property
     def test_start(self) -> tuple[float, float]:
@@ -178,9 +180,9 @@ class Zones:
         return self.high_y - self.test_span, self.high_x - self.test_span
 
     def is_train(self, cy: float, cx: float) -> bool:
-        """Whether a centre lies in the training region (>= TRAIN_GAP from the test box on one axis)."""
+        """Whether a centre lies in the training region (>= ``gap`` from the test box on one axis)."""
         ty, tx = self.test_start
-        return cy <= ty - TRAIN_GAP or cx <= tx - TRAIN_GAP
+        return cy <= ty - self.gap or cx <= tx - self.gap
 
     def as_dict(self) -> dict:
         """JSON-ready zone description."""
@@ -189,7 +191,7 @@ class Zones:
             "centre_range_y": [round(self.low_y, 1), round(self.high_y, 1)],
             "centre_range_x": [round(self.low_x, 1), round(self.high_x, 1)],
             "test_box": {"y": [round(ty, 1), round(self.high_y, 1)], "x": [round(tx, 1), round(self.high_x, 1)]},
-            "train_rule": f"centre y <= {ty - TRAIN_GAP:.1f} or centre x <= {tx - TRAIN_GAP:.1f}",
+            "train_rule": f"centre y <= {ty - self.gap:.1f} or centre x <= {tx - self.gap:.1f}",
         }
 
 
@@ -207,7 +209,9 @@ def zones_for(name: str, size: int) -> Zones:
             f"test crops of that size without upscaling; the largest is {largest}"
         )
     test_span = max(48.0, 0.25 * span)
-    return Zones(low_y, high_y, low_x, high_x, test_span)
+    # As far apart as the photo allows: up to a full crop side (no shared pixels), keeping >= TRAIN_GAP of training range.
+    gap = min(max(float(TRAIN_GAP), span - test_span - TRAIN_GAP), size + 6.0)
+    return Zones(low_y, high_y, low_x, high_x, test_span, gap)
 
 
 def _largest_size(source: PhotoSource) -> int:
