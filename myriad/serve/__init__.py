@@ -2,15 +2,18 @@
 
 Modules, one job each:
 
-- :mod:`myriad.serve.limits`: upload size and image dimension limits, per-request temporary files;
+- :mod:`myriad.serve.limits`: upload, image, question and answer limits, per-request temporary files;
+- :mod:`myriad.serve.security`: Host, Origin and token checks, the streamed body limit, who owns a request;
+- :mod:`myriad.serve.experts`: which expert and which (bounded) expert settings a client may choose;
+- :mod:`myriad.serve.bounds`: the shared LMM with every answer capped in tokens and seconds;
 - :mod:`myriad.serve.errors`: errors that carry their HTTP status;
-- :mod:`myriad.serve.profiles`: the thread-safe store of fitted profiles and chat sessions;
+- :mod:`myriad.serve.profiles`: the thread-safe store of fitted profiles and chat sessions, per client with quotas;
 - :mod:`myriad.serve.service`: the shared models, the inference lock and the calls into
   :class:`myriad.inspection.Inspector` (used by the API and the page alike);
 - :mod:`myriad.serve.render`: the overlay PNG of a result;
 - :mod:`myriad.serve.schemas`: the JSON shapes of the API (its OpenAPI schema);
 - :mod:`myriad.serve.app`: the FastAPI application factory :func:`create_app`;
-- :mod:`myriad.serve.page`: the Gradio page mounted at ``/ui``.
+- :mod:`myriad.serve.page`: the static web page (``static/``) served at ``/ui/``, a client of the API.
 
 Nothing heavy is imported here: ``from myriad.serve import create_app`` loads FastAPI on first use.
 """

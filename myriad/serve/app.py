@@ -21,7 +21,7 @@ import json
 from pathlib import Path
 from typing import Any, Optional
 
-from fastapi import FastAPI, File, Form, Request, Response, UploadFile
+from fastapi import FastAPI, File, Form, Path as PathParam, Request, Response, UploadFile
 from fastapi.exceptions import RequestValidationError
 from fastapi.responses import JSONResponse, RedirectResponse
 from starlette.exceptions import HTTPException as StarletteHTTPException
@@ -61,6 +61,9 @@ _CODES = {
     422: "an invalid field: image, name, expert settings, question or folder",
     429: "the server is full of other clients' recent profiles or sessions",
 }
+#: Path parameters as the schema documents them (the same rules the store applies).
+_NAME = PathParam(pattern=r"^[A-Za-z0-9][A-Za-z0-9._-]{0,63}$", description="profile name: 1 to 64 letters, digits, '._-'")
+_SESSION = PathParam(pattern=r"^[0-9a-f]{32}$", description="session id, as returned by an inspection")
 _ERRORS: dict[int | str, dict[str, Any]] = {code: {"model": ErrorOut, "description": text} for code, text in _CODES.items()}
 
 
@@ -210,7 +213,7 @@ def _add_routes(app: FastAPI, service: InspectionService) -> None:
     @app.post("/api/profiles/{name}", response_model=ProfileOut, status_code=201, responses=_ERRORS, tags=["profiles"])
     def fit_profile(
         request: Request,
-        name: str,
+        name: str = _NAME,
         files: Optional[list[UploadFile]] = File(None, description="normal reference images (few-shot: 1 to 16)"),
         folder: Optional[str] = Form(None, description="instead of files: a folder under the server's --data-root"),
         expert: Optional[str] = Form(None, description="expert name (default: the server's --expert)"),
@@ -234,12 +237,12 @@ def _add_routes(app: FastAPI, service: InspectionService) -> None:
         return service.fit_profile(name, images, expert=expert, config=settings, owner=_owner(request)).describe()
 
     @app.get("/api/profiles/{name}", response_model=ProfileOut, responses=_ERRORS, tags=["profiles"])
-    def get_profile(request: Request, name: str) -> dict[str, Any]:
+    def get_profile(request: Request, name: str = _NAME) -> dict[str, Any]:
         """One of your fitted profiles."""
         return service.store.get_profile(name, _owner(request)).describe()
 
     @app.delete("/api/profiles/{name}", status_code=204, responses=_ERRORS, tags=["profiles"])
-    def delete_profile(request: Request, name: str) -> Response:
+    def delete_profile(request: Request, name: str = _NAME) -> Response:
         """Forget one of your profiles."""
         service.store.delete_profile(name, _owner(request))
         return Response(status_code=204)
@@ -247,7 +250,7 @@ def _add_routes(app: FastAPI, service: InspectionService) -> None:
     @app.post("/api/profiles/{name}/inspect", response_model=InspectionOut, responses=_ERRORS, tags=["inspection"])
     def inspect(
         request: Request,
-        name: str,
+        name: str = _NAME,
         file: UploadFile = File(..., description="the image to inspect"),
         ask: Optional[str] = Form(None, description="instruction instead of the default question (bounded length)"),
     ) -> InspectionOut:
@@ -265,7 +268,7 @@ def _add_routes(app: FastAPI, service: InspectionService) -> None:
         return _inspection(app, service.inspect(profile, image, shown, ask, owner=owner))
 
     @app.get("/api/sessions/{session_id}", response_model=SessionOut, responses=_ERRORS, tags=["inspection"])
-    def get_session(request: Request, session_id: str) -> SessionOut:
+    def get_session(request: Request, session_id: str = _SESSION) -> SessionOut:
         """One of your inspected images: its result and its conversation so far."""
         session = service.store.get_session(session_id, _owner(request))
         return SessionOut(session_id=session.id, inspection=_inspection(app, session), turns=_turns(session))
@@ -277,19 +280,19 @@ def _add_routes(app: FastAPI, service: InspectionService) -> None:
         responses={200: {"content": {"image/png": {}}, "description": "the heat-map overlay"}, **_ERRORS},
         tags=["inspection"],
     )
-    def session_overlay(request: Request, session_id: str) -> Response:
+    def session_overlay(request: Request, session_id: str = _SESSION) -> Response:
         """The heat-map overlay of an inspected image (PNG, the image's own size)."""
         return Response(service.store.get_session(session_id, _owner(request)).overlay_png, media_type="image/png")
 
     @app.post("/api/sessions/{session_id}/ask", response_model=AnswerOut, responses=_ERRORS, tags=["inspection"])
-    def ask(request: Request, session_id: str, body: QuestionIn) -> AnswerOut:
+    def ask(request: Request, body: QuestionIn, session_id: str = _SESSION) -> AnswerOut:
         """Ask a follow-up question about an inspected image (needs the LMM); the conversation is kept, bounded in turns."""
         owner = _owner(request)
         answer = service.ask(session_id, body.question, owner=owner)
         return AnswerOut(session_id=session_id, answer=answer, turns=_turns(service.store.get_session(session_id, owner)))
 
     @app.delete("/api/sessions/{session_id}", status_code=204, responses=_ERRORS, tags=["inspection"])
-    def delete_session(request: Request, session_id: str) -> Response:
+    def delete_session(request: Request, session_id: str = _SESSION) -> Response:
         """Forget one of your sessions and its conversation."""
         service.store.delete_session(session_id, _owner(request))
         return Response(status_code=204)
