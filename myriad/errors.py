@@ -31,6 +31,10 @@ class ConfigError(MyriadError):
     """A configuration value is invalid."""
 
 
+class ContractError(MyriadError):
+    """An expert returned something the expert contract does not allow (a plugin bug); names the expert and image."""
+
+
 class MissingExtraError(MyriadError, ImportError):
     """An optional extra (e.g. ``lmm``) is not installed; the message names the install command."""
 

@@ -5,6 +5,13 @@ shape ``H x W x 3`` (use :func:`myriad.images.load_image`). ``predict`` returns,
 image, a :class:`Prediction` holding an ``H x W`` float32 anomaly map at the input
 resolution and a float image score (higher = more anomalous).
 
+The host enforces this at run time (:meth:`Expert.predict`, so every caller is covered):
+one :class:`Prediction` per image, a 2-D map of the image's own ``H x W``, every map value
+and the score finite. A float64 map is converted to float32 (the contract's dtype; the
+values are kept, and one that overflows float32 fails the finiteness check); any other
+dtype, a wrong shape, NaN or infinity raises :class:`~myriad.errors.ContractError` naming
+the expert and the image's index in the batch.
+
 Modes (the field's vocabulary, as anomalib's ``LearningType``):
 
 - ``zero_shot``: no normal images needed; ``fit`` is not required.
@@ -24,7 +31,7 @@ from enum import Enum
 from pathlib import Path
 from typing import TYPE_CHECKING, Any, Callable, ClassVar, Sequence
 
-from myriad.errors import ExpertStateError, MyriadError, WeightsError
+from myriad.errors import ContractError, ExpertStateError, MyriadError, WeightsError
 
 if TYPE_CHECKING:  # pragma: no cover
     import numpy as np
@@ -112,6 +119,8 @@ class Expert(ABC):
 
     #: True if ``predict`` scores a batch jointly (results depend on the batch).
     transductive: ClassVar[bool] = False
+    #: the name the expert was registered under (set by :func:`myriad.plugins.get_expert`; used in errors)
+    registered_name: str | None = None
     #: Smallest batch a transductive expert can score.
     min_batch: ClassVar[int] = 1
 
@@ -150,12 +159,48 @@ class Expert(ABC):
                 f"{type(self).__name__} is transductive: it scores images against each other "
                 f"and needs at least {self.min_batch} images per batch, got {len(batch)}"
             )
-        predictions = self._predict(batch)
+        predictions = list(self._predict(batch))
         if len(predictions) != len(batch):  # a plugin bug, reported clearly
-            raise MyriadError(
-                f"{type(self).__name__}.predict returned {len(predictions)} results for {len(batch)} images"
+            raise ContractError(
+                f"{self._describe()}: predict returned {len(predictions)} results for {len(batch)} images"
             )
-        return predictions
+        return [self._checked(pred, image, index, len(batch)) for index, (pred, image) in enumerate(zip(predictions, batch))]
+
+    def _describe(self) -> str:
+        """``expert 'NAME' (ClassName)`` for error messages."""
+        cls = type(self).__name__
+        return f"expert {self.registered_name!r} ({cls})" if self.registered_name else f"expert {cls}"
+
+    def _checked(self, pred: Any, image: "np.ndarray", index: int, total: int) -> Prediction:
+        """``pred`` if it keeps the contract (a float64 map becomes float32); :class:`ContractError` otherwise."""
+        import numpy as np
+
+        where = f"{self._describe()} broke the contract for image {index} of the batch ({total} images)"
+        if not isinstance(pred, Prediction):
+            raise ContractError(f"{where}: returned {type(pred).__name__}, not a myriad.experts.Prediction")
+        amap = pred.anomaly_map
+        if not isinstance(amap, np.ndarray):
+            raise ContractError(f"{where}: anomaly_map is a {type(amap).__name__}, not a numpy array")
+        if amap.shape != image.shape[:2]:
+            raise ContractError(
+                f"{where}: anomaly_map has shape {amap.shape}, the image is {image.shape[0]} x {image.shape[1]} (H x W)"
+            )
+        if amap.dtype == np.float64:
+            with np.errstate(over="ignore"):
+                amap = amap.astype(np.float32)
+        elif amap.dtype != np.float32:
+            raise ContractError(f"{where}: anomaly_map has dtype {amap.dtype}, the contract is float32")
+        if not np.isfinite(amap).all():
+            bad = int(amap.size - np.count_nonzero(np.isfinite(amap)))
+            raise ContractError(f"{where}: anomaly_map has {bad} non-finite values (NaN or infinity)")
+        score = pred.score
+        if isinstance(score, (bool, np.bool_)) or not isinstance(score, (int, float, np.integer, np.floating)):
+            raise ContractError(f"{where}: score is a {type(score).__name__}, not a number")
+        if not np.isfinite(score):
+            raise ContractError(f"{where}: score is {score}, not finite")
+        if amap is pred.anomaly_map and type(score) is float:
+            return pred
+        return Prediction(amap, float(score))
 
     def save(self, directory: str | Path) -> Path:
         """Write the config (JSON) and fitted tensors (safetensors) to ``directory``."""

@@ -54,5 +54,16 @@ def register_experts(register: Callable[..., None]) -> None:
     - ``transductive``: True if ``predict`` scores a batch of unlabeled images
       jointly (as MuSc does), so results depend on the batch.
 
+    An invalid call (unknown or no modes, a name with spaces, a config that is not a
+    pydantic model, a multi-line description, a name used twice) or an exception in
+    this hook drops every registration of the plugin, reported once as a
+    :class:`myriad.errors.PluginError`; other plugins are unaffected.
+
+    At run time the host checks every prediction of the expert
+    (:meth:`myriad.experts.Expert.predict`): an ``H x W`` map of the image's own size,
+    float32 (float64 is converted; other dtypes are refused), every value and the score
+    finite. A violation raises :class:`myriad.errors.ContractError` naming the expert
+    and the image's index in the batch.
+
     .. versionadded:: 0.1.0
     """

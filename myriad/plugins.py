@@ -262,7 +262,10 @@ def get_expert(name: str, config: Any = None, **overrides: Any) -> Expert:
     except ValidationError as exc:
         raise ConfigError(f"invalid config for expert {name!r}:\n{exc}") from exc
     factory = info.load_factory()
-    return factory(cfg)
+    expert = factory(cfg)
+    if isinstance(expert, Expert):
+        expert.registered_name = name  # errors of the host's contract checks name the expert as registered
+    return expert
 
 
 def _reset_for_tests() -> None:

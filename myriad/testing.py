@@ -11,8 +11,11 @@ Subclass :class:`ExpertContractTests` in your plugin's tests and set
 
 Every contract test then runs against your installed expert: shapes and dtypes,
 determinism under a seed, save/load round trip, calibrated range, clear errors on
-bad input. Fixtures ``normal_images``/``test_images`` give small synthetic RGB
-textures (override them for experts that need bigger images). To test an expert
+bad input, and a sanity test that it detects anything at all (a synthetic defect
+must score above the normal images and be brighter on its map than around it, so
+maps that are all zero or inverted fail). Fixtures ``normal_images``/``test_images``/
+``sanity_batch`` give small synthetic RGB textures (override them for experts that
+need bigger images). To test an expert
 that is not installed as a distribution, register it in-process with the
 ``myriad_plugin`` fixture or :func:`registered_plugin`.
 """
@@ -32,6 +35,7 @@ __all__ = [
     "constant_expert_plugin",
     "registered_plugin",
     "run_cli",
+    "synthetic_defect_images",
     "synthetic_images",
 ]
 
@@ -89,23 +93,35 @@ def brick_crops(n_normal: int, n_defect: int, size: int = 128, seed: int = 0) ->
     return images, masks
 
 
+def synthetic_defect_images(n: int, size: int = 64, seed: int = 0) -> tuple[list[Any], list[Any]]:
+    """``synthetic_images(n, size, seed, defect=True)`` and each image's boolean H x W mask of its red square."""
+    return _textures(n, size, seed, defect=True)
+
+
 def synthetic_images(n: int, size: int = 64, seed: int = 0, defect: bool = False) -> list[Any]:
-    """``n`` RGB uint8 textures (smooth stripes + noise); ``defect`` adds a bright square."""
+    """``n`` RGB uint8 textures (smooth stripes + noise); ``defect`` adds a red square (size/4 wide)."""
+    return _textures(n, size, seed, defect)[0]
+
+
+def _textures(n: int, size: int, seed: int, defect: bool) -> tuple[list[Any], list[Any]]:
     import numpy as np
 
     rng = np.random.default_rng(seed)
     yy, xx = np.mgrid[0:size, 0:size]
-    images = []
+    images, masks = [], []
     for _ in range(n):
         phase = rng.uniform(0, 2 * np.pi)
         base = 128 + 60 * np.sin(2 * np.pi * xx / 8 + phase)
         img = np.stack([base, base * 0.9, base * 0.8], axis=-1) + rng.normal(0, 6, (size, size, 3))
+        mask = np.zeros((size, size), dtype=bool)
         if defect:
             s = size // 4
             y, x = rng.integers(0, size - s, 2)
             img[y : y + s, x : x + s] = [250, 30, 30]
+            mask[y : y + s, x : x + s] = True
         images.append(np.clip(img, 0, 255).astype(np.uint8))
-    return images
+        masks.append(mask)
+    return images, masks
 
 
 @functools.cache
@@ -187,6 +203,9 @@ class ExpertContractTests:
     batch_size: ClassVar[int] = 3
     image_size: ClassVar[int] = 64
     num_normal: ClassVar[int] = 4
+    #: set to a reason (e.g. "random test weights: mechanics only") to skip :meth:`test_detects_a_synthetic_defect`
+    #: for a configuration that cannot detect anything by design; never to hide a real failure
+    sanity_skip_reason: ClassVar[str | None] = None
 
     # -- fixtures authors may override ------------------------------------------
     @pytest.fixture
@@ -200,6 +219,19 @@ class ExpertContractTests:
         normal = synthetic_images(self.batch_size - 1, self.image_size, seed=2)
         defect = synthetic_images(1, self.image_size + 16, seed=3, defect=True)
         return normal + defect
+
+    @pytest.fixture
+    def sanity_batch(self) -> tuple[list[Any], list[Any]]:
+        """(images, masks) for the sanity test: normal images (empty masks) then one with a synthetic defect.
+
+        Override with images your expert should rank, keeping at least one all-False and one non-empty mask.
+        """
+        import numpy as np
+
+        normal = synthetic_images(max(self.batch_size - 1, 1), self.image_size, seed=2)
+        defect, defect_masks = synthetic_defect_images(1, self.image_size, seed=3)
+        empty = [np.zeros(image.shape[:2], dtype=bool) for image in normal]
+        return normal + defect, empty + defect_masks
 
     def make_expert(self) -> Any:
         """A fresh expert with this class's config."""
@@ -280,6 +312,44 @@ class ExpertContractTests:
             assert 0.0 <= det.score <= 1.0
             assert float(det.anomaly_map.min()) >= 0.0 and float(det.anomaly_map.max()) <= 1.0
             assert det.anomalous == (det.score > det.threshold) or det.score in (0.0, 1.0)
+
+    def test_detects_a_synthetic_defect(self, normal_images: list[Any], sanity_batch: tuple[list[Any], list[Any]]) -> None:
+        """Sanity: every defective image scores above every normal one, and on its map the defect is brighter than
+        the rest of the image (an image-level map, constant over the image, must instead exceed the normals' maps).
+
+        An expert whose maps are all zero, constant or inverted fails here, whatever its shapes and dtypes.
+        """
+        import numpy as np
+
+        if self.sanity_skip_reason:
+            pytest.skip(self.sanity_skip_reason)
+        images, masks = sanity_batch
+        defective = [bool(m.any()) for m in masks]
+        assert any(defective) and not all(defective), "sanity_batch needs normal and defective images"
+        preds = self.fitted_expert(normal_images).predict(images)
+        scores = np.array([p.score for p in preds])
+        normal_max = scores[[not d for d in defective]].max()
+        defect_scores = scores[defective]
+        assert defect_scores.min() > normal_max, (
+            f"{self.expert_name}: defect scores {defect_scores.tolist()} are not all above the normal images' "
+            f"highest score {normal_max} (maps all zero, constant or inverted?)"
+        )
+        normal_map_max = max(float(p.anomaly_map.max()) for p, d in zip(preds, defective) if not d)
+        for pred, mask in zip(preds, masks):
+            if not mask.any():
+                continue
+            amap = pred.anomaly_map
+            if float(amap.max()) == float(amap.min()):  # an image-level map
+                assert float(amap.max()) > normal_map_max, (
+                    f"{self.expert_name}: the defective image's constant map {float(amap.max())} is not above the "
+                    f"normal images' maps (max {normal_map_max})"
+                )
+                continue
+            inside, outside = float(amap[mask].mean()), float(amap[~mask].mean())
+            assert inside > outside, (
+                f"{self.expert_name}: the map is not higher on the defect (mean {inside:.4g}) than around it "
+                f"(mean {outside:.4g}): inverted or blind map"
+            )
 
     def test_bad_input_errors(self, normal_images: list[Any]) -> None:
         """Empty batches and malformed arrays raise MyriadError naming the problem."""

@@ -142,3 +142,107 @@ def test_zero_shot_expert_predicts_without_fit(myriad_plugin):
     assert [p.anomaly_map.shape for p in preds] == [(5, 7), (3, 4)]
     with pytest.raises(MyriadError, match="takes no fit"):
         expert.fit([np.zeros((5, 7, 3), np.uint8)])
+
+
+def faulty_expert_plugin(fault: str) -> types.SimpleNamespace:
+    """A zero-shot plugin registering expert ``faulty`` whose predictions break the contract as ``fault`` says."""
+    import numpy as np
+
+    from myriad.experts import Expert, Prediction
+
+    class FaultyExpert(Expert):
+        Config = EchoConfig
+
+        def __init__(self, config):
+            super().__init__(config, Mode.ZERO_SHOT)
+
+        def _predict(self, images):
+            out = []
+            for index, image in enumerate(images):
+                h, w = image.shape[:2]
+                amap, score = np.zeros((h, w), np.float32), 0.5
+                if index == len(images) - 1:  # only the last image is wrong: the error must say which
+                    if fault == "shape":
+                        amap = np.zeros((h // 2, w), np.float32)
+                    elif fault == "transposed":
+                        amap = np.zeros((w, h), np.float32)
+                    elif fault == "channels":
+                        amap = np.zeros((h, w, 1), np.float32)
+                    elif fault == "float16":
+                        amap = amap.astype(np.float16)
+                    elif fault == "int":
+                        amap = amap.astype(np.int32)
+                    elif fault == "nan":
+                        amap[0, 0] = np.nan
+                    elif fault == "inf-score":
+                        score = float("inf")
+                    elif fault == "str-score":
+                        score = "high"
+                    elif fault == "tuple":
+                        out.append((amap, score))
+                        continue
+                    elif fault == "float64":
+                        amap = np.full((h, w), 0.25, np.float64)
+                        score = np.float64(0.75)
+                    elif fault == "overflow":
+                        amap = np.full((h, w), 1e300, np.float64)
+                out.append(Prediction(amap, score))
+            return out[:-1] if fault == "missing" else out
+
+    return types.SimpleNamespace(
+        register_experts=hookimpl(lambda register: register(
+            "faulty", factory=FaultyExpert, config=EchoConfig, modes=["zero_shot"], description="x"))
+    )
+
+
+@pytest.mark.parametrize(
+    "fault, message",
+    [
+        ("shape", r"shape \(8, 24\), the image is 16 x 24"),
+        ("transposed", r"shape \(24, 16\), the image is 16 x 24"),
+        ("channels", r"shape \(16, 24, 1\)"),
+        ("float16", "dtype float16, the contract is float32"),
+        ("int", "dtype int32"),
+        ("nan", "1 non-finite values"),
+        ("overflow", "384 non-finite values"),
+        ("inf-score", "score is inf, not finite"),
+        ("str-score", "score is a str, not a number"),
+        ("tuple", "returned tuple, not a myriad.experts.Prediction"),
+        ("missing", "returned 1 results for 2 images"),
+    ],
+)
+def test_the_host_refuses_predictions_that_break_the_contract(myriad_plugin, fault, message):
+    import numpy as np
+
+    from myriad.errors import ContractError
+
+    myriad_plugin(faulty_expert_plugin(fault), name="faulty-plugin")
+    expert = get_expert("faulty")
+    with pytest.raises(ContractError, match=message) as caught:
+        expert.predict([np.zeros((16, 24, 3), np.uint8)] * 2)
+    assert "expert 'faulty' (FaultyExpert)" in str(caught.value)
+    if fault != "missing":
+        assert "image 1 of the batch (2 images)" in str(caught.value)
+
+
+def test_float64_maps_become_float32_and_scores_python_floats(myriad_plugin):
+    import numpy as np
+
+    myriad_plugin(faulty_expert_plugin("float64"), name="faulty-plugin")
+    preds = get_expert("faulty").predict([np.zeros((16, 24, 3), np.uint8)] * 2)
+    assert [p.anomaly_map.dtype for p in preds] == [np.float32, np.float32]
+    assert preds[1].anomaly_map[0, 0] == np.float32(0.25) and type(preds[1].score) is float and preds[1].score == 0.75
+
+
+def test_inspect_stops_on_a_wrong_shaped_map_with_one_line_naming_the_expert(myriad_plugin, tmp_path, capsys):
+    from PIL import Image
+
+    from myriad.testing import run_cli, synthetic_images
+
+    myriad_plugin(faulty_expert_plugin("shape"), name="faulty-plugin")
+    for i, image in enumerate(synthetic_images(3, 32)):
+        Image.fromarray(image).save(tmp_path / f"{i}.png")
+    code, _, err = run_cli(["inspect", str(tmp_path), "--expert", "faulty", "--lmm", "none", "-o", str(tmp_path / "out")], capsys)
+    assert code == 1
+    assert err.strip().splitlines()[-1].startswith("Error: expert 'faulty' (FaultyExpert) broke the contract")
+    assert "Traceback" not in err and not (tmp_path / "out" / "results.jsonl").exists()
