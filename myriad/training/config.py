@@ -150,7 +150,14 @@ class TrainConfig(BaseModel):
         if not path.is_file():
             raise ConfigError(f"{path}: config file not found")
         try:
-            text = path.read_text()
+            text = path.read_text(encoding="utf-8")
+        except UnicodeDecodeError as exc:
+            line = exc.object[: exc.start].count(b"\n") + 1
+            bad = exc.object[exc.start : exc.start + 1]
+            raise ConfigError(f"{path}: not UTF-8 text (line {line}, byte {exc.start}: {bad!r}); save it as UTF-8") from exc
+        except OSError as exc:
+            raise ConfigError(f"{path}: cannot read the config file: {exc.strerror or exc}") from exc
+        try:
             data = tomllib.loads(text) if path.suffix == ".toml" else json.loads(text)
         except (json.JSONDecodeError, tomllib.TOMLDecodeError) as exc:
             raise ConfigError(f"{path}: cannot parse: {exc}") from exc

@@ -96,16 +96,26 @@ def train(
     model: Any = None,
     stop_after: int | None = None,
     on_step: Callable[[int, float], None] | None = None,
+    force: bool = False,
 ) -> TrainResult:
     """Train the trainable parts of Myriad; returns the loss curve and the final weights' path.
 
     ``stop_after`` ends the run after that many steps in this call (tests use it to
     simulate an interruption); the checkpoint written then lets a later call resume.
+    Resuming refuses a checkpoint saved under another config (a one-line ``ConfigError``
+    listing what differs) unless ``force``. Temporary files an interrupted save left in the
+    checkpoint and output folders are deleted first.
     """
     from tqdm.auto import tqdm
 
     from myriad.training.answers import LOCATION_QUESTION, answer_for
-    from myriad.training.checkpoint import load_latest, restore_optimizer, save_checkpoint
+    from myriad.training.checkpoint import (
+        check_same_run,
+        load_latest,
+        remove_stale_temporaries,
+        restore_optimizer,
+        save_checkpoint,
+    )
     from myriad.training.data import TrainingPool
     from myriad.training.maps import MapMixture
     from myriad.training.optim import named_trainable, param_groups, schedule, set_lr
@@ -122,6 +132,12 @@ def train(
     device = torch.device(config.device)
     output = Path(config.output_dir)
     ckpt_dir = output / "checkpoints"
+    checkpoint = load_latest(ckpt_dir) if resume else None
+    if checkpoint is not None:  # before any model is built or map computed: a refusal costs nothing
+        check_same_run(checkpoint, json.loads(config.model_dump_json()), ckpt_dir, force=force)
+    if rank == 0:
+        remove_stale_temporaries(ckpt_dir)
+        remove_stale_temporaries(output)
     torch.manual_seed(config.seed)
     model = model if model is not None else build_model(config)
     model.to(device)
@@ -141,7 +157,6 @@ def train(
 
     result = TrainResult(steps=0)
     start = 0
-    checkpoint = load_latest(ckpt_dir) if resume else None
     if checkpoint is not None:
         model.load_trainable_state_dict(checkpoint.model_state)
     # The optimizer is built after loading: loading may replace parameter objects.

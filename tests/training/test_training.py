@@ -164,6 +164,77 @@ def test_config_file_errors_name_the_file(tmp_path):
         TrainConfig.from_file(bad)
 
 
+def test_non_utf8_config_is_a_one_line_error_naming_the_file(tmp_path, capsys):
+    from myriad.errors import ConfigError
+    from myriad.testing import run_cli
+
+    bad = tmp_path / "train.toml"
+    bad.write_bytes('preset = "tiny"\n# caf\u00e9\n'.encode("latin-1"))
+    with pytest.raises(ConfigError, match=r"train.toml: not UTF-8 text \(line 2, byte 21"):
+        TrainConfig.from_file(bad)
+    code, _, err = run_cli(["train", "--config", str(bad)], capsys)
+    assert code == 1 and len(err.strip().splitlines()) == 1 and str(bad) in err and "UTF-8" in err
+    assert "Traceback" not in err
+    folder = tmp_path / "folder.toml"
+    folder.mkdir()
+    code, _, err = run_cli(["train", "--config", str(folder)], capsys)
+    assert code == 1 and "folder.toml" in err and len(err.strip().splitlines()) == 1
+
+
+def test_resuming_under_another_config_is_refused_unless_forced(tmp_path):
+    from myriad.errors import ConfigError
+    from myriad.training.checkpoint import config_differences
+
+    first, _ = run(tiny_config(tmp_path), stop_after=2)
+    assert len(first.losses) == 2
+    changed = tiny_config(tmp_path, phases=[Phase(steps=4, lr=5e-4)], batch_size=4, threads=2)
+    with pytest.raises(ConfigError) as refused:
+        run(changed)
+    message = str(refused.value)
+    assert "\n" not in message and "--force" in message and "step 2" in message
+    assert "phases.0.lr: 0.001 -> 0.0005" in message and "batch_size: 2 -> 4" in message
+    assert "threads" not in message  # where and how fast it runs may change
+    resumed, _ = run(changed, force=True)
+    assert len(resumed.losses) == 4 and resumed.losses[:2] == first.losses
+    assert config_differences({"a": 1, "threads": 1}, {"a": 1, "threads": 8, "device": "cuda"}) == []
+
+
+def test_cli_force_resumes_and_refusal_is_one_line(tmp_path, capsys):
+    from myriad.testing import run_cli
+
+    config = tmp_path / "train.json"
+
+    def write(lr: float) -> None:
+        data = json.loads(tiny_config(tmp_path, phases=[Phase(steps=3, lr=lr)]).model_dump_json())
+        config.write_text(json.dumps(data))
+
+    write(1e-3)
+    code, out, err = run_cli(["train", "--config", str(config), "--steps", "1"], capsys)
+    assert code == 0 and "stopped after step 1 of 3" in out, err
+    write(2e-3)
+    code, _, err = run_cli(["train", "--config", str(config)], capsys)
+    lines = [line for line in err.strip().splitlines() if line.startswith("Error")]
+    assert code == 1 and len(lines) == 1 and "phases.0.lr: 0.001 -> 0.002" in lines[0] and "--force" in lines[0]
+    code, out, err = run_cli(["train", "--config", str(config), "--force"], capsys)
+    assert code == 0 and "trained 3 steps" in out, err
+
+
+def test_a_temporary_file_left_by_a_killed_save_is_removed_on_the_next_start(tmp_path):
+    config = tiny_config(tmp_path)
+    run(config, stop_after=2)
+    ckpt = config.output_dir / "checkpoints"
+    stale = [ckpt / ".step-000004.safetensors.k1ll3d.tmp", ckpt / ".latest.json.x9.tmp",
+             config.output_dir / ".trainable.safetensors.ab12.tmp"]
+    for path in stale:
+        path.write_bytes(b"half a file")
+    kept = ckpt / "notes.tmp"  # not an atomic-write temporary: left alone
+    kept.write_text("mine")
+    resumed, _ = run(config)
+    assert len(resumed.losses) == 4
+    assert not any(path.exists() for path in stale) and kept.exists()
+    assert not list(ckpt.glob(".*.tmp")) and not list(config.output_dir.glob(".*.tmp"))
+
+
 _DDP_SCRIPT = r"""
 import json, sys, torch
 torch.set_num_threads(1)
