@@ -155,7 +155,7 @@ def load_lmm(lmm: str | Path | None = "mini", device: str = "cpu", precision: st
     if not weights.is_file():
         if lmm == "mini":
             raise WeightsError(
-                f"{weights}: the shipped weights of the mini preset are missing; reinstall myriad or train them "
+                f"{weights}: the shipped weights of the mini preset are missing; reinstall myriad-iad or train them "
                 "with `myriad train --config benchmarks/train/mini.toml`"
             )
         raise WeightsError(f"{weights}: trained Myriad weights not found")
