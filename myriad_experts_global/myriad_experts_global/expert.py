@@ -1,32 +1,45 @@
-"""The texture-wide expert: orchestration of the backbone, window statistics and the Gaussian model.
+"""The texture-wide expert: orchestration of the backbone, window statistics and the Gaussian models.
 
-Fit: every normal image goes through the frozen backbone once; the per-window
-statistics of all its stages (see :mod:`myriad_experts_global.statistics`) become
-samples of one Gaussian. Predict: a window's score is its Mahalanobis distance to
-that Gaussian, the image score is the mean over the image's windows (a texture-wide
-change moves every window a little; the mean is what moves most reliably), and the
-anomaly map is that image score everywhere: the expert judges the image as a whole
-and says so, instead of pretending to localise.
+Fit: every normal image gives, per window, the statistics of each group (see
+:mod:`myriad_experts_global.statistics`); each group gets one Gaussian, and the
+held-out distances of normal images (by image folds) standardise it. Predict: a
+window's score is the mean over groups of ``(distance - null mean) / null std``; the
+image score is the mean over the image's windows (a texture-wide change moves every
+window a little), and the anomaly map is that image score everywhere: the expert
+judges the image as a whole and says so, instead of pretending to localise.
 """
 
 from __future__ import annotations
 
+from dataclasses import dataclass
 from typing import TYPE_CHECKING, Any
 
 from myriad.errors import ConfigError, MyriadError, WeightsError
-from myriad.experts import Expert, Prediction
+from myriad.experts import Expert, Mode, Prediction
 
 from myriad_experts_global.plugin import GlobalStatsConfig
 
 if TYPE_CHECKING:  # pragma: no cover
     import numpy as np
-    import torch
 
     from myriad.backbone import FeatureBackbone
     from myriad_experts_global.statistics import GaussianModel
 
 #: Keys of ``state_metadata`` that must match the config for a saved model to be usable.
-_FEATURE_KEYS = ("backbone", "layers", "image_size", "window", "window_stride")
+_FEATURE_KEYS = ("backbone", "layers", "image_size", "window", "window_stride", "groups")
+
+
+@dataclass
+class GroupModel:
+    """One statistic group's Gaussian and the mean / std of held-out normal distances to it."""
+
+    gaussian: "GaussianModel"
+    null_mean: float
+    null_std: float
+
+    def standardised(self, samples: "np.ndarray") -> "np.ndarray":
+        """``(distance - null_mean) / null_std`` of each row of ``N x D`` samples."""
+        return (self.gaussian.distances(samples) - self.null_mean) / self.null_std
 
 
 def _backbone(name: str, layers: tuple[int, ...], weights: str | None, device: str) -> "FeatureBackbone":
@@ -46,14 +59,21 @@ def _backbone(name: str, layers: tuple[int, ...], weights: str | None, device: s
 
 
 class GlobalStatsExpert(Expert):
-    """Image-level anomaly score: Mahalanobis distance of pooled feature statistics (texture-wide changes)."""
+    """Image-level anomaly score: standardised Mahalanobis distances of pooled texture statistics."""
 
     Config = GlobalStatsConfig
 
     def __init__(self, config: GlobalStatsConfig) -> None:
         super().__init__(config, config.mode)
         self.config: GlobalStatsConfig = config
-        self.model: "GaussianModel | None" = None
+        self.models: dict[str, GroupModel] = {}
+
+    @property
+    def window(self) -> float:
+        """The window side in use: the config's, else 1 (one_class) or 0.5 (few_shot)."""
+        if self.config.window is not None:
+            return float(self.config.window)
+        return 1.0 if self.mode is Mode.ONE_CLASS else 0.5
 
     @property
     def device(self) -> str:
@@ -67,61 +87,71 @@ class GlobalStatsExpert(Expert):
             raise ConfigError(f"device={wanted!r} but no CUDA GPU is available to torch; use device='cpu' or 'auto'")
         return wanted
 
-    def _statistics(self, images: list["np.ndarray"]) -> "np.ndarray":
-        """``N x W x D`` window statistics of the images (float32 numpy)."""
-        import contextlib
-
+    def _statistics(self, images: list["np.ndarray"]) -> dict[str, "np.ndarray"]:
+        """Per group, ``N x W x D`` window statistics of the images (float32 numpy)."""
         import numpy as np
         import torch
 
         from myriad.images import to_tensor
 
-        from myriad_experts_global.statistics import window_statistics
+        from myriad_experts_global.statistics import energy_statistics, window_statistics
 
         cfg = self.config
-        backbone = _backbone(cfg.backbone, tuple(cfg.layers), cfg.weights, self.device)
-        threads = contextlib.nullcontext()
+        window, stride = self.window, cfg.window_stride
+        out: dict[str, list[np.ndarray]] = {group: [] for group in cfg.groups}
         previous = torch.get_num_threads()
         if cfg.num_threads is not None:
             torch.set_num_threads(cfg.num_threads)
-        out = []
         try:
-            with threads:
-                for start in range(0, len(images), cfg.batch_size):
-                    batch = to_tensor(images[start : start + cfg.batch_size], cfg.image_size, backbone.normalisation)
-                    try:
-                        features = backbone(batch)
-                        stats = window_statistics(features, cfg.window, cfg.window_stride)
-                    except (RuntimeError, ValueError) as exc:
-                        raise MyriadError(
-                            f"backbone {cfg.backbone!r} (layers {cfg.layers}) failed on a {tuple(batch.shape)} "
-                            f"batch at image_size={cfg.image_size}: {exc}"
-                        ) from exc
-                    out.append(stats.cpu().numpy())
+            with torch.inference_mode():
+                if "cnn" in out:
+                    backbone = _backbone(cfg.backbone, tuple(cfg.layers), cfg.weights, self.device)
+                    for start in range(0, len(images), cfg.batch_size):
+                        batch = to_tensor(images[start : start + cfg.batch_size], cfg.image_size, backbone.normalisation)
+                        try:
+                            stats = window_statistics(backbone(batch), window, stride)
+                        except RuntimeError as exc:
+                            raise MyriadError(
+                                f"backbone {cfg.backbone!r} (layers {cfg.layers}) failed on a {tuple(batch.shape)} "
+                                f"batch at image_size={cfg.image_size}: {exc}"
+                            ) from exc
+                        out["cnn"].append(stats.cpu().numpy())
+                if "energy" in out:  # native resolution: one image at a time (sizes may differ)
+                    for image in images:
+                        pixels = torch.from_numpy(np.ascontiguousarray(image)).permute(2, 0, 1)[None].float()
+                        try:
+                            out["energy"].append(energy_statistics(pixels, window, stride).numpy())
+                        except ValueError as exc:
+                            raise MyriadError(f"a {image.shape[0]} x {image.shape[1]} image: {exc}") from exc
         finally:
             if cfg.num_threads is not None:
                 torch.set_num_threads(previous)
-        return np.concatenate(out).astype(np.float32)
+        return {group: np.concatenate(parts).astype(np.float32) for group, parts in out.items()}
 
     def _fit(self, images: list["np.ndarray"]) -> None:
-        from myriad_experts_global.statistics import GaussianModel
+        from myriad_experts_global.statistics import GaussianModel, heldout_null
 
         stats = self._statistics(images)
-        samples = stats.reshape(-1, stats.shape[-1])
-        if len(samples) < 2:
-            raise ConfigError(
-                "the global expert needs at least 2 statistic windows: give 2+ normal images or set window < 1"
-            )
-        self.model = GaussianModel.fit(samples, self.config.shrinkage)
+        models = {}
+        for group, samples in stats.items():
+            flat = samples.reshape(-1, samples.shape[-1])
+            if len(flat) < 2:
+                raise ConfigError(
+                    "the global expert needs at least 2 statistic windows: give 2+ normal images or set window < 1"
+                )
+            null_mean, null_std = heldout_null(samples, self.config.shrinkage, self.config.null_folds)
+            models[group] = GroupModel(GaussianModel.fit(flat, self.config.shrinkage), null_mean, null_std)
+        self.models = models
 
     def _predict(self, images: list["np.ndarray"]) -> list[Prediction]:
         import numpy as np
 
-        assert self.model is not None
         stats = self._statistics(images)
-        n, windows, dim = stats.shape
-        distances = self.model.distances(stats.reshape(-1, dim)).reshape(n, windows)
-        scores = distances.mean(axis=1)
+        per_group = []
+        for group, samples in stats.items():
+            n, windows, dim = samples.shape
+            per_group.append(self.models[group].standardised(samples.reshape(-1, dim)).reshape(n, windows))
+        scores = np.mean(per_group, axis=0).mean(axis=1)
         return [
             Prediction(anomaly_map=np.full(image.shape[:2], score, dtype=np.float32), score=float(score))
             for image, score in zip(images, scores)
@@ -134,42 +164,54 @@ class GlobalStatsExpert(Expert):
             "backbone": cfg.backbone,
             "layers": list(cfg.layers),
             "image_size": cfg.image_size,
-            "window": cfg.window,
+            "window": self.window,
             "window_stride": cfg.window_stride,
+            "groups": list(cfg.groups),
         }
 
     def state_tensors(self) -> dict[str, Any]:
         import torch
 
-        if self.model is None:
-            return {}
-        return {
-            "mean": torch.from_numpy(self.model.mean.copy()),
-            "precision": torch.from_numpy(self.model.precision.copy()),
-        }
+        tensors = {}
+        for group, model in self.models.items():
+            tensors[f"{group}.mean"] = torch.from_numpy(model.gaussian.mean.copy())
+            tensors[f"{group}.precision"] = torch.from_numpy(model.gaussian.precision.copy())
+        return tensors
 
     def state_metadata(self) -> dict[str, Any]:
-        if self.model is None:
+        if not self.models:
             return {}
-        return {**self._feature_facts(), "shrinkage": self.model.shrinkage, "samples": self.model.samples}
+        return {
+            **self._feature_facts(),
+            "null": {g: [m.null_mean, m.null_std] for g, m in self.models.items()},
+            "shrinkage": {g: m.gaussian.shrinkage for g, m in self.models.items()},
+            "samples": {g: m.gaussian.samples for g, m in self.models.items()},
+        }
 
     def load_state_tensors(self, tensors: dict[str, Any], metadata: dict[str, Any]) -> None:
         from myriad_experts_global.statistics import GaussianModel
 
-        if set(tensors) != {"mean", "precision"}:
-            raise WeightsError(f"saved global-expert state needs 'mean' and 'precision', found {sorted(tensors)}")
         mine = self._feature_facts()
         theirs = {key: metadata.get(key) for key in _FEATURE_KEYS}
         if mine != theirs:
             differ = ", ".join(f"{k}: saved {theirs[k]!r} vs configured {mine[k]!r}" for k in _FEATURE_KEYS if mine[k] != theirs[k])
             raise WeightsError(f"the saved global model was fitted with other settings ({differ}); refit, or use the saved config")
-        mean = tensors["mean"].double().numpy()
-        precision = tensors["precision"].double().numpy()
-        if precision.shape != (mean.shape[0], mean.shape[0]):
-            raise WeightsError(f"saved precision has shape {tuple(precision.shape)} for a mean of {mean.shape[0]} values")
-        self.model = GaussianModel(
-            mean=mean, precision=precision, shrinkage=float(metadata.get("shrinkage", 0.0)), samples=int(metadata.get("samples", 0))
-        )
+        expected = {f"{g}.{part}" for g in self.config.groups for part in ("mean", "precision")}
+        if set(tensors) != expected:
+            raise WeightsError(f"saved global-expert state needs {sorted(expected)}, found {sorted(tensors)}")
+        models = {}
+        for group in self.config.groups:
+            mean = tensors[f"{group}.mean"].double().numpy()
+            precision = tensors[f"{group}.precision"].double().numpy()
+            if precision.shape != (mean.shape[0], mean.shape[0]):
+                raise WeightsError(f"saved {group}.precision has shape {tuple(precision.shape)} for a mean of {mean.shape[0]} values")
+            null_mean, null_std = metadata["null"][group]
+            gaussian = GaussianModel(
+                mean=mean, precision=precision, shrinkage=float(metadata["shrinkage"][group]),
+                samples=int(metadata["samples"][group]),
+            )
+            models[group] = GroupModel(gaussian, float(null_mean), float(null_std))
+        self.models = models
         self.fitted = True
 
 

@@ -27,17 +27,31 @@ class GlobalStatsConfig(BaseModel):
     weights: Optional[str] = Field(None, description="local weights file (.safetensors/.pth) for a non-embedded backbone")
     layers: list[int] = Field([1, 2, 3, 4], description="timm out_indices of the stages whose statistics are pooled")
     image_size: int = Field(256, ge=32, le=2048, description="images are resized to image_size x image_size")
-    window: float = Field(
-        0.5, gt=0.0, le=1.0,
-        description="statistics are pooled over windows of this fraction of the image side (1 = the whole image only)",
+    window: Optional[float] = Field(
+        None, gt=0.0, le=1.0,
+        description="statistics are pooled over windows of this fraction of the image side (1 = the whole image); "
+        "None = 1 for one_class, 0.5 for few_shot (more samples from few references)",
     )
     window_stride: float = Field(0.25, gt=0.0, le=1.0, description="step between windows, fraction of the image side")
+    groups: list[Literal["cnn", "energy"]] = Field(
+        ["cnn", "energy"], min_length=1,
+        description="statistic groups: 'cnn' (backbone channel mean/std per stage), 'energy' (native-resolution "
+        "texture energy: noise, sharpness, grain, orientation)",
+    )
+    null_folds: int = Field(5, ge=2, le=20, description="image folds for the held-out distances that standardise each group")
     shrinkage: Optional[float] = Field(
         None, ge=0.0, le=1.0, description="covariance shrinkage towards a scaled identity; None = Ledoit-Wolf estimate"
     )
     batch_size: int = Field(8, ge=1, le=1024, description="images per backbone forward")
     device: str = Field("auto", description="'auto' (cuda if available), 'cpu', 'cuda' or 'cuda:N'")
     num_threads: Optional[int] = Field(None, ge=1, description="CPU threads for torch (None = leave as is)")
+
+    @field_validator("groups")
+    @classmethod
+    def _check_groups(cls, value: list[str]) -> list[str]:
+        if len(set(value)) != len(value):
+            raise ValueError(f"groups must not repeat, got {value}")
+        return list(value)
 
     @field_validator("layers")
     @classmethod

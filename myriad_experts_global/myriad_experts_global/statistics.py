@@ -1,12 +1,22 @@
-"""Pure compute of the texture-wide expert: window statistics of feature maps and a Gaussian model.
+"""Pure compute of the texture-wide expert: window statistics, Gaussian models, standardised distances.
 
 A texture-wide defect (the weave a few percent denser, slightly blurred or noisier,
 rotated) changes little at any one place but shifts the *distribution* of the
-backbone's responses over the whole image. Per stage, the per-channel mean and
-standard deviation of the feature map over a window summarise that distribution;
-the vector of all stages' statistics is modelled by one Gaussian fitted on normal
-windows (mean, Ledoit-Wolf-shrunk covariance), and a window is scored by its
-Mahalanobis distance to it.
+image's responses. Two groups of statistics summarise a window:
+
+- ``cnn``: per stage of the frozen backbone, the per-channel mean and standard
+  deviation of the feature map (:func:`window_statistics`);
+- ``energy``: at native resolution and on a 2x pyramid, the mean, median and 90th
+  percentile of the absolute second-difference response (Immerkaer's noise operator)
+  and the mean squared gradients along x and y and their product, in log, for the
+  luma and a colour-opponent channel (:func:`energy_statistics`). Sensor noise,
+  sharpness, grain and orientation show here first; a CNN's stride-2 stem averages
+  part of it away.
+
+Each group is modelled by one Gaussian fitted on normal windows (mean, Ledoit-Wolf
+shrunk covariance). A window's Mahalanobis distance to a group is standardised by the
+distances of held-out normal images (:func:`heldout_null`), so the groups share a
+scale, and the window's score is the mean of its groups' standardised distances.
 """
 
 from __future__ import annotations
@@ -64,6 +74,97 @@ def window_statistics(
                 stats.append(torch.cat([cell.mean(-1), cell.std(-1, unbiased=False)], dim=1))
         per_stage.append(torch.stack(stats, dim=1))  # B x W x 2C
     return torch.cat(per_stage, dim=2)
+
+
+#: Pyramid levels of :func:`energy_statistics` (native resolution, then halved each time).
+ENERGY_LEVELS = 5
+#: BT.601 luma and a red-blue opponent channel: the two planes the energy statistics read.
+_PLANES = ((0.299, 0.587, 0.114), (0.5, 0.0, -0.5))
+
+
+def energy_statistics(batch: "torch.Tensor", window: float, stride: float, levels: int = ENERGY_LEVELS) -> "torch.Tensor":
+    """Log texture-energy statistics per window of RGB images in [0, 255]: ``B x W x E`` (float32).
+
+    ``batch`` is ``B x 3 x H x W`` at native resolution. Per plane and pyramid level:
+    log mean / median / 90th percentile of ``|second difference|`` (3 x 3 kernel
+    ``[1,-2,1] x [1,-2,1]``), log mean of ``gx^2``, ``gy^2`` and ``|gx gy|``; and per plane
+    the log standard deviation. ``E = planes * (6 * levels + 1)``.
+    """
+    import torch
+    import torch.nn.functional as F
+
+    x = batch.float()
+    weights = torch.tensor(_PLANES, dtype=x.dtype, device=x.device)
+    planes = torch.einsum("pc,bchw->bphw", weights, x)
+    b, p = planes.shape[:2]
+    kernel = torch.tensor([[1.0, -2.0, 1.0], [-2.0, 4.0, -2.0], [1.0, -2.0, 1.0]], device=x.device)
+    starts = window_fractions(window, stride)
+    eps = 1e-6
+    per_level: list[torch.Tensor] = []
+    current = planes
+    for _ in range(levels):
+        h, w = current.shape[-2:]
+        if min(h, w) < 4:
+            raise ValueError(f"a {h} x {w} pyramid level is too small for the energy statistics")
+        flat = current.reshape(b * p, 1, h, w)
+        lap = F.conv2d(flat, kernel[None, None]).abs().reshape(b, p, h - 2, w - 2)
+        gx = (current[..., :, 1:] - current[..., :, :-1])[..., :-1, :]
+        gy = (current[..., 1:, :] - current[..., :-1, :])[..., :, :-1]
+        stats = []
+        for top_start in starts:
+            for left_start in starts:
+                t, bt = _cells(top_start, window, h - 2)
+                lft, rt = _cells(left_start, window, w - 2)
+                cell = lap[..., t:bt, lft:rt].flatten(2)
+                q = torch.quantile(cell, torch.tensor([0.5, 0.9], device=x.device), dim=-1)  # 2 x B x P
+                t2, b2 = _cells(top_start, window, h - 1)
+                l2, r2 = _cells(left_start, window, w - 1)
+                cx, cy = gx[..., t2:b2, l2:r2], gy[..., t2:b2, l2:r2]
+                values = [cell.mean(-1), q[0], q[1], (cx * cx).mean((-2, -1)), (cy * cy).mean((-2, -1)), (cx * cy).abs().mean((-2, -1))]
+                stats.append(torch.log(torch.stack(values, dim=-1) + eps).flatten(1))  # B x (P*6)
+        per_level.append(torch.stack(stats, dim=1))
+        current = F.avg_pool2d(current, 2)
+    spread = []
+    for top_start in starts:
+        for left_start in starts:
+            t, bt = _cells(top_start, window, planes.shape[-2])
+            lft, rt = _cells(left_start, window, planes.shape[-1])
+            spread.append(torch.log(planes[..., t:bt, lft:rt].flatten(2).std(-1) + eps))
+    per_level.append(torch.stack(spread, dim=1))
+    return torch.cat(per_level, dim=2)
+
+
+def image_folds(num_images: int, folds: int = 5) -> list["np.ndarray"]:
+    """Image indices in ``min(folds, num_images)`` interleaved groups (deterministic)."""
+    import numpy as np
+
+    count = max(1, min(folds, num_images))
+    return [np.arange(k, num_images, count) for k in range(count)]
+
+
+def heldout_null(samples: "np.ndarray", shrinkage: float | None = None, folds: int = 5) -> tuple[float, float]:
+    """Mean and standard deviation of held-out normal distances for ``N x W x D`` window samples.
+
+    Images are split into folds; each fold's windows are scored by a Gaussian fitted on the
+    other folds' windows. Where no fold leaves at least 2 windows to fit on (one image, or
+    two whole-image windows), all windows score against a Gaussian of all of them (biased
+    low, but it keeps every group on a comparable scale).
+    """
+    import numpy as np
+
+    n, windows, dim = samples.shape
+    distances: list[np.ndarray] = []
+    for held in image_folds(n, folds) if n >= 2 else []:
+        rest = np.setdiff1d(np.arange(n), held)
+        if len(rest) * windows < 2:
+            continue
+        model = GaussianModel.fit(samples[rest].reshape(-1, dim), shrinkage)
+        distances.append(model.distances(samples[held].reshape(-1, dim)))
+    if not distances:
+        model = GaussianModel.fit(samples.reshape(-1, dim), shrinkage)
+        distances.append(model.distances(samples.reshape(-1, dim)))
+    values = np.concatenate(distances)
+    return float(values.mean()), float(max(values.std(), 1e-6 * max(abs(values.mean()), 1.0)))
 
 
 @dataclass

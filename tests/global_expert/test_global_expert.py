@@ -66,7 +66,7 @@ def test_saved_state_refuses_other_settings(tmp_path):
     import json
 
     meta = json.loads((tmp_path / "g" / "expert.json").read_text())
-    meta["config"]["window"] = 1.0
+    meta["config"]["window"] = 0.25
     (tmp_path / "g" / "expert.json").write_text(json.dumps(meta))
     with pytest.raises(WeightsError, match="window"):
         GlobalStatsExpert.load(tmp_path / "g")
