@@ -25,6 +25,8 @@ if TYPE_CHECKING:  # pragma: no cover
     from myriad.backbone import FeatureBackbone
     from myriad_experts_global.statistics import GaussianModel
 
+#: Tensors saved per statistic group (``<group>.<part>``).
+_PARTS = ("mean", "components", "variances")
 #: Keys of ``state_metadata`` that must match the config for a saved model to be usable.
 _FEATURE_KEYS = ("backbone", "layers", "image_size", "window", "window_stride", "groups")
 
@@ -170,12 +172,13 @@ class GlobalStatsExpert(Expert):
         }
 
     def state_tensors(self) -> dict[str, Any]:
+        import numpy as np
         import torch
 
         tensors = {}
         for group, model in self.models.items():
-            tensors[f"{group}.mean"] = torch.from_numpy(model.gaussian.mean.copy())
-            tensors[f"{group}.precision"] = torch.from_numpy(model.gaussian.precision.copy())
+            for part in _PARTS:
+                tensors[f"{group}.{part}"] = torch.from_numpy(np.ascontiguousarray(getattr(model.gaussian, part)))
         return tensors
 
     def state_metadata(self) -> dict[str, Any]:
@@ -184,6 +187,7 @@ class GlobalStatsExpert(Expert):
         return {
             **self._feature_facts(),
             "null": {g: [m.null_mean, m.null_std] for g, m in self.models.items()},
+            "isotropic": {g: m.gaussian.isotropic for g, m in self.models.items()},
             "shrinkage": {g: m.gaussian.shrinkage for g, m in self.models.items()},
             "samples": {g: m.gaussian.samples for g, m in self.models.items()},
         }
@@ -196,18 +200,21 @@ class GlobalStatsExpert(Expert):
         if mine != theirs:
             differ = ", ".join(f"{k}: saved {theirs[k]!r} vs configured {mine[k]!r}" for k in _FEATURE_KEYS if mine[k] != theirs[k])
             raise WeightsError(f"the saved global model was fitted with other settings ({differ}); refit, or use the saved config")
-        expected = {f"{g}.{part}" for g in self.config.groups for part in ("mean", "precision")}
+        expected = {f"{g}.{part}" for g in self.config.groups for part in _PARTS}
         if set(tensors) != expected:
             raise WeightsError(f"saved global-expert state needs {sorted(expected)}, found {sorted(tensors)}")
         models = {}
         for group in self.config.groups:
-            mean = tensors[f"{group}.mean"].double().numpy()
-            precision = tensors[f"{group}.precision"].double().numpy()
-            if precision.shape != (mean.shape[0], mean.shape[0]):
-                raise WeightsError(f"saved {group}.precision has shape {tuple(precision.shape)} for a mean of {mean.shape[0]} values")
+            mean, components, variances = (tensors[f"{group}.{part}"].double().numpy() for part in _PARTS)
+            if components.ndim != 2 or components.shape[1] != mean.shape[0] or variances.shape != (components.shape[0],):
+                raise WeightsError(
+                    f"saved {group} model is inconsistent: mean {tuple(mean.shape)}, components "
+                    f"{tuple(components.shape)}, variances {tuple(variances.shape)}"
+                )
             null_mean, null_std = metadata["null"][group]
             gaussian = GaussianModel(
-                mean=mean, precision=precision, shrinkage=float(metadata["shrinkage"][group]),
+                mean=mean, components=components, variances=variances,
+                isotropic=float(metadata["isotropic"][group]), shrinkage=float(metadata["shrinkage"][group]),
                 samples=int(metadata["samples"][group]),
             )
             models[group] = GroupModel(gaussian, float(null_mean), float(null_std))

@@ -167,12 +167,61 @@ def heldout_null(samples: "np.ndarray", shrinkage: float | None = None, folds: i
     return float(values.mean()), float(max(values.std(), 1e-6 * max(abs(values.mean()), 1.0)))
 
 
+def _principal_axes(centred: "np.ndarray") -> tuple["np.ndarray", "np.ndarray"]:
+    """Eigenvalues (descending) and unit eigenvectors (rows) of the covariance of centred samples.
+
+    From the smaller of the ``N x N`` Gram matrix and the ``D x D`` scatter matrix
+    (symmetric eigensolvers; much faster here than an SVD of the ``N x D`` samples).
+    """
+    import numpy as np
+
+    n, dim = centred.shape
+    if n <= dim:
+        values, vectors = np.linalg.eigh(centred @ centred.T)
+        values = np.maximum(values[::-1], 0.0)
+        vectors = vectors[:, ::-1]
+        keep = values > 1e-12 * max(float(values[0]), 1e-300)
+        axes = (centred.T @ vectors[:, keep]) / np.sqrt(values[keep])
+        return values[keep] / n, axes.T
+    values, vectors = np.linalg.eigh(centred.T @ centred)
+    return np.maximum(values[::-1], 0.0) / n, vectors[:, ::-1].T
+
+
+def ledoit_wolf_shrinkage(centred: "np.ndarray") -> float:
+    """The Ledoit-Wolf shrinkage of centred ``N x D`` samples towards a scaled identity.
+
+    The estimate of Ledoit & Wolf (2004) as scikit-learn computes it, written with the
+    ``N x N`` Gram matrix so that it costs ``O(N^2 D)`` instead of ``O(N D^2)``.
+    """
+    import numpy as np
+
+    n, dim = centred.shape
+    squared_norms = (centred**2).sum(axis=1)
+    trace = float(squared_norms.sum()) / n  # trace of the sample covariance
+    mu = trace / dim
+    gram = centred @ centred.T
+    frobenius = float((gram**2).sum()) / n**2  # ||S||_F^2
+    beta = (float((squared_norms**2).sum()) / n - frobenius) / (dim * n)
+    delta = (frobenius - 2.0 * mu * trace + dim * mu**2) / dim
+    beta = min(beta, delta)
+    return 0.0 if beta <= 0.0 or delta <= 0.0 else float(beta / delta)
+
+
 @dataclass
 class GaussianModel:
-    """A Gaussian over statistic vectors: ``mean`` (D,) and ``precision`` (D x D), float64."""
+    """A Gaussian over statistic vectors with a shrunk covariance, kept in its eigenbasis (float64).
+
+    The covariance is ``(1 - shrinkage) * S + shrinkage * m * I`` (``S`` the sample
+    covariance, ``m`` its mean eigenvalue), plus a tiny floor: ``components`` (``r x D``)
+    and ``variances`` (``r``) are its eigenvectors and eigenvalues on the span of the
+    samples, and every other direction has variance ``isotropic``. So the Mahalanobis
+    distance costs ``O(r D)`` per vector and fitting ``O(N^2 D)``, never a ``D x D`` inverse.
+    """
 
     mean: "np.ndarray"
-    precision: "np.ndarray"
+    components: "np.ndarray"
+    variances: "np.ndarray"
+    isotropic: float
     shrinkage: float
     samples: int
 
@@ -184,24 +233,31 @@ class GaussianModel:
         x = np.asarray(samples, dtype=np.float64)
         if x.ndim != 2 or len(x) < 2:
             raise ValueError(f"the Gaussian model needs at least 2 sample vectors, got shape {x.shape}")
+        n, dim = x.shape
         mean = x.mean(axis=0)
         centred = x - mean
         if shrinkage is None:
-            from sklearn.covariance import ledoit_wolf
-
-            covariance, shrinkage = ledoit_wolf(x)
-        else:
-            empirical = centred.T @ centred / len(x)
-            target = np.trace(empirical) / x.shape[1]
-            covariance = (1.0 - shrinkage) * empirical + shrinkage * target * np.eye(x.shape[1])
-        # a small floor keeps the precision finite when features are constant (e.g. one reference image)
-        floor = 1e-6 * max(float(np.trace(covariance)) / x.shape[1], 1e-12)
-        precision = np.linalg.inv(covariance + floor * np.eye(x.shape[1]))
-        return cls(mean=mean, precision=precision, shrinkage=float(shrinkage), samples=len(x))
+            shrinkage = ledoit_wolf_shrinkage(centred)
+        eigen, vt = _principal_axes(centred)
+        scale = float(eigen.sum()) / dim
+        # a small floor keeps every variance positive when features are constant (e.g. one reference image)
+        isotropic = shrinkage * scale + 1e-6 * max(scale, 1e-12)
+        keep = eigen > 1e-12 * max(float(eigen.max(initial=0.0)), 1e-300)
+        return cls(
+            mean=mean,
+            components=vt[keep],
+            variances=(1.0 - shrinkage) * eigen[keep] + isotropic,
+            isotropic=float(isotropic),
+            shrinkage=float(shrinkage),
+            samples=n,
+        )
 
     def distances(self, samples: "np.ndarray") -> "np.ndarray":
         """Mahalanobis distance of each row of ``N x D`` samples (float64)."""
         import numpy as np
 
         centred = np.asarray(samples, dtype=np.float64) - self.mean
-        return np.sqrt(np.maximum(np.einsum("nd,de,ne->n", centred, self.precision, centred), 0.0))
+        projected = centred @ self.components.T
+        inside = (projected**2 / self.variances).sum(axis=1)
+        outside = np.maximum((centred**2).sum(axis=1) - (projected**2).sum(axis=1), 0.0) / self.isotropic
+        return np.sqrt(inside + outside)
