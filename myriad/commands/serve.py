@@ -8,7 +8,8 @@ from typing import Any
 
 import click
 
-from myriad.commands.options import precision_option
+from myriad.commands.options import false_alarm_rate_option, precision_option
+from myriad.defaults import DEFAULT_EXPERT
 
 _HOST_HELP = (
     "Interface to listen on. Keep the default loopback address unless other machines must connect: any other "
@@ -17,7 +18,7 @@ _HOST_HELP = (
 
 
 def _expert_config(value: str | None) -> dict[str, dict[str, Any]]:
-    """``--expert-config``: a JSON object (or a JSON file) mapping expert names to settings objects."""
+    """``--expert-config``: a JSON object (or a JSON file) mapping expert (or fusion) names to settings objects."""
     if not value:
         return {}
     text = Path(value).read_text(encoding="utf-8") if Path(value).is_file() else value
@@ -27,7 +28,13 @@ def _expert_config(value: str | None) -> dict[str, dict[str, Any]]:
         raise click.BadParameter(f"not valid JSON: {exc}", param_hint="--expert-config") from None
     if not isinstance(data, dict) or not all(isinstance(v, dict) for v in data.values()):
         raise click.BadParameter('give {"<expert>": {<settings>}, ...}', param_hint="--expert-config")
-    return data
+    from myriad.errors import ConfigError, UnknownExpertError
+    from myriad.serve.experts import check_operator_config
+
+    try:
+        return check_operator_config(data)
+    except (ConfigError, UnknownExpertError) as exc:
+        raise click.BadParameter(str(exc), param_hint="--expert-config") from None
 
 
 @click.command("serve")
@@ -38,10 +45,15 @@ def _expert_config(value: str | None) -> dict[str, dict[str, Any]]:
                    "the environment variable takes several separated by spaces). Required off loopback.")
 @click.option("--allowed-host", "allowed_hosts", multiple=True,
               help="Another host name clients may use in the Host header (besides loopback names and --host); '*': any.")
-@click.option("--expert", default="patchcore", show_default=True, help="Default expert of new profiles (see `myriad experts`).")
+@click.option("--expert", default=DEFAULT_EXPERT, show_default=True,
+              help="Default expert of new profiles: one expert or a fusion 'a+b' (see `myriad experts`).")
 @click.option("--expert-config", default=None, metavar="JSON|FILE",
-              help='Operator settings per expert, e.g. \'{"patchcore": {"backbone": "wide_resnet50_2", "weights": "/models/wrn50.pth"}}\'. '
-                   "Clients may only add bounded, harmless settings (see docs/serving.md).")
+              help='Operator settings per expert, e.g. \'{"<expert>": {"backbone": "wide_resnet50_2", "weights": "/models/wrn50.pth"}}\'; '
+                   "a fusion's members take their own expert's entry, then the fusion's, per member "
+                   "('{\"a+b\": {\"a\": {...}}}'). "
+                   "Clients may only add bounded, harmless settings "
+                   "(see docs/serving.md).")
+@false_alarm_rate_option
 @click.option("--lmm", default="mini", show_default=True, help="'mini' (shipped weights), a weights file, or 'none' (expert only).")
 @click.option("--device", default="cpu", show_default=True, help="Torch device of the LMM and the experts.")
 @precision_option
@@ -70,6 +82,7 @@ def serve_command(
     allowed_hosts: tuple[str, ...],
     expert: str,
     expert_config: str | None,
+    false_alarm_rate: float | None,
     lmm: str,
     device: str,
     precision: str,
@@ -102,7 +115,7 @@ def serve_command(
     except ImportError as exc:
         raise click.ClickException(f"`myriad serve` needs the serve extra ({exc.name} is missing): pip install 'myriad[serve]'") from exc
     from myriad.errors import WeightsError
-    from myriad.plugins import get_expert_info
+    from myriad.fusion import member_names
     from myriad.serve.limits import Limits
     from myriad.serve.security import AccessPolicy, check_bind
 
@@ -111,10 +124,8 @@ def serve_command(
         check_bind(host, tokens)
     except ValueError as exc:
         raise click.ClickException(str(exc)) from None
-    get_expert_info(expert)  # an unknown default expert is a start-up error naming the installed ones
+    member_names(expert)  # an unknown default expert (or member) is a start-up error naming the installed ones
     operator = _expert_config(expert_config)
-    for name in operator:
-        get_expert_info(name)
     limits = Limits(
         max_upload_bytes=int(max_upload_mb * 1024 * 1024), max_files=max_files, max_side=max_side, max_pixels=max_pixels,
         max_body_bytes=int(max_request_mb * 1024 * 1024), max_question_chars=max_question_chars, max_turns=max_turns,
@@ -126,7 +137,7 @@ def serve_command(
         app = create_app(
             lmm=lmm, expert=expert, device=device, precision=precision, limits=limits, data_root=data_root,
             max_profiles=max_profiles, max_sessions=max_sessions, per_client_profiles=per_client_profiles,
-            per_client_sessions=per_client_sessions, expert_config=operator, policy=policy, ui=not no_ui,
+            per_client_sessions=per_client_sessions, expert_config=operator, false_alarm_rate=false_alarm_rate, policy=policy, ui=not no_ui,
         )
     except WeightsError as exc:
         raise click.ClickException(

@@ -27,7 +27,9 @@ from fastapi.responses import JSONResponse, RedirectResponse
 from starlette.exceptions import HTTPException as StarletteHTTPException
 
 from myriad import __version__
+from myriad.defaults import DEFAULT_EXPERT
 from myriad.errors import MyriadError
+from myriad.fusion import SEPARATOR
 from myriad.inspection import DEFAULT_PRECISION
 from myriad.serve.errors import ServeError, status_of
 from myriad.serve.limits import Limits, check_count, clip, display_name, load_checked_image, request_tempdir, save_upload
@@ -64,6 +66,10 @@ _CODES = {
 #: Path parameters as the schema documents them (the same rules the store applies).
 _NAME = PathParam(pattern=r"^[A-Za-z0-9][A-Za-z0-9._-]{0,63}$", description="profile name: 1 to 64 letters, digits, '._-'")
 _SESSION = PathParam(pattern=r"^[0-9a-f]{32}$", description="session id, as returned by an inspection")
+_CONFIG_HELP = (
+    "expert settings as a JSON object (only the allowed fields); for a fusion, per member: "
+    + json.dumps({name: {} for name in DEFAULT_EXPERT.split(SEPARATOR)}).replace("{}", "{...}")
+)
 _ERRORS: dict[int | str, dict[str, Any]] = {code: {"model": ErrorOut, "description": text} for code, text in _CODES.items()}
 
 
@@ -72,7 +78,7 @@ def create_app(
     *,
     lmm: str | Path | None = "mini",
     model: Any = None,
-    expert: str = "patchcore",
+    expert: str = DEFAULT_EXPERT,
     device: str = "cpu",
     precision: str = DEFAULT_PRECISION,
     limits: Limits | None = None,
@@ -82,6 +88,7 @@ def create_app(
     per_client_profiles: int | None = None,
     per_client_sessions: int | None = None,
     expert_config: dict[str, dict[str, Any]] | None = None,
+    false_alarm_rate: float | None = None,
     policy: AccessPolicy | None = None,
     ui: bool = True,
 ) -> FastAPI:
@@ -90,8 +97,11 @@ def create_app(
     The LMM is loaded here, once, and shared by every profile: pass ``model`` to inject one,
     else ``lmm`` (``"mini"``, a weights path or ``"none"``) is loaded and a missing weights file
     raises :class:`myriad.errors.WeightsError`; ``precision`` as in :func:`myriad.inspection.load_lmm`. A ready
-    ``service`` overrides all of these. ``expert_config`` maps expert names to the operator's
-    settings (clients may add only the allow-listed ones). ``policy`` says who may connect
+    ``service`` overrides all of these. ``expert`` is the default expert of new profiles (a
+    fusion such as ``"patchcore+global"`` by default). ``expert_config`` maps expert (or fusion)
+    names to the operator's settings (clients may add only the allow-listed ones, per member for a
+    fusion). ``false_alarm_rate`` calibrates every profile at that target rate instead of the
+    paper's maximum held-out normal. ``policy`` says who may connect
     (default: loopback host names, no token). ``ui=False`` leaves out the web page.
     """
     if service is None:
@@ -105,6 +115,7 @@ def create_app(
             "store": store,
             "data_root": data_root,
             "expert_config": expert_config,
+            "false_alarm_rate": false_alarm_rate,
         }
         if model is not None:
             service = InspectionService(model, lmm_label="injected", **options)
@@ -202,7 +213,7 @@ def _add_routes(app: FastAPI, service: InspectionService) -> None:
 
     @app.get("/api/experts", response_model=list[ExpertOut], responses=_ERRORS, tags=["server"])
     def experts() -> list[dict[str, Any]]:
-        """The installed expert plugins."""
+        """The fused experts on offer (the server's default first when it is one), then the installed expert plugins."""
         return service.experts()
 
     @app.get("/api/profiles", response_model=list[ProfileOut], responses=_ERRORS, tags=["profiles"])
@@ -216,8 +227,10 @@ def _add_routes(app: FastAPI, service: InspectionService) -> None:
         name: str = _NAME,
         files: Optional[list[UploadFile]] = File(None, description="normal reference images (few-shot: 1 to 16)"),
         folder: Optional[str] = Form(None, description="instead of files: a folder under the server's --data-root"),
-        expert: Optional[str] = Form(None, description="expert name (default: the server's --expert)"),
-        config: Optional[str] = Form(None, description="expert settings as a JSON object (only the allowed fields)"),
+        expert: Optional[str] = Form(
+            None, description=f"expert name, or a fusion such as {DEFAULT_EXPERT!r} (default: the server's --expert)"
+        ),
+        config: Optional[str] = Form(None, description=_CONFIG_HELP),
     ) -> dict[str, Any]:
         """Fit (or refit) your profile ``name``: the expert calibrated on normal images."""
         settings = _parse_config(config)
@@ -255,6 +268,8 @@ def _add_routes(app: FastAPI, service: InspectionService) -> None:
         ask: Optional[str] = Form(None, description="instruction instead of the default question (bounded length)"),
     ) -> InspectionOut:
         """Inspect one image: calibrated score, decision, Myriad's answer, timings and an overlay URL.
+
+        A fused expert's profile also gives each member's calibrated score and decision (``members``).
 
         A 422 ``{"detail": "<file>: ..."}`` names an unreadable image or one over the dimension limits.
         """

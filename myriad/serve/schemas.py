@@ -20,6 +20,10 @@ class HealthOut(BaseModel):
     version: str
     lmm: str = Field(description="'none' (expert-only answers), 'mini', a weights path, or 'injected'")
     default_expert: str
+    false_alarm_rate: Optional[float] = Field(
+        None, description="target false-alarm rate of every calibration (--false-alarm-rate); null: the paper's "
+        "maximum held-out normal"
+    )
     device: str
     uptime_s: float
     profiles: int
@@ -28,13 +32,24 @@ class HealthOut(BaseModel):
 
 
 class ExpertOut(BaseModel):
-    """An installed expert plugin."""
+    """An installed expert plugin, or a fused expert on offer (``members`` set)."""
 
-    name: str
+    name: str = Field(description="the name to fit a profile with; a fusion joins its members with '+'")
     modes: list[str]
     distribution: Optional[str] = None
     version: Optional[str] = None
     description: str
+    members: Optional[list[str]] = Field(
+        None, description="a fused expert's members (its config gives settings per member); null for one expert"
+    )
+
+
+class MemberOut(BaseModel):
+    """One member of a fused expert on one image."""
+
+    score: float = Field(description="the member's calibrated anomaly score in [0, 1]")
+    anomalous: bool = Field(description="whether the member is above its own threshold (0.5)")
+    mode: str
 
 
 class ProfileOut(BaseModel):
@@ -63,6 +78,10 @@ class InspectionOut(BaseModel):
     decision: str = Field(description="Myriad's verdict (the expert's without an LMM)")
     answer: str = Field(description="Myriad's answer text ('' when the server runs --lmm none)")
     timings_ms: dict[str, float]
+    members: Optional[dict[str, MemberOut]] = Field(
+        None, description="a fused expert: each member's calibrated score and decision, by member name (the fused "
+        "score is their maximum, anomalous when any member is); null for one expert"
+    )
     overlay_url: str = Field(description="GET it for the heat-map overlay PNG")
 
 

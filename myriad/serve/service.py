@@ -15,10 +15,11 @@ import time
 from pathlib import Path
 from typing import TYPE_CHECKING, Any, Sequence
 
+from myriad.defaults import DEFAULT_EXPERT
 from myriad.inspection import DEFAULT_PRECISION
 from myriad.serve.bounds import BoundedModel
 from myriad.serve.errors import BadImageError, ConflictError, ForbiddenError, NotFoundError, ServeError
-from myriad.serve.experts import check_expert_name, client_config
+from myriad.serve.experts import check_expert_name, client_config, operator_config
 from myriad.serve.limits import Limits, check_count, check_file_size, clip, load_checked_image
 from myriad.serve.profiles import Profile, ProfileStore, Session, check_profile_name
 
@@ -36,21 +37,26 @@ class InspectionService:
         model: Any = None,
         *,
         lmm_label: str | None = None,
-        default_expert: str = "patchcore",
+        default_expert: str = DEFAULT_EXPERT,
         device: str = "cpu",
         limits: Limits | None = None,
         store: ProfileStore | None = None,
         data_root: str | Path | None = None,
         expert_config: dict[str, dict[str, Any]] | None = None,
+        false_alarm_rate: float | None = None,
     ) -> None:
+        from myriad.calibration import check_false_alarm_rate
+
         self.limits = limits or Limits()
         self.raw_model = model
         self.model = None if model is None else BoundedModel(model, self.limits.max_new_tokens, self.limits.max_generation_s)
         self.lmm_label = lmm_label or ("none" if model is None else "injected")
         self.default_expert = default_expert
         self.device = device
-        #: the operator's settings per expert (``--expert-config``), under every client's allowed ones
+        #: the operator's settings per expert or fusion (``--expert-config``), under every client's allowed ones
         self.expert_config = {k: dict(v) for k, v in (expert_config or {}).items()}
+        #: target false-alarm rate of every profile's calibration (None: the paper's maximum held-out normal)
+        self.false_alarm_rate = check_false_alarm_rate(false_alarm_rate)
         self.store = store or ProfileStore()
         self.data_root = Path(data_root).resolve() if data_root is not None else None
         self.started = time.time()
@@ -75,19 +81,52 @@ class InspectionService:
 
     # -- experts ----------------------------------------------------------------------
     def experts(self) -> list[dict[str, Any]]:
-        """The installed experts (as ``myriad experts --json`` lists them)."""
+        """The fusions on offer (:meth:`fusions`), then the installed experts (as ``myriad experts --json`` lists them)."""
         from myriad.plugins import list_experts
 
-        return [
+        singles = [
             {
                 "name": info.name,
                 "modes": [m.value for m in info.modes],
                 "distribution": info.distribution,
                 "version": info.version,
                 "description": info.description,
+                "members": None,
             }
             for info in list_experts()
         ]
+        return self.fusions() + singles
+
+    def fusions(self) -> list[dict[str, Any]]:
+        """The fused experts offered by name: Myriad's default fusion and the server's default, if fused.
+
+        Only those whose members are all installed; ``modes`` are the modes every member supports.
+        (Clients may name any other fusion of installed experts too.)
+        """
+        from myriad.errors import UnknownExpertError
+        from myriad.fusion import is_fused, member_names
+        from myriad.plugins import get_expert_info
+
+        offered = []
+        for spec in dict.fromkeys((self.default_expert, DEFAULT_EXPERT)):
+            if not is_fused(spec):
+                continue
+            try:
+                infos = [get_expert_info(name) for name in member_names(spec)]
+            except UnknownExpertError:
+                continue
+            modes = [m.value for m in infos[0].modes if all(m in info.modes for info in infos[1:])]
+            role = " (the server's default)" if spec == self.default_expert else ""
+            offered.append({
+                "name": spec,
+                "modes": modes,
+                "distribution": None,
+                "version": None,
+                "description": f"Fused{role}: {' + '.join(i.name for i in infos)} on the calibrated scale; an image is "
+                               "anomalous when any member is; give settings per member.",
+                "members": [i.name for i in infos],
+            })
+        return offered
 
     def expert_names(self) -> list[str]:
         """Names of the installed experts."""
@@ -104,22 +143,23 @@ class InspectionService:
     ) -> Profile:
         """Fit ``expert`` (default: the server's) on normal ``images`` and keep it as ``owner``'s profile ``name``.
 
-        ``config`` holds the client's settings: only :data:`myriad.serve.experts.CLIENT_FIELDS`,
-        bounded, over the operator's. A zero-shot-only expert (e.g. ``musc``) may be given no
+        ``expert`` may be a fusion (``"patchcore+global"``); ``config`` holds the client's settings
+        (per member for a fusion): only :data:`myriad.serve.experts.CLIENT_FIELDS`, bounded, over the
+        operator's. Calibration uses the server's ``false_alarm_rate`` when it has one. A zero-shot-only expert (e.g. ``musc``) may be given no
         images: it is used unfitted.
         """
         from myriad.experts import Mode
         from myriad.inspection import Inspector
-        from myriad.plugins import get_expert_info
 
         check_profile_name(name)
         expert = check_expert_name(expert, self.default_expert)
         client = dict(config or {})
-        config = client_config(expert, client, self.expert_config.get(expert))
-        info = get_expert_info(expert)
+        config = client_config(expert, client, operator_config(expert, self.expert_config))
         check_count(len(images), "normal images", self.limits)
         self.store.check_room(owner, name)
-        inspector = Inspector(expert, config, lmm="none", device=self.device, model=self.model)
+        inspector = Inspector(
+            expert, config, lmm="none", device=self.device, model=self.model, false_alarm_rate=self.false_alarm_rate
+        )
         fit_ms = 0.0
         if images:
             with self._inference:
@@ -127,11 +167,10 @@ class InspectionService:
                 inspector.fit(list(images))
                 fit_ms = (time.perf_counter() - start) * 1000
             mode = inspector.mode
-        elif info.modes == (Mode.ZERO_SHOT,):
+        elif inspector.zero_shot_only:
             mode = Mode.ZERO_SHOT.value
         else:
-            modes = ", ".join(m.value for m in info.modes)
-            raise BadImageError(f"no normal images given: expert {expert!r} ({modes}) needs normal reference images")
+            raise BadImageError(f"no normal images given: expert {expert!r} ({_modes(expert)}) needs normal reference images")
         profile = Profile(
             name=name, expert=expert, config=client, mode=mode, num_normal=len(images), inspector=inspector, fit_ms=fit_ms,
             owner=owner,
@@ -224,10 +263,24 @@ class InspectionService:
             "version": __version__,
             "lmm": self.lmm_label,
             "default_expert": self.default_expert,
+            "false_alarm_rate": self.false_alarm_rate,
             "device": self.device,
             "uptime_s": round(time.time() - self.started, 1),
             **self.store.counts(),
         }
+
+
+def _modes(expert: str) -> str:
+    """The modes of an expert, or of each member of a fusion, for messages."""
+    from myriad.fusion import is_fused, member_names
+    from myriad.plugins import get_expert_info
+
+    def of(name: str) -> str:
+        return ", ".join(m.value for m in get_expert_info(name).modes)
+
+    if not is_fused(expert):
+        return of(expert)
+    return "; ".join(f"{name}: {of(name)}" for name in member_names(expert))
 
 
 def check_folder_name(folder: str) -> None:

@@ -22,9 +22,14 @@ def _require(module: str) -> None:
 
 _require("fastapi")
 _require("myriad_experts_patchcore")
+_require("myriad_experts_global")
 
+#: The single expert the server's mechanics tests run (as ``--expert patchcore``): the real expert, fast.
+SINGLE = "patchcore"
 #: PatchCore at 64 px: the real expert, fast on a CPU.
 FAST_PATCHCORE = {"image_size": 64, "progress": False}
+#: The server's default fusion (``patchcore+global``) at 64 px, settings per member (tests/serve/test_fusion.py).
+FAST_FUSED = {"patchcore": FAST_PATCHCORE, "global": {"image_size": 64}}
 
 
 def png_bytes(image) -> bytes:

@@ -11,7 +11,7 @@ import numpy as np
 import pytest
 from PIL import Image
 
-from .conftest import FAST_PATCHCORE, png_bytes, uploads
+from .conftest import FAST_PATCHCORE, SINGLE, png_bytes, uploads
 
 from fastapi.testclient import TestClient  # noqa: E402
 
@@ -28,7 +28,7 @@ def app(tmp_path_factory, samples):
     (root / "good").mkdir()
     for p in samples["normal"]:
         (root / "good" / p.name).write_bytes(p.read_bytes())
-    return create_app(lmm="none", ui=False, limits=LIMITS, data_root=root, max_sessions=64)
+    return create_app(expert=SINGLE, lmm="none", ui=False, limits=LIMITS, data_root=root, max_sessions=64)
 
 
 @pytest.fixture(scope="module")

@@ -6,7 +6,7 @@ import json
 
 import pytest
 
-from .conftest import FAST_PATCHCORE, uploads
+from .conftest import FAST_PATCHCORE, SINGLE, uploads
 
 from fastapi.testclient import TestClient  # noqa: E402
 
@@ -15,7 +15,7 @@ from myriad.serve.app import create_app  # noqa: E402
 
 @pytest.fixture(scope="module")
 def client(mini_lmm):
-    with TestClient(create_app(model=mini_lmm, ui=False), base_url="http://localhost") as c:
+    with TestClient(create_app(expert=SINGLE, model=mini_lmm, ui=False), base_url="http://localhost") as c:
         yield c
 
 

@@ -13,9 +13,8 @@ import urllib.request
 
 import pytest
 
+from myriad.defaults import DEFAULT_EXPERT
 from myriad.testing import run_cli
-
-
 
 
 def free_port() -> int:
@@ -43,6 +42,22 @@ def test_unknown_default_expert(capsys):
     assert code == 1 and "unknown expert 'nope'" in err and "patchcore" in err
 
 
+def test_a_fused_default_expert_names_its_missing_member(capsys):
+    code, _, err = run_cli(["serve", "--expert", "patchcore+nope", "--lmm", "none", "--no-ui"], capsys)
+    assert code == 1 and "unknown expert 'nope'" in err and "Traceback" not in err
+
+
+def test_bad_false_alarm_rate_and_fused_operator_settings_are_start_up_errors(capsys):
+    code, _, err = run_cli(["serve", "--false-alarm-rate", "2", "--lmm", "none", "--no-ui"], capsys)
+    assert code == 2 and "--false-alarm-rate" in err and "Traceback" not in err
+    flat = json.dumps({"patchcore+global": {"image_size": 64}})
+    code, _, err = run_cli(["serve", "--expert-config", flat, "--lmm", "none", "--no-ui"], capsys)
+    assert code == 2 and "--expert-config" in err and "per member" in err and "'image_size'" in err
+    missing = json.dumps({"patchcore+nope": {}})
+    code, _, err = run_cli(["serve", "--expert-config", missing, "--lmm", "none", "--no-ui"], capsys)
+    assert code == 2 and "unknown expert 'nope'" in err
+
+
 def test_off_loopback_without_a_token_refuses_to_start(capsys, monkeypatch):
     monkeypatch.delenv("MYRIAD_SERVE_TOKEN", raising=False)
     for host in ("0.0.0.0", "192.168.1.20", "::"):
@@ -62,7 +77,8 @@ def test_serve_runs_uvicorn_and_answers_health_with_a_token_from_the_environment
     port = free_port()
     env = {**os.environ, "OMP_NUM_THREADS": "1", "MYRIAD_SERVE_TOKEN": "let-me-in"}
     proc = subprocess.Popen(
-        [sys.executable, "-m", "myriad", "serve", "--lmm", "none", "--no-ui", "--port", str(port), "--log-level", "warning"],
+        [sys.executable, "-m", "myriad", "serve", "--lmm", "none", "--no-ui", "--port", str(port), "--log-level", "warning",
+         "--false-alarm-rate", "0.05"],
         stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True, env=env,
     )
     try:
@@ -77,6 +93,7 @@ def test_serve_runs_uvicorn_and_answers_health_with_a_token_from_the_environment
                     pytest.fail(f"server did not start: {proc.communicate(timeout=5)[0]}")
                 time.sleep(0.2)
         assert health["status"] == "ok" and health["lmm"] == "none" and health["token_required"] is True
+        assert health["default_expert"] == DEFAULT_EXPERT and health["false_alarm_rate"] == 0.05
         request = urllib.request.Request(f"http://127.0.0.1:{port}/api/experts")
         with pytest.raises(urllib.error.HTTPError) as refused:
             urllib.request.urlopen(request, timeout=5)

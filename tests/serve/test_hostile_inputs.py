@@ -8,7 +8,7 @@ import os
 
 import pytest
 
-from .conftest import FAST_PATCHCORE, uploads
+from .conftest import FAST_PATCHCORE, SINGLE, uploads
 from .crafted import bmp_header, eps_file, png_header
 
 from fastapi.testclient import TestClient  # noqa: E402
@@ -37,7 +37,7 @@ def data_root(tmp_path_factory, samples):
 
 @pytest.fixture(scope="module")
 def app(data_root):
-    return create_app(lmm="none", ui=False, limits=LIMITS, data_root=data_root)
+    return create_app(expert=SINGLE, lmm="none", ui=False, limits=LIMITS, data_root=data_root)
 
 
 @pytest.fixture(scope="module")
@@ -199,7 +199,7 @@ def test_clients_may_set_only_bounded_harmless_settings(client, samples, config,
 
 
 def test_the_operator_sets_what_clients_may_not(samples, tmp_path):
-    app = create_app(lmm="none", ui=False, limits=LIMITS, expert_config={"patchcore": {"image_size": 96, "num_threads": 1}})
+    app = create_app(expert=SINGLE, lmm="none", ui=False, limits=LIMITS, expert_config={"patchcore": {"image_size": 96, "num_threads": 1}})
     with TestClient(app, base_url="http://localhost") as c:
         response = c.post("/api/profiles/op", files=uploads(samples["normal"]), data={"config": '{"progress": false}'})
         assert response.status_code == 201, response.text

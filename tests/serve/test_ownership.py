@@ -7,7 +7,7 @@ import time
 
 import pytest
 
-from .conftest import FAST_PATCHCORE, uploads
+from .conftest import FAST_PATCHCORE, SINGLE, uploads
 
 from fastapi.testclient import TestClient  # noqa: E402
 
@@ -24,7 +24,7 @@ def profile(name: str, owner: str) -> Profile:
 
 
 def test_clients_see_and_touch_only_their_own(samples):
-    app = create_app(lmm="none", ui=False)
+    app = create_app(expert=SINGLE, lmm="none", ui=False)
     alice, bob = {"X-Myriad-Client": "alice"}, {"X-Myriad-Client": "bob"}
     with TestClient(app, base_url="http://localhost") as c:
         assert c.post("/api/profiles/parts", files=uploads(samples["normal"]), data=CONFIG, headers=alice).status_code == 201

@@ -6,6 +6,7 @@ Skipped when Chromium, chromedriver or Selenium is missing, unless ``MYRIAD_REQU
 
 from __future__ import annotations
 
+import json
 import os
 import shutil
 import socket
@@ -15,6 +16,10 @@ import time
 from pathlib import Path
 
 import pytest
+
+from myriad.defaults import DEFAULT_EXPERT
+
+from .conftest import FAST_FUSED
 
 pytestmark = pytest.mark.slow
 
@@ -105,10 +110,11 @@ def _drive_the_page(server_url, browser, samples, tmp_path):
     quick = WebDriverWait(browser, 30, poll_frequency=0.2)  # page updates
     slow = WebDriverWait(browser, 180, poll_frequency=0.25)  # model calls on a busy CPU
     browser.get(f"{url}/ui/")
-    quick.until(lambda d: d.find_elements(By.CSS_SELECTOR, "#expert option[value=patchcore]"))
+    quick.until(lambda d: d.find_elements(By.CSS_SELECTOR, f'#expert option[value="{DEFAULT_EXPERT}"]'))
     assert "Myriad LMM" in browser.find_element(By.ID, "lmm-note").text
     assert not browser.find_element(By.ID, "token").is_displayed()  # no --token: no token field
-    assert browser.find_element(By.ID, "expert").get_attribute("value") == "patchcore"
+    assert browser.find_element(By.ID, "expert").get_attribute("value") == DEFAULT_EXPERT  # the fusion, preselected
+    assert browser.find_elements(By.CSS_SELECTOR, "#expert option[value=patchcore]")  # single experts stay on offer
 
     # upload: three normal references, then the test image (shown at once, before any request)
     browser.find_element(By.CSS_SELECTOR, "#normal-files input[type=file]").send_keys(
@@ -119,7 +125,7 @@ def _drive_the_page(server_url, browser, samples, tmp_path):
     quick.until(lambda d: d.find_element(By.ID, "test-preview").is_displayed())
     browser.find_element(By.CSS_SELECTOR, "details summary").click()  # the expert options, folded by default
     browser.find_element(By.ID, "expert-config").clear()
-    browser.find_element(By.ID, "expert-config").send_keys('{"image_size": 64, "progress": false}')
+    browser.find_element(By.ID, "expert-config").send_keys(json.dumps(FAST_FUSED))  # settings per member
 
     # inspect: the overlay appears beside the image, with the verdict and Myriad's answer
     browser.find_element(By.ID, "inspect-button").click()
@@ -127,14 +133,19 @@ def _drive_the_page(server_url, browser, samples, tmp_path):
     quick.until(lambda d: d.execute_script("return arguments[0].complete && arguments[0].naturalWidth", overlay) == 64)
     slow.until(lambda d: "calibrated score" in d.find_element(By.ID, "answer").text)
     answer = browser.find_element(By.ID, "answer").text
-    assert "Myriad:" in answer and "patchcore" in answer
+    assert "Myriad:" in answer and DEFAULT_EXPERT in answer
     assert not browser.find_element(By.ID, "error").is_displayed()
 
     service = app.state.service
     (profile,) = service.store.list_profiles()
     assert profile.name == "page" and profile.owner.startswith("local/page-")  # the tab is its own client
-    assert profile.expert == "patchcore" and profile.num_normal == 3 and profile.config["image_size"] == 64
+    assert profile.expert == DEFAULT_EXPERT and profile.num_normal == 3 and profile.config == FAST_FUSED
     (session,) = service.store.list_sessions()
+
+    # each member's calibrated score, under the overlay
+    members = browser.find_element(By.ID, "member-scores")
+    expected = " · ".join(f"{name} {m['score']:.2f}" for name, m in session.result.members.items())
+    assert members.is_displayed() and members.text == expected and expected.startswith("patchcore ")
 
     # a follow-up question in the chat
     question = "Where is the defect?"

@@ -6,7 +6,7 @@ import json
 
 import pytest
 
-from .conftest import FAST_PATCHCORE, uploads
+from .conftest import FAST_PATCHCORE, SINGLE, uploads
 
 from fastapi.testclient import TestClient  # noqa: E402
 
@@ -18,7 +18,7 @@ CONFIG = {"config": json.dumps(FAST_PATCHCORE)}
 
 @pytest.fixture(scope="module")
 def page_app():
-    return create_app(lmm="none")
+    return create_app(expert=SINGLE, lmm="none")
 
 
 @pytest.fixture(scope="module")
@@ -92,7 +92,7 @@ def test_host_header_must_name_this_server():
 
 
 def test_cross_origin_state_changes_are_refused(samples):
-    app = create_app(lmm="none", ui=False)
+    app = create_app(expert=SINGLE, lmm="none", ui=False)
     with TestClient(app, base_url="http://localhost:8000") as c:
         evil = c.post("/api/profiles/csrf", files=uploads(samples["normal"]), data=CONFIG,
                       headers={"Origin": "http://evil.example"})
@@ -111,7 +111,7 @@ def test_cross_origin_state_changes_are_refused(samples):
 
 def test_a_token_guards_every_api_route_but_health(samples):
     policy = AccessPolicy(tokens=("s3cret-a", "s3cret-b"))
-    app = create_app(lmm="none", ui=False, policy=policy)
+    app = create_app(expert=SINGLE, lmm="none", ui=False, policy=policy)
     with TestClient(app, base_url="http://localhost") as c:
         health = c.get("/api/health")
         assert health.status_code == 200 and health.json()["token_required"] is True

@@ -67,7 +67,8 @@ async function start() {
     for (const e of experts) {
       const option = document.createElement("option");
       option.value = e.name;
-      option.textContent = e.name + " (" + e.modes.join(", ") + ")";
+      option.textContent = e.members ? e.name + " (fused: " + e.modes.join(", ") + ")"
+                                     : e.name + " (" + e.modes.join(", ") + ")";
       option.selected = e.name === health.default_expert;
       select.appendChild(option);
     }
@@ -122,6 +123,22 @@ function renderAnswer(r) {
   const timings = document.createElement("small");
   timings.textContent = Object.entries(r.timings_ms).map(([k, v]) => k + " " + Math.round(v) + " ms").join(", ");
   box.append(verdict, answer, timings);
+  renderMembers(r.members);
+}
+
+function renderMembers(members) {
+  // A fused expert: each member's calibrated score under the overlay ("patchcore 0.71 · global 0.22").
+  const line = $("member-scores");
+  line.replaceChildren();
+  const entries = Object.entries(members || {});
+  line.hidden = entries.length === 0;
+  entries.forEach(([name, m], i) => {
+    if (i > 0) line.append(" \u00b7 ");
+    const item = document.createElement("span");
+    item.className = m.anomalous ? "member fired" : "member";
+    item.textContent = name + " " + m.score.toFixed(2);
+    line.append(item);
+  });
 }
 
 function renderChat() {
