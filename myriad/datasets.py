@@ -14,7 +14,7 @@ from pathlib import Path
 from typing import TYPE_CHECKING, Iterable
 
 from myriad.errors import DatasetError
-from myriad.images import MAX_PIXELS, is_image_file, list_images
+from myriad.images import is_image_file, list_images
 
 if TYPE_CHECKING:  # pragma: no cover
     import numpy as np
@@ -89,30 +89,73 @@ class Category:
 # --------------------------------------------------------------------------- masks
 
 
-def _image_size(path: Path) -> tuple[int, int]:
-    """``(H, W)`` of an image file, reading only its header."""
-    from PIL import Image, UnidentifiedImageError
+def _header_error(exc: Exception, path: Path) -> str:
+    """An :class:`~myriad.errors.ImageError`'s message without its leading ``<path>: ``."""
+    message = str(exc)
+    prefix = f"{path}: "
+    return message[len(prefix):] if message.startswith(prefix) else message
 
+
+def _image_size(path: Path) -> tuple[int, int]:
+    """``(H, W)`` of an image file, reading only its header (format and pixel limit checked, no global state)."""
+    from myriad.errors import ImageError
+    from myriad.images import read_image_size
+
+    if not path.is_file():
+        raise DatasetError(f"{path}: image not found")
     try:
-        with Image.open(path) as img:
-            width, height = img.size
-    except FileNotFoundError as exc:
-        raise DatasetError(f"{path}: image not found") from exc
-    except (UnidentifiedImageError, OSError) as exc:
-        raise DatasetError(f"{path}: not a readable image: {exc}") from exc
+        width, height = read_image_size(path)
+    except ImageError as exc:
+        raise DatasetError(f"{path}: not a readable image: {_header_error(exc, path)}") from exc
     return height, width
 
 
-def load_mask(sample: Sample, shape: tuple[int, int] | None = None) -> "np.ndarray":
+def _read_mask_pixels(path: Path, sample: Sample, max_pixels: int | None) -> "np.ndarray":
+    """A mask file's pixels in their own mode (16-bit values kept, palettes expanded).
+
+    The size is read from the header and checked against the pixel limit
+    (:func:`myriad.images.read_image_size`, default :data:`myriad.images.MAX_PIXELS`) before any
+    pixel is decoded, and only :data:`myriad.images.IMAGE_FORMATS` are opened. Pillow's
+    process-wide ``Image.MAX_IMAGE_PIXELS`` is never changed, so concurrent readers cannot race.
+    """
+    import numpy as np
+    from PIL import Image, UnidentifiedImageError
+
+    from myriad.errors import ImageError
+    from myriad.images import IMAGE_FORMATS, read_image_size
+
+    if not path.is_file():
+        raise DatasetError(f"{path}: mask file not found (for {sample.path})")
+    try:
+        size = read_image_size(path, max_pixels)
+    except ImageError as exc:
+        raise DatasetError(f"{path}: not a readable mask image: {_header_error(exc, path)}") from exc
+    try:
+        with Image.open(path, formats=IMAGE_FORMATS) as img:
+            if img.size != size:  # replaced since the header was checked
+                raise DatasetError(f"{path}: mask file changed while being read")
+            img.load()
+            if img.mode in ("P", "PA"):
+                img = img.convert("RGBA" if img.mode == "PA" or "transparency" in img.info else "RGB")
+            return np.asarray(img)
+    except FileNotFoundError as exc:
+        raise DatasetError(f"{path}: mask file not found (for {sample.path})") from exc
+    except (UnidentifiedImageError, OSError, SyntaxError, ValueError, Image.DecompressionBombError) as exc:
+        raise DatasetError(f"{path}: not a readable mask image: {exc}") from exc
+
+
+def load_mask(sample: Sample, shape: tuple[int, int] | None = None, max_pixels: int | None = None) -> "np.ndarray":
     """Ground-truth mask of ``sample`` as a bool ``H x W`` array (True = anomalous).
 
     ``shape`` is ``(H, W)``, normally the shape of the loaded image; by default the image
     file's size. Normal samples give all-False. Mask pixels above 0 (in any channel) are
     anomalous; a mask of another size is resized nearest-neighbour. An anomalous sample
     without a mask raises :class:`DatasetError` (zeros would silently corrupt pixel metrics).
+    A mask file above ``max_pixels`` (default :data:`myriad.images.MAX_PIXELS`) is refused from
+    its header, before decoding.
     """
     import numpy as np
-    from PIL import Image, UnidentifiedImageError
+    from PIL import Image
 
     if shape is None:
         shape = _image_size(sample.path)
@@ -124,22 +167,7 @@ def load_mask(sample: Sample, shape: tuple[int, int] | None = None) -> "np.ndarr
     if sample.mask_path is None:
         raise DatasetError(f"{sample.path}: anomalous sample of category {sample.category!r} has no ground-truth mask")
 
-    path = sample.mask_path
-    previous = Image.MAX_IMAGE_PIXELS
-    Image.MAX_IMAGE_PIXELS = MAX_PIXELS
-    try:
-        with Image.open(path) as img:
-            img.load()
-            if img.mode in ("P", "PA"):
-                img = img.convert("RGBA" if img.mode == "PA" or "transparency" in img.info else "RGB")
-            arr = np.asarray(img)
-    except FileNotFoundError as exc:
-        raise DatasetError(f"{path}: mask file not found (for {sample.path})") from exc
-    except (UnidentifiedImageError, OSError, ValueError, Image.DecompressionBombError) as exc:
-        raise DatasetError(f"{path}: not a readable mask image: {exc}") from exc
-    finally:
-        Image.MAX_IMAGE_PIXELS = previous
-
+    arr = _read_mask_pixels(sample.mask_path, sample, max_pixels)
     if arr.ndim == 3:
         colour = arr[..., :3] if arr.shape[2] >= 3 else arr[..., :1]
         mask = (colour > 0).any(axis=2)

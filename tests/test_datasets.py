@@ -192,6 +192,58 @@ def test_load_mask_errors(tmp_path: Path) -> None:
         load_mask(Sample(tmp_path / "img.png", 0, "good", None, "c", "test"))
 
 
+def _png_header(width: int, height: int) -> bytes:
+    """A few bytes of PNG declaring ``width x height`` (8-bit grey), with no real pixel data."""
+    import struct
+    import zlib
+
+    def chunk(kind: bytes, data: bytes) -> bytes:
+        return struct.pack(">I", len(data)) + kind + data + struct.pack(">I", zlib.crc32(kind + data) & 0xFFFFFFFF)
+
+    ihdr = struct.pack(">IIBBBBB", width, height, 8, 0, 0, 0, 0)
+    return b"\x89PNG\r\n\x1a\n" + chunk(b"IHDR", ihdr) + chunk(b"IDAT", zlib.compress(b"\x00" * 64)) + chunk(b"IEND", b"")
+
+
+def test_load_mask_leaves_pillows_global_pixel_limit_alone(tmp_path: Path, monkeypatch) -> None:
+    """Pillow's process-wide ``MAX_IMAGE_PIXELS`` is never changed, not even while a mask decodes."""
+    path = _mask(tmp_path / "m.png")
+    sample = Sample(tmp_path / "img.png", 1, "x", path, "c", "test")
+    monkeypatch.setattr(Image, "MAX_IMAGE_PIXELS", 12345)  # a value no code sets on purpose
+    seen = []
+    original = Image.open
+
+    def spy(*args, **kwargs):
+        seen.append(Image.MAX_IMAGE_PIXELS)
+        return original(*args, **kwargs)
+
+    monkeypatch.setattr(Image, "open", spy)
+    assert load_mask(sample, (SIZE, SIZE)).sum() == 64
+    assert seen and set(seen) == {12345} and Image.MAX_IMAGE_PIXELS == 12345
+
+
+def test_load_mask_refuses_a_huge_mask_from_its_header(tmp_path: Path, monkeypatch) -> None:
+    from myriad.images import MAX_PIXELS
+
+    huge = tmp_path / "huge_mask.png"
+    huge.write_bytes(_png_header(9000, 9000))  # 81 M pixels declared in under 200 bytes
+    assert 9000 * 9000 > MAX_PIXELS
+    sample = Sample(tmp_path / "img.png", 1, "x", huge, "c", "test")
+    decoded = []
+    monkeypatch.setattr(Image.Image, "load", lambda self: decoded.append(self) or None)
+    with pytest.raises(DatasetError, match=r"huge_mask\.png: not a readable mask image: image too large: 9000 x 9000"):
+        load_mask(sample, (4, 4))
+    assert decoded == []  # refused from the header: no pixel was decoded
+    monkeypatch.undo()
+    small = tmp_path / "small.png"
+    _mask(small, size=(40, 40))
+    with pytest.raises(DatasetError, match=r"small\.png: .*40 x 40 = 1600 pixels; the limit is 1000"):
+        load_mask(Sample(tmp_path / "img.png", 1, "x", small, "c", "test"), (4, 4), max_pixels=1000)
+    eps = tmp_path / "mask.png"
+    eps.write_bytes(b"%!PS-Adobe-3.0 EPSF-3.0\n%%BoundingBox: 0 0 16 16\nshowpage\n%%EOF\n")
+    with pytest.raises(DatasetError, match=r"mask\.png: not a readable mask image: not a readable image"):
+        load_mask(Sample(tmp_path / "img.png", 1, "x", eps, "c", "test"), (4, 4))  # never handed to Ghostscript
+
+
 # --------------------------------------------------------------------------- VisA
 
 
