@@ -114,7 +114,7 @@ def test_the_client_allow_list_applies_per_member(client, samples, config, expec
     assert response.status_code == 422 and response.json()["detail"].startswith(expected), response.json()
 
 
-def test_operator_settings_per_member_and_a_false_alarm_rate(tmp_path):
+def test_operator_settings_per_member_and_a_false_alarm_rate():
     from myriad.testing import synthetic_images
 
     operator = {"global": {"image_size": 64}, DEFAULT_EXPERT: {"patchcore": {"image_size": 64, "progress": False}}}
