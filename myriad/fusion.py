@@ -15,7 +15,7 @@ imports another:
   holds for the fusion as a whole;
 - with a target false-alarm rate ``alpha`` each of the ``m`` members is calibrated
   at ``alpha / m``, so the fusion's false-alarm rate is at most ``alpha`` (union bound);
-- every member's calibrated score and decision are kept with each detection
+- every member's calibrated score, raw score and decision are kept with each detection
   (:attr:`Detection.members`), so users see which expert fired.
 
 A config for a fusion gives options per member: ``{"patchcore": {...}, "global": {...}}``.
@@ -173,6 +173,7 @@ class FusedDetector:
                 maps.append(det.anomaly_map)
                 members[member.expert_name] = {
                     "score": round(det.score, 6),
+                    "raw_score": float(det.raw_score),
                     "anomalous": det.anomalous,
                     "mode": member.mode,
                 }

@@ -28,22 +28,59 @@ from typing import Any
 
 #: name -> (expert, config, what it is)
 SETTINGS: dict[str, tuple[str, dict[str, Any], str]] = {
-    "patchcore-old-default": ("patchcore", {}, "PatchCore as shipped before the realistic benchmark (Lite0 stages 3+4, 256 px)"),
+    "patchcore-old-default": (
+        "patchcore", {"layers": [3, 4], "image_size": 256, "coreset_ratio": 0.1},
+        "PatchCore as shipped before the realistic benchmark (Lite0 stages 3+4, 256 px, coreset 10 %)",
+    ),
     "patchcore": ("patchcore", {}, "PatchCore at its current default"),
     "global": ("global", {}, "the texture-wide expert alone"),
     "default": ("patchcore+global", {}, "the fused default expert"),
 }
 
 
-def _bucket_rows(result: Any, manifest: dict, run: int) -> dict:
+def _bucket_rows(result: Any, manifest: dict, run: int, member: str | None = None) -> dict:
+    """Bucket metrics of one run: the expert's raw scores, or one fused member's (its raw score and decision)."""
     from myriad.synthetic.realistic_buckets import bucket_metrics
 
-    predictions = [
-        {"image": r.path, "score": r.raw_score, "decision": r.anomalous, "label": r.label}
-        for r in result.records
-        if r.run == run
-    ]
+    predictions = []
+    for r in result.records:
+        if r.run != run:
+            continue
+        if member is None:
+            predictions.append({"image": r.path, "score": r.raw_score, "decision": r.anomalous, "label": r.label})
+        else:
+            m = r.extra["members"][member]
+            predictions.append({"image": r.path, "score": m["raw_score"], "decision": m["anomalous"], "label": r.label})
     return bucket_metrics(predictions, manifest)
+
+
+def _member_records(result: Any, run: int, member: str) -> dict[str, list[tuple[int, float, bool]]]:
+    by_category: dict[str, list[tuple[int, float, bool]]] = {}
+    for r in result.records:
+        if r.run == run:
+            m = r.extra["members"][member]
+            by_category.setdefault(r.category, []).append((r.label, m["raw_score"], m["anomalous"]))
+    return by_category
+
+
+def _overall_auroc(result: Any, run: int, member: str) -> float | None:
+    """A member's image AUROC, per category then averaged (as the runner reports the expert's)."""
+    from myriad.metrics import image_auroc
+
+    values = [
+        image_auroc([l for l, _, _ in rows], [s for _, s, _ in rows])
+        for rows in _member_records(result, run, member).values()
+        if len({l for l, _, _ in rows}) == 2
+    ]
+    return _mean(values)
+
+
+def _overall_accuracy(result: Any, run: int, member: str) -> float | None:
+    """A member's accuracy at its own calibrated threshold, per category then averaged."""
+    values = [
+        sum(int(a == bool(l)) for l, _, a in rows) / len(rows) for rows in _member_records(result, run, member).values()
+    ]
+    return _mean(values)
 
 
 def _mean(values: list[float | None]) -> float | None:
@@ -59,8 +96,6 @@ def run_setting(
     from myriad.evaluation.runner import EvalSettings, evaluate
 
     expert, config, about = SETTINGS[name]
-    if name == "patchcore-old-default":
-        config = {"layers": [3, 4], "image_size": 256, "blur_sigma": 4.0}
     config = {**config, **(config_override or {})}
     settings = EvalSettings(
         expert=expert, data=data, k_shot=k_shot, config=config, runs=runs, seed=0,
@@ -71,6 +106,27 @@ def run_setting(
     seconds = time.perf_counter() - started
     per_run = [r for c in result.categories for r in c.runs]
     buckets = [_bucket_rows(result, manifest, run) for run in range(runs)]
+    members = list(result.records[0].extra.get("members", {})) if result.records else []
+    member_rows = [
+        {
+            "setting": f"{name} / member {member}",
+            "expert": member,
+            "about": f"member {member} of {expert}, calibrated on its own, in the same run",
+            "config": result.config.get(member, {}),
+            "k_shot": k_shot,
+            "runs": runs,
+            "false_alarm_rate": false_alarm_rate,
+            "image_auroc": _mean([_overall_auroc(result, run, member) for run in range(runs)]),
+            "expert_accuracy": _mean([_overall_accuracy(result, run, member) for run in range(runs)]),
+            "pixel_auroc": None,
+            "fit_seconds_per_category": None,
+            "ms_per_image": None,
+            "seconds": None,
+            "buckets": [_bucket_rows(result, manifest, run, member) for run in range(runs)],
+            "per_category": {},
+        }
+        for member in members
+    ]
     return {
         "setting": name,
         "expert": expert,
@@ -86,6 +142,7 @@ def run_setting(
         "ms_per_image": _mean([r.ms_per_image for r in per_run]),
         "seconds": round(seconds, 1),
         "buckets": buckets,
+        "members": member_rows,
         "per_category": {
             c.name: {
                 "image_auroc": _mean([r.metrics.get("image_auroc") for r in c.runs]),
@@ -173,14 +230,26 @@ def main(argv: list[str] | None = None) -> None:
     parser.add_argument("--shots", default="1,2,4")
     parser.add_argument("--runs", type=int, default=2, help="draws per few-shot row")
     parser.add_argument("--false-alarm-rate", type=float, default=0.01, help="also this row for the default (0: skip)")
+    parser.add_argument("--one-class", default="1", help="0: skip the one-class rows of --settings")
     parser.add_argument("--threads", type=int, default=2)
     parser.add_argument("--config", default=None, help="JSON override merged into every setting's config")
+    parser.add_argument("--merge", nargs="+", type=Path, default=None,
+                        help="instead of running: merge these JSON reports (e.g. two halves run in parallel) into --out")
     args = parser.parse_args(argv)
+    if args.merge:
+        from myriad.io import atomic_write_text
+
+        parts = [json.loads(p.read_text()) for p in args.merge]
+        rows = [row for part in parts for row in part["rows"]]
+        header = parts[0]["header"]
+        atomic_write_text(args.out.with_suffix(".json"), json.dumps({"header": header, "rows": rows}, indent=2))
+        atomic_write_text(args.out.with_suffix(".md"), markdown(rows, header))
+        return
     torch.set_num_threads(args.threads)
     manifest = json.loads((args.data / "devset.json").read_text())
     override = json.loads(args.config) if args.config else None
     plan: list[tuple[str, int | None, int, float | None]] = []
-    for name in filter(None, args.settings.split(",")):
+    for name in filter(None, args.settings.split(",")) if args.one_class != "0" else []:
         plan.append((name, None, 1, None))
     if args.false_alarm_rate:
         for name in filter(None, args.few_shot_settings.split(",")):
@@ -191,8 +260,9 @@ def main(argv: list[str] | None = None) -> None:
     rows = []
     for name, k_shot, runs, rate in plan:
         print(f"{name} k_shot={k_shot} far={rate} ...", file=sys.stderr, flush=True)
-        rows.append(run_setting(name, args.data, manifest, k_shot, runs, rate, override))
-        print(f"  AUROC {rows[-1]['image_auroc']} accuracy {rows[-1]['expert_accuracy']} ({rows[-1]['seconds']} s)",
+        row = run_setting(name, args.data, manifest, k_shot, runs, rate, override)
+        rows += [row, *row.pop("members")]
+        print(f"  AUROC {row['image_auroc']} accuracy {row['expert_accuracy']} ({row['seconds']} s)",
               file=sys.stderr, flush=True)
     header = {
         "data": str(args.data),

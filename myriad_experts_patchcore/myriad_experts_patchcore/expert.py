@@ -136,10 +136,10 @@ class PatchCoreExpert(Expert):
     # -- settings -------------------------------------------------------------------
     @property
     def coreset_ratio(self) -> float:
-        """Fraction of patches kept: the config's, else 0.1 (one_class) or 1.0 (few_shot)."""
+        """Fraction of patches kept: the config's, else 0.025 (one_class) or 1.0 (few_shot)."""
         if self.config.coreset_ratio is not None:
             return float(self.config.coreset_ratio)
-        return 0.1 if self.mode is Mode.ONE_CLASS else 1.0
+        return 0.025 if self.mode is Mode.ONE_CLASS else 1.0
 
     @property
     def device(self) -> str:

@@ -13,7 +13,7 @@ from myriad import hookimpl
 
 
 class PatchCoreConfig(BaseModel):
-    """Settings of the PatchCore expert (defaults: embedded EfficientNet-Lite0, 256 px, coreset 10 %)."""
+    """Settings of the PatchCore expert (defaults: embedded EfficientNet-Lite0 stages 2+3 at 512 px, coreset 2.5 %)."""
 
     model_config = ConfigDict(extra="forbid")
 
@@ -28,14 +28,18 @@ class PatchCoreConfig(BaseModel):
     layers: Optional[list[int]] = Field(
         None, description="timm out_indices of the stages used (shallowest first); None = the backbone's default"
     )
-    image_size: int = Field(256, ge=32, le=2048, description="images are resized to image_size x image_size")
+    image_size: int = Field(
+        512, ge=32, le=2048,
+        description="images (or 256 px tiles) are resized to image_size x image_size: 512 doubles a 256 px input so "
+        "that stride-8 features see 4 px detail",
+    )
     aggregation: Literal["concat", "pool"] = Field(
         "concat", description="concat stage channels (anomalib) or adaptive-pool them to embed_dim (original)"
     )
     embed_dim: int = Field(1024, ge=8, le=8192, description="feature size for aggregation='pool'")
     # -- memory bank ----------------------------------------------------------------
     coreset_ratio: Optional[float] = Field(
-        None, gt=0.0, le=1.0, description="fraction of patches kept; None = 0.1 (one_class) / 1.0 (few_shot)"
+        None, gt=0.0, le=1.0, description="fraction of patches kept; None = 0.025 (one_class) / 1.0 (few_shot)"
     )
     max_bank_size: Optional[int] = Field(None, ge=1, description="upper bound on the bank size (patches)")
     projection_dim: int = Field(128, ge=0, description="random projection size for coreset selection (0 = none)")

@@ -102,13 +102,13 @@ def test_saved_bank_refuses_another_backbone(fitted, tmp_path) -> None:
     fitted.save(tmp_path / "state")
     meta_path = tmp_path / "state" / "expert.json"
     meta = json.loads(meta_path.read_text())
-    assert meta["extra"]["backbone"] == "efficientnet_lite0" and meta["extra"]["feature_dim"] == 112 + 320
+    assert meta["extra"]["backbone"] == "efficientnet_lite0" and meta["extra"]["feature_dim"] == 40 + 112  # default stages 2 + 3
     meta["config"]["backbone"] = "wide_resnet50_2"
     meta_path.write_text(json.dumps(meta))
     with pytest.raises(WeightsError, match=r"efficientnet_lite0.*wide_resnet50_2"):
         PatchCoreExpert.load(tmp_path / "state")
-    other = get_expert("patchcore", {"image_size": 64, "layers": [2, 3]})
-    with pytest.raises(WeightsError, match=r"layers=\[3, 4\].*layers=\[2, 3\]"):
+    other = get_expert("patchcore", {"image_size": 64, "layers": [3, 4]})
+    with pytest.raises(WeightsError, match=r"layers=\[2, 3\].*layers=\[3, 4\]"):
         other.load_state_tensors(fitted.state_tensors(), fitted.state_metadata())
 
 
