@@ -31,7 +31,7 @@ Aggregation = Literal["concat", "pool"]
 #: Default stages (timm ``out_indices``) of each known backbone. Index i of a timm
 #: ``features_only`` model is the stage with stride 2**(i+1) for these CNNs.
 DEFAULT_LAYERS = {
-    # stride 8 + 16 (40 + 112 channels) at 512 px: chosen by measurement on the realistic benchmark
+    # stride 8 + 16 (40 + 112 channels): chosen by measurement on the realistic benchmark
     # (real photos, defects under 1 % of the image), see the README ("Choosing the default stages and input size")
     "efficientnet_lite0": (2, 3),
     "efficientnet_lite1": (2, 3),
