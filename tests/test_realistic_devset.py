@@ -129,6 +129,28 @@ def test_crops_never_upscale_and_test_zone_is_apart_from_training_zone():
         zones_for("brick", 400)
 
 
+def test_shared_crops_draw_train_and_test_centres_from_one_range_and_zoned_keeps_the_test_box(tmp_path):
+    from myriad.synthetic.realistic_photos import draw_pose
+
+    zones = zones_for("gravel", SIZE)
+    ty, tx = zones.test_start
+    anywhere = [draw_pose(_stream(3, "any", i), zones, "any") for i in range(200)]
+    assert all(zones.low_y <= p.cy <= zones.high_y and zones.low_x <= p.cx <= zones.high_x for p in anywhere)
+    assert any(p.cy >= ty and p.cx >= tx for p in anywhere) and any(zones.is_train(p.cy, p.cx) for p in anywhere)
+    assert RealisticSpec().crops == "shared"
+    with pytest.raises(ConfigError, match="--crops"):
+        RealisticSpec(crops="halves").validate()
+    spec = RealisticSpec(categories=("gravel",), train=4, test_good=4, test_defect=0, size=SIZE, seed=1, crops="zoned")
+    manifest = make_realistic_devset(tmp_path / "zoned", spec)
+    for record in manifest["files"]:
+        cy, cx = record["pose"]["cy"], record["pose"]["cx"]
+        if record["split"] == "test":
+            assert cy >= ty and cx >= tx
+        else:
+            assert zones.is_train(cy, cx)
+    assert manifest["spec"]["crops"] == "zoned" and "--crops zoned" in manifest["command"]
+
+
 def test_train_and_eval_kinds_and_photos_are_disjoint_and_preset_refuses_training_ones(tmp_path):
     assert set(REALISTIC_EVAL_KINDS).isdisjoint(REALISTIC_TRAIN_KINDS)
     assert set(REALISTIC_EVAL_KINDS) | set(REALISTIC_TRAIN_KINDS) == set(REALISTIC_KINDS)
@@ -163,6 +185,9 @@ def test_cli_realistic_preset_with_count_overrides(tmp_path):
     assert result.exit_code == 0, result.output
     manifest = json.loads((out / MANIFEST).read_text())
     assert manifest["spec"]["preset"] == "realistic" and len(manifest["files"]) == 5
+    assert manifest["spec"]["crops"] == "shared"
+    refused = CliRunner().invoke(make_devset_command, [str(tmp_path / "d"), "--crops", "zoned"])
+    assert refused.exit_code == 2 and "--preset realistic" in refused.output
     listing = CliRunner().invoke(make_devset_command, ["--preset", "realistic", "--list"])
     assert "thread_pull" in listing.output and "tissue" in listing.output
 

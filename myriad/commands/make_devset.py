@@ -31,6 +31,9 @@ def _names(values: tuple[str, ...]) -> tuple[str, ...] | None:
 @click.option("--size", type=click.IntRange(32, 4096), default=None, help="Image side in pixels. [default: 256]")
 @click.option("--defects", multiple=True, metavar="KINDS",
               help="Defect kinds, comma-separated or repeated. [default: the evaluation kinds]")
+@click.option("--crops", type=click.Choice(("shared", "zoned")), default=None,
+              help="realistic preset: train and test crops from one range of each photo (shared, the default) "
+                   "or test crops from a separate zone (zoned).")
 @click.option("--overwrite", is_flag=True, help="Replace an existing dev set at OUT.")
 @click.option("--list", "list_only", is_flag=True, help="List textures and defect kinds, then exit.")
 @click.option("--quiet", "-q", is_flag=True, help="No progress bar.")
@@ -44,6 +47,7 @@ def make_devset_command(
     test_defect: int | None,
     size: int | None,
     defects: tuple[str, ...],
+    crops: str | None,
     overwrite: bool,
     list_only: bool,
     quiet: bool,
@@ -62,8 +66,10 @@ def make_devset_command(
     from myriad.synthetic.textures import TEXTURES
 
     if preset == "realistic":
-        _realistic(out, seed, categories, train, test_good, test_defect, size, defects, overwrite, list_only, quiet)
+        _realistic(out, seed, categories, train, test_good, test_defect, size, defects, crops, overwrite, list_only, quiet)
         return
+    if crops is not None:
+        raise click.UsageError("--crops applies to --preset realistic only")
     if list_only:
         click.echo("textures:")
         for t in TEXTURES.values():
@@ -85,6 +91,7 @@ def make_devset_command(
         "test_defect": test_defect,
         "size": size,
         "defects": _names(defects),
+        "crops": crops,
     }
     spec = replace(spec, **{k: v for k, v in overrides.items() if v is not None})
 
@@ -133,6 +140,7 @@ def _realistic(
     test_defect: int | None,
     size: int | None,
     defects: tuple[str, ...],
+    crops: str | None,
     overwrite: bool,
     list_only: bool,
     quiet: bool,
@@ -164,6 +172,7 @@ def _realistic(
         "test_defect": test_defect,
         "size": size,
         "defects": _names(defects),
+        "crops": crops,
     }
     spec = replace(REALISTIC, **{k: v for k, v in overrides.items() if v is not None})
     start = time.perf_counter()

@@ -7,8 +7,11 @@ every defective image, its kind, family, area fraction, size bucket, visibility 
 visibility bucket (:mod:`myriad.synthetic.realistic_buckets`).
 
 * Normal images: 256 px crops of real photos at native resolution
-  (:mod:`myriad.synthetic.realistic_photos`), training crops and test crops from separate
-  zones of each photo; the measured overlap of their source windows is in the manifest.
+  (:mod:`myriad.synthetic.realistic_photos`). ``crops="shared"`` (the default) draws training
+  and test crop centres from the same range, as parts of one production line come from one
+  process; ``crops="zoned"`` takes test crops from a separate zone of each photo (test normals
+  then hold texture the training crops never show, which held-out calibration normals do not:
+  see docs/realistic-devset.md). The measured overlap of their source windows is in the manifest.
 * Defects: the evaluation kinds of :mod:`myriad.synthetic.realistic_defects` only
   (:data:`~myriad.synthetic.realistic_defects.REALISTIC_EVAL_KINDS`); local defects cover
   0.05-5 % of the image, texture-wide ones the whole image.
@@ -54,6 +57,8 @@ AREA_RANGE = (0.0005, 0.05)
 #: Normal images used to measure the spread of whole-image statistics (texture-wide visibility).
 SPREAD_IMAGES = 32
 _ATTEMPTS = 12
+#: How train and test crop centres are drawn (see :class:`RealisticSpec`).
+CROP_MODES = ("shared", "zoned")
 
 
 @dataclass(frozen=True)
@@ -68,6 +73,8 @@ class RealisticSpec:
     seed: int = 0
     defects: tuple[str, ...] = REALISTIC_EVAL_KINDS
     preset: str = "realistic"
+    #: "shared": train and test crop centres from one range; "zoned": test crops from a separate zone
+    crops: str = "shared"
 
     def validate(self) -> "RealisticSpec":
         """Check names, counts and that only evaluation photos and kinds are used; returns self."""
@@ -75,6 +82,8 @@ class RealisticSpec:
 
         if not self.categories:
             raise ConfigError("no categories given")
+        if self.crops not in CROP_MODES:
+            raise ConfigError(f"--crops must be one of {', '.join(CROP_MODES)}, got {self.crops!r}")
         if len(set(self.categories)) != len(self.categories):
             raise ConfigError(f"categories listed twice: {', '.join(self.categories)}")
         for name in self.categories:
@@ -168,7 +177,7 @@ def normal_spread(seed: int, category: str, size: int) -> "np.ndarray":
 def render_sample(category: str, kind: str, rng: "np.random.Generator", size: int, zone: str = "test", seed: int = 0) -> RealisticSample:
     """Render one image of ``category`` with defect ``kind`` (``"good"`` for a normal image) from ``rng``.
 
-    ``zone`` is the photo zone the crop is centred in (``"train"`` or ``"test"``). Works
+    ``zone`` is the photo zone the crop is centred in (``"train"``, ``"test"`` or ``"any"``). Works
     for every registered photo and kind (training kinds included, for LMM data made from
     training photos); ``seed`` only selects the normal images that texture-wide
     visibility is measured against.
@@ -264,7 +273,7 @@ def _plan(spec: RealisticSpec) -> list[_Planned]:
 def render_planned(spec: RealisticSpec, item: _Planned) -> RealisticSample:
     """The sample of one planned file; deterministic for ``spec.seed``."""
     rng = _stream(spec.seed, item.category, item.split, item.defect, item.index)
-    return render_sample(item.category, item.defect, rng, spec.size, zone=item.split, seed=spec.seed)
+    return render_sample(item.category, item.defect, rng, spec.size, zone=item.split if spec.crops == "zoned" else "any", seed=spec.seed)
 
 
 def _save_png(array: "np.ndarray", path: Path) -> None:
@@ -398,6 +407,7 @@ def _command(spec: RealisticSpec) -> str:
     parts = ["myriad make-devset OUT --preset realistic", f"--seed {spec.seed}", f"--categories {','.join(spec.categories)}"]
     parts += [f"--train {spec.train}", f"--test-good {spec.test_good}", f"--test-defect {spec.test_defect}", f"--size {spec.size}"]
     parts.append(f"--defects {','.join(spec.defects)}")
+    parts.append(f"--crops {spec.crops}")
     return " ".join(parts)
 
 

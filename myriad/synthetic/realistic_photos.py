@@ -243,8 +243,10 @@ class Pose:
 
 
 def draw_pose(rng: "np.random.Generator", zones: Zones, split: str) -> Pose:
-    """A random pose whose centre lies in the ``split`` zone ("train" or "test")."""
-    if split == "test":
+    """A random pose whose centre lies in the ``split`` zone: "train", "test", or "any" (the whole centre range)."""
+    if split == "any":
+        cy, cx = float(rng.uniform(zones.low_y, zones.high_y)), float(rng.uniform(zones.low_x, zones.high_x))
+    elif split == "test":
         ty, tx = zones.test_start
         cy, cx = float(rng.uniform(ty, zones.high_y)), float(rng.uniform(tx, zones.high_x))
     else:
