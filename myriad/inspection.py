@@ -24,6 +24,8 @@ from myriad.errors import ConfigError, WeightsError
 if TYPE_CHECKING:  # pragma: no cover
     import numpy as np
 
+    from myriad.findings import Findings
+
 #: The shipped trainable weights of the ``mini`` preset (see myriad/weights/MODEL_CARD.md).
 SHIPPED_MINI_WEIGHTS = Path(__file__).resolve().parent / "weights" / "myriad-mini.safetensors"
 #: Few-shot when at most this many normal images are given (and the expert supports both modes).
@@ -47,10 +49,18 @@ class InspectionResult:
     pixels: "np.ndarray | None" = field(default=None, repr=False)
     #: fused experts: each member's calibrated score, decision and mode (None for one expert)
     members: dict[str, dict[str, Any]] | None = None
+    #: what the expert's calibrated map and score say: region, extent, count, severity (:mod:`myriad.findings`)
+    findings: "Findings | None" = None
+    #: the findings worded for the question asked (:func:`myriad.answers_text.compose_answer`); not the LMM's
+    grounded_answer: str = ""
 
     def as_record(self) -> dict[str, Any]:
-        """The JSON-serialisable record (maps and pixels left out; ``members`` for fused experts)."""
-        extra = {"members": self.members} if self.members else {}
+        """The JSON-serialisable record (maps and pixels left out; ``members`` for fused experts;
+        ``findings`` and ``grounded_answer`` when measured)."""
+        extra: dict[str, Any] = {"members": self.members} if self.members else {}
+        if self.findings is not None:
+            extra["findings"] = self.findings.as_dict()
+            extra["grounded_answer"] = self.grounded_answer
         return {
             "image": self.image,
             "expert": self.expert,
@@ -230,11 +240,20 @@ class Inspector:
     def inspect(
         self, images: Sequence["np.ndarray | str | Path"], ask: str | None = None, names: Sequence[str] | None = None
     ) -> list[InspectionResult]:
-        """Score a batch with the expert and answer ``ask`` (default: the paper's question) with Myriad."""
+        """Score a batch with the expert and answer ``ask`` (default: the paper's question) with Myriad.
+
+        Every result also holds the map's :class:`~myriad.findings.Findings` and the ``grounded_answer``
+        to ``ask`` built from them (without ``ask``: the verdict and every finding). An ``ask`` that is
+        empty or over :data:`myriad.answers_text.MAX_QUESTION_CHARS` characters raises ConfigError.
+        """
         import numpy as np
 
+        from myriad.answers_text import DEFAULT_QUESTION_TYPE, check_question, classify_question
         from myriad.images import check_batch, resize_map
 
+        if ask is not None:
+            check_question(ask, "ask")
+        question_type = DEFAULT_QUESTION_TYPE if ask is None else classify_question(ask)
         if self.detector is None:
             if not self.zero_shot_only:
                 raise ConfigError(f"expert {self.expert_name!r} must be fitted on normal images first (fit())")
@@ -265,6 +284,7 @@ class Inspector:
         results = []
         for name, image, det, answer, decision in zip(names, pixels, detections, answers, decisions):
             expert_decision = "anomalous" if det.anomalous else "normal"
+            findings = _measure(det)
             results.append(
                 InspectionResult(
                     image=name,
@@ -279,19 +299,43 @@ class Inspector:
                     anomaly_map=det.anomaly_map,
                     pixels=image,
                     members=det.members,
+                    findings=findings,
+                    grounded_answer=_compose(findings, question_type),
                 )
             )
         return results
 
     def follow_up(self, result: InspectionResult, question: str, conversation: Any = None) -> tuple[str, Any]:
-        """Ask a follow-up about an inspected image; returns (answer, conversation to continue)."""
-        import numpy as np
-        import torch
+        """Ask a follow-up about an inspected image; returns (answer, conversation to continue).
 
+        ConfigError (one line) for a result without an anomaly map and image (not made by
+        :meth:`inspect`), and for an empty question or one over
+        :data:`myriad.answers_text.MAX_QUESTION_CHARS` characters. A question outside the task
+        (:func:`myriad.answers_text.classify_question` gives ``unknown``, e.g. another language)
+        is not sent to the LMM: the answer is the polite grounded one ("I can only answer about
+        the inspected image: ..." and the verdict), and the conversation is returned unchanged.
+        """
+        import numpy as np
+
+        from myriad.answers_text import check_question, classify_question
         from myriad.images import resize_map
 
         if self.model is None:
             raise ConfigError("follow-up questions need the Myriad LMM (lmm='mini' or a weights path)")
+        if getattr(result, "anomaly_map", None) is None or getattr(result, "pixels", None) is None:
+            shown = getattr(result, "image", None) or "this result"
+            raise ConfigError(
+                f"{shown}: never inspected by this inspector (no anomaly map); inspect the image with inspect() first"
+            )
+        check_question(question)
+        if classify_question(question) == "unknown":
+            findings = result.findings
+            if findings is None:
+                anomalous = result.expert_decision == "anomalous"
+                findings = _measure_map(result.anomaly_map, result.score, anomalous, result.members)
+            return _compose(findings, "unknown"), conversation
+        import torch
+
         if conversation is None:
             size = self.model.config.prompt_generators.map_size
             amap = torch.from_numpy(resize_map(np.asarray(result.anomaly_map), size, size))[None, None]
@@ -307,3 +351,22 @@ class Inspector:
         from myriad.plugins import get_expert_info
 
         return all(get_expert_info(name).modes == (Mode.ZERO_SHOT,) for name in member_names(self.expert_name))
+
+
+def _measure(detection: Any) -> "Findings":
+    """The findings of one :class:`~myriad.detector.Detection` (texture-wide from a fusion's members)."""
+    return _measure_map(detection.anomaly_map, detection.score, detection.anomalous, detection.members)
+
+
+def _measure_map(anomaly_map: Any, score: float, anomalous: bool, members: dict[str, dict[str, Any]] | None) -> "Findings":
+    from myriad.findings import measure_findings, texture_wide_from_members
+
+    return measure_findings(
+        anomaly_map, score, anomalous, threshold=DECISION_THRESHOLD, texture_wide=texture_wide_from_members(members)
+    )
+
+
+def _compose(findings: "Findings", question_type: str) -> str:
+    from myriad.answers_text import compose_answer
+
+    return compose_answer(findings, question_type)

@@ -65,6 +65,10 @@ def inspect_command(
     from myriad.io import atomic_path, atomic_write_text
 
     config = _parse_config(config_json)
+    if ask is not None:
+        from myriad.answers_text import check_question
+
+        check_question(ask, "--ask")  # empty or over-long: refused before any fitting
     test_paths, skipped = collect_images(images, "IMAGES")
     normal_paths, skipped_normal = collect_images(normal, "--normal") if normal else ([], [])
     for path, reason in skipped + skipped_normal:

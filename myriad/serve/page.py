@@ -1,8 +1,8 @@
 """The web page: static HTML, JavaScript and CSS of this package, served by FastAPI at ``/ui/``.
 
 The page is a thin client of the REST API (:mod:`myriad.serve.app`): people upload normal
-references and a test image, pick an expert, and see the heat-map overlay beside the image,
-Myriad's answer, and a chat for follow-up questions. Every byte it sends goes through the same
+references and a test image, pick an expert, and see the heat-map overlay beside the image
+with the findings measured on the map under it (region, extent, count, severity), Myriad's answer, and a chat for follow-up questions. Every byte it sends goes through the same
 endpoints, limits and checks as any other client; there is no second server-side code path and
 the server never reads a file on the page's behalf. Each browser tab is its own client (a random
 ``X-Myriad-Client`` id), with its own profile and sessions.
@@ -21,7 +21,7 @@ __all__ = ["ELEMENT_IDS", "STATIC_FILES", "mount_page", "static_dir"]
 
 #: Element ids the end-to-end test (and any user script) can rely on.
 ELEMENT_IDS = ("expert", "normal-files", "expert-config", "question", "inspect-button", "test-image", "overlay",
-               "answer", "chat", "follow-up", "ask-button", "error", "token")
+               "answer", "chat", "follow-up", "ask-button", "error", "token", "findings")
 #: The files of the page.
 STATIC_FILES = ("index.html", "app.js", "style.css")
 

@@ -52,6 +52,28 @@ class MemberOut(BaseModel):
     mode: str
 
 
+class FindingsOut(BaseModel):
+    """What the expert's calibrated map says about the image (``docs/findings.md``); measured, never generated."""
+
+    verdict: str = Field(description="'anomalous' or 'normal': the expert's calibrated decision")
+    region: Optional[str] = Field(
+        None, description="3 x 3 grid cell ('top left' ... 'bottom right'), 'across the whole image' for a "
+        "texture-wide defect; null when normal"
+    )
+    extent: float = Field(description="share of the image above the threshold, in [0, 1]")
+    extent_bucket: Optional[str] = Field(
+        None, description="'small' (< 1 %), 'medium' (1-10 %), 'large' (> 10 %); null when normal"
+    )
+    count: int = Field(
+        description="separate defective regions (specks under 0.01 % of the image not counted); 0 when normal"
+    )
+    severity: Optional[str] = Field(
+        None, description="'low' (score < 0.65), 'medium' (< 0.85), 'high' (>= 0.85); null when normal"
+    )
+    texture_wide: bool
+    score: float = Field(description="the calibrated image score the verdict and severity come from")
+
+
 class ProfileOut(BaseModel):
     """A fitted inspection profile."""
 
@@ -81,6 +103,13 @@ class InspectionOut(BaseModel):
     members: Optional[dict[str, MemberOut]] = Field(
         None, description="a fused expert: each member's calibrated score and decision, by member name (the fused "
         "score is their maximum, anomalous when any member is); null for one expert"
+    )
+    findings: Optional[FindingsOut] = Field(
+        None, description="region, extent, count and severity measured on the expert's calibrated map"
+    )
+    grounded_answer: str = Field(
+        "", description="the findings worded for the question asked (verdict first; never a defect's kind or cause); "
+        "'answer' stays Myriad's own"
     )
     overlay_url: str = Field(description="GET it for the heat-map overlay PNG")
 

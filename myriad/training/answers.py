@@ -12,7 +12,7 @@ import numpy as np
 
 from myriad.lmm.prompting import ANSWER_ANOMALOUS, ANSWER_NORMAL
 
-__all__ = ["LOCATION_QUESTION", "REGIONS", "answer_for", "defect_region", "location_answer"]
+__all__ = ["LOCATION_QUESTION", "REGIONS", "answer_for", "defect_region", "grid_cuts", "location_answer", "region_at"]
 
 #: The instruction of the location question (training and evaluation use this exact text).
 LOCATION_QUESTION = "Where is the defect in the image?"
@@ -32,11 +32,36 @@ def defect_region(mask: np.ndarray) -> str | None:
     m = m > 0
     if not m.any():
         return None
-    rows = np.array_split(np.arange(m.shape[0]), 3)
-    cols = np.array_split(np.arange(m.shape[1]), 3)
-    counts = np.array([[m[np.ix_(r, c)].sum() for c in cols] for r in rows])
+    rows, cols = (_grid_slices(n) for n in m.shape)
+    counts = np.array([[m[r, c].sum() for c in cols] for r in rows])
     row, col = np.unravel_index(int(np.argmax(counts)), counts.shape)
     return REGIONS[row][col]
+
+
+def grid_cuts(n: int) -> tuple[int, int]:
+    """Where the 3 x 3 grid cuts a side of ``n`` pixels: the cells are ``[0, a)``, ``[a, b)`` and ``[b, n)``.
+
+    Sized as ``np.array_split`` sizes three parts: the first ``n % 3`` cells are one pixel longer.
+    """
+    base, extra = divmod(int(n), 3)
+    first = base + (extra > 0)
+    return first, first + base + (extra > 1)
+
+
+def _grid_slices(n: int) -> tuple[slice, slice, slice]:
+    a, b = grid_cuts(n)
+    return slice(0, a), slice(a, b), slice(b, None)
+
+
+def region_at(row: int, col: int, shape: tuple[int, ...]) -> str:
+    """The name of the 3 x 3 cell holding pixel (``row``, ``col``) of an H x W ``shape``: the cells of
+    :func:`defect_region`, so a one-pixel mask there has the same region. Out-of-range indices are clamped."""
+    index = []
+    for position, n in zip((row, col), shape[:2]):
+        a, b = grid_cuts(n)
+        p = min(max(int(position), 0), int(n) - 1)
+        index.append(0 if p < a else 1 if p < b else 2)
+    return REGIONS[index[0]][index[1]]
 
 
 def location_answer(region: str | None) -> str:

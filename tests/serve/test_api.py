@@ -72,6 +72,10 @@ def test_fit_then_inspect_gives_scores_decisions_and_overlay(client, fitted, sam
         assert {"expert", "lmm", "total", "overlay"} <= set(record["timings_ms"])
     assert good["image"] == "good0.png" and bad["image"] == "defect0.png"
     assert bad["score"] > good["score"] and bad["decision"] == "anomalous"
+    assert bad["findings"]["verdict"] == "anomalous" and bad["findings"]["count"] >= 1 and bad["findings"]["region"]
+    assert good["findings"]["verdict"] == good["expert_decision"]
+    assert bad["grounded_answer"].startswith("Yes, there is an anomaly")  # the default question: describe
+    assert "findings" in client.get("/openapi.json").json()["components"]["schemas"]["InspectionOut"]["properties"]
     png = client.get(bad["overlay_url"])
     assert png.status_code == 200 and png.headers["content-type"] == "image/png"
     assert Image.open(io.BytesIO(png.content)).size == (64, 64)

@@ -146,6 +146,10 @@ def _drive_the_page(server_url, browser, samples, tmp_path):
     members = browser.find_element(By.ID, "member-scores")
     expected = " · ".join(f"{name} {m['score']:.2f}" for name, m in session.result.members.items())
     assert members.is_displayed() and members.text == expected and expected.startswith("patchcore ")
+    # the findings measured on the map, in one line under the overlay
+    findings = browser.find_element(By.ID, "findings")
+    expected = "no defect found" if session.result.findings.verdict == "normal" else session.result.findings.region
+    assert findings.is_displayed() and findings.text.startswith(expected)
 
     # a follow-up question in the chat
     question = "Where is the defect?"

@@ -122,8 +122,31 @@ function renderAnswer(r) {
                                     : "Expert-only answer: the server runs without the Myriad LMM.";
   const timings = document.createElement("small");
   timings.textContent = Object.entries(r.timings_ms).map(([k, v]) => k + " " + Math.round(v) + " ms").join(", ");
-  box.append(verdict, answer, timings);
+  const nodes = [verdict, answer];
+  if (r.grounded_answer) {
+    const grounded = document.createElement("p");
+    grounded.className = "grounded";
+    grounded.textContent = "From the expert's map: " + r.grounded_answer;
+    nodes.push(grounded);
+  }
+  box.append(...nodes, timings);
   renderMembers(r.members);
+  renderFindings(r.findings);
+}
+
+function findingsLine(f) {
+  // One short line under the overlay: "top left · 0.4 % (small) · 1 region · severity low".
+  if (f.verdict !== "anomalous") return "no defect found";
+  const percent = 100 * f.extent;
+  const extent = percent < 0.1 ? "< 0.1 %" : (percent < 10 ? percent.toFixed(1) : percent.toFixed(0)) + " %";
+  return [f.region, extent + " (" + f.extent_bucket + ")",
+          f.count + (f.count === 1 ? " region" : " regions"), "severity " + f.severity].join(" \u00b7 ");
+}
+
+function renderFindings(findings) {
+  const line = $("findings");
+  line.textContent = findings ? findingsLine(findings) : "";
+  line.hidden = !findings;
 }
 
 function renderMembers(members) {
