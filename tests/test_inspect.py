@@ -67,8 +67,14 @@ def test_overlay_and_shown_names_follow_the_folder_layout(folders, tmp_path, cap
     assert code == 0, stderr
     overlays = sorted(json.loads(line)["overlay"] for line in (out / "results.jsonl").read_text().splitlines())
     assert overlays == ["good_000_overlay.png", "good_001_overlay.png", "scratch_000_jpg_overlay.png", "scratch_000_png_overlay.png"]
-    shown = sorted(line.split(":")[0] for line in stdout.splitlines() if ": " in line and "overlays" not in line)
+    lines = stdout.splitlines()
+    shown = sorted(line.split(":")[0] for line in lines if ": " in line and "overlays" not in line and not line.startswith(" "))
     assert shown == ["good/000.png", "good/001.png", "scratch/000.jpg", "scratch/000.png"]
+    # every image's line is followed by the grounded answer measured on its map, verdict first
+    grounded = [line for line in lines if line.startswith("  from the map: ")]
+    assert len(grounded) == 4 and all(g.split(": ", 1)[1].startswith(("Yes", "No")) for g in grounded)
+    records = [json.loads(line) for line in (out / "results.jsonl").read_text().splitlines()]
+    assert all(r["answer_degenerate"] == [] and r["findings"]["verdict"] == r["expert_decision"] for r in records)
 
 
 def test_inspect_errors_are_clear_and_nonzero(folders, tmp_path, capsys):
@@ -126,3 +132,29 @@ def test_zero_shot_expert_without_normals_warns_that_it_is_uncalibrated(folders,
     assert stdout.count("NORMAL") == 4  # raw 0.25 < 0.5
     code, _, stderr = run_cli(["inspect", str(test), "--normal", str(normal), "--expert", "flat", "--lmm", "none", "-o", str(out)], capsys)
     assert code == 0 and "not calibrated" not in stderr
+
+
+def test_cli_withholds_a_degenerate_lmm_answer_and_prints_the_grounded_one(monkeypatch, folders, capsys, tmp_path):
+    torch = pytest.importorskip("torch")
+    import myriad.inspection as inspection
+    from myriad.lmm.model import MyriadLMM
+    from myriad.lmm.tiny import build_tiny_tokenizer, tiny_paper_config
+
+    tokenizer = build_tiny_tokenizer()
+    torch.manual_seed(0)
+    model = MyriadLMM(tiny_paper_config(len(tokenizer), max_new_tokens=6), tokenizer).eval()  # random weights: junk text
+    monkeypatch.setattr(inspection, "load_lmm", lambda *args, **kwargs: model)
+    normal, test = folders
+    out = tmp_path / "o"
+    code, stdout, stderr = run_cli(
+        ["inspect", str(test), "--normal", str(normal), "--expert", "colour-stats", "--config", '{"size": 32}',
+         "--ask", "Where is the defect?", "-o", str(out)],
+        capsys,
+    )
+    assert code == 0, stderr
+    records = [json.loads(line) for line in (out / "results.jsonl").read_text().splitlines()]
+    assert records and all(r["answer_degenerate"] for r in records)  # the random model's text fails the check
+    for r in records:
+        assert r["answer"] not in stdout  # never shown
+    assert stdout.count("Myriad's answer withheld") == len(records)
+    assert stdout.count("  from the map: ") == len(records)

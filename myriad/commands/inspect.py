@@ -58,8 +58,10 @@ def inspect_command(
 ) -> None:
     """Fit EXPERT on --normal images, then inspect IMAGES (files or folders).
 
-    Prints one line per image and writes OUTPUT/results.jsonl and OUTPUT/<path>_overlay.png.
+    Prints one line per image (Myriad's answer is withheld when it is degenerate) and the grounded
+    answer measured on the map, and writes OUTPUT/results.jsonl and OUTPUT/<path>_overlay.png.
     """
+    from myriad.answers_text import degeneracy_reasons
     from myriad.evaluation.overlay import overlay
     from myriad.inspection import Inspector
     from myriad.io import atomic_path, atomic_write_text
@@ -98,7 +100,11 @@ def inspect_command(
         batch = test_paths[start : start + batch_size]
         for path, result in zip(batch, inspector.inspect(batch, ask=ask, names=[str(p) for p in batch])):
             flag = result.decision.upper()
-            answer = f' "{result.answer}"' if result.answer else ""
+            withheld = degeneracy_reasons(result.answer) if result.answer else []
+            if withheld:
+                answer = f" (Myriad's answer withheld: {', '.join(withheld)})"
+            else:
+                answer = f' "{result.answer}"' if result.answer else ""
             shown = shown_names[path]
             fired = ""
             if result.members:
@@ -106,11 +112,14 @@ def inspect_command(
             click.echo(
                 f"{shown}: {flag} (expert score {result.score:.2f}{fired}, threshold {result.threshold:.2f}){answer}"
             )
-            caption = f"{result.decision} ({result.score:.2f})" + (f": {result.answer}" if result.answer else "")
+            if result.grounded_answer:
+                click.echo(f"  from the map: {result.grounded_answer}")
+            shown_answer = result.grounded_answer if withheld or not result.answer else result.answer
+            caption = f"{result.decision} ({result.score:.2f})" + (f": {shown_answer}" if shown_answer else "")
             overlay_path = output / overlay_names[path]
             with atomic_path(overlay_path) as tmp:
                 Image.fromarray(overlay(result.pixels, result.anomaly_map, caption=caption)).save(tmp, format="PNG")
-            records.append({**result.as_record(), "overlay": overlay_path.name})
+            records.append({**result.as_record(), "answer_degenerate": withheld, "overlay": overlay_path.name})
     atomic_write_text(output / "results.jsonl", "".join(json.dumps(r) + "\n" for r in records))
     click.echo(f"wrote {output / 'results.jsonl'} ({len(records)} images) and overlays in {output}")
 
