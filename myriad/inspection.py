@@ -263,7 +263,7 @@ class Inspector:
         names = list(names) if names is not None else [str(i) if isinstance(i, (str, Path)) else f"image-{k}" for k, i in enumerate(images)]
         pixels = check_batch(images)
         t0 = time.perf_counter()
-        detections = self.detector.detect(pixels)
+        detections = self._detect_naming_failures(pixels, names)
         expert_ms = (time.perf_counter() - t0) * 1000 / len(pixels)
         answers: list[str] = [""] * len(pixels)
         decisions = ["anomalous" if d.anomalous else "normal" for d in detections]
@@ -342,6 +342,31 @@ class Inspector:
             conversation = self.model.start_conversation(self.model.preprocess([result.pixels]).to(self.device), amap.to(self.device))
         return self.model.chat(conversation, question), conversation
 
+    def _detect_naming_failures(self, pixels: list["np.ndarray"], names: Sequence[str]) -> list[Any]:
+        """``detector.detect(pixels)``; an expert's error is raised again naming the image at fault.
+
+        Experts see arrays, not files, so their messages cannot name one (``a 80 x 50 image: ...``).
+        When a batch fails, its images are run one at a time (only then) to find the first that fails.
+        """
+        from myriad.errors import ContractError, MyriadError
+
+        try:
+            return self.detector.detect(pixels)
+        except ContractError:
+            raise  # a plugin bug, not the image's fault; its message names the expert and the batch index
+        except MyriadError as exc:
+            culprit = names[0] if len(pixels) == 1 else None
+            if culprit is None:
+                for name, image in zip(names, pixels):
+                    try:
+                        self.detector.detect([image])
+                    except MyriadError:
+                        culprit = name
+                        break
+            if culprit is None or str(exc).startswith(f"{culprit}:"):
+                raise
+            raise _renamed(exc, f"{culprit}: {exc}") from exc
+
     @property
     def zero_shot_only(self) -> bool:
         """Whether the expert (every member of a fusion) is zero-shot only: it can inspect without ``fit()``,
@@ -370,3 +395,13 @@ def _compose(findings: "Findings", question_type: str) -> str:
     from myriad.answers_text import compose_answer
 
     return compose_answer(findings, question_type)
+
+
+def _renamed(exc: Exception, message: str) -> Exception:
+    """An error of ``exc``'s class with ``message`` (a plain :class:`MyriadError` when that class cannot be built so)."""
+    from myriad.errors import MyriadError
+
+    try:
+        return type(exc)(message)
+    except TypeError:
+        return MyriadError(message)

@@ -248,6 +248,25 @@ def get_expert_info(name: str) -> ExpertInfo:
     return experts[name]
 
 
+def validation_summary(exc: Any, info: ExpertInfo | None = None) -> str:
+    """A pydantic ``ValidationError`` on one line: ``field: message (got value)`` per error, joined by ``; ``.
+
+    A refused ``mode`` says which modes the expert supports instead of pydantic's wording.
+    """
+    parts = []
+    for error in exc.errors():
+        where = ".".join(str(p) for p in error.get("loc", ())) or "config"
+        got = error.get("input")
+        if where == "mode" and info is not None and isinstance(got, str):
+            modes = ", ".join(m.value if hasattr(m, "value") else str(m) for m in info.modes)
+            parts.append(f"mode {got!r} is not supported (this expert runs {modes})")
+            continue
+        shown = repr(got) if isinstance(got, (str, int, float, bool)) or got is None else type(got).__name__
+        message = str(error.get("msg", "invalid")).replace("\n", " ")
+        parts.append(f"{where}: {message} (got {shown[:80]})" if error.get("type") != "missing" else f"{where}: {message}")
+    return "; ".join(parts)
+
+
 def get_expert(name: str, config: Any = None, **overrides: Any) -> Expert:
     """Build expert ``name`` from a config (model instance, dict or None) plus overrides."""
     from pydantic import BaseModel, ValidationError
@@ -260,7 +279,7 @@ def get_expert(name: str, config: Any = None, **overrides: Any) -> Expert:
         else:
             cfg = info.config.model_validate({**(config or {}), **overrides})
     except ValidationError as exc:
-        raise ConfigError(f"invalid config for expert {name!r}:\n{exc}") from exc
+        raise ConfigError(f"invalid config for expert {name!r}: {validation_summary(exc, info)}") from exc
     factory = info.load_factory()
     expert = factory(cfg)
     if isinstance(expert, Expert):

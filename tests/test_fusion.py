@@ -66,6 +66,8 @@ class WholeExpert(Expert):
     def _predict(self, images):
         out = []
         for i in images:
+            if min(i.shape[:2]) < 40:  # as a real expert whose pyramid needs room; it sees arrays, not files
+                raise ConfigError(f"a {i.shape[0]} x {i.shape[1]} image is too small for whole-toy (40 px at least)")
             s = abs(_iqr(i) - self.spread)
             out.append(Prediction(np.full(i.shape[:2], s, np.float32), s))
         return out
@@ -193,3 +195,50 @@ def test_cli_refuses_a_fusion_with_a_missing_expert_and_writes_nothing(tmp_path,
 def test_fusion_member_in_a_mode_it_does_not_support_is_one_clear_error(toys):
     with pytest.raises(ConfigError, match="global"):
         make_detector("local-toy+global", {"global": {"mode": "zero_shot"}})
+
+
+def test_cli_names_the_image_an_expert_cannot_take_and_leaves_output_untouched(toys, tmp_path, capsys):
+    """Mixed sizes in one run, one image too small for a member: one line naming that file, nothing written."""
+    from PIL import Image
+
+    normal_dir, test_dir = tmp_path / "good", tmp_path / "test"
+    normal_dir.mkdir()
+    test_dir.mkdir()
+    for i, image in enumerate(_images(6, seed=3)):
+        Image.fromarray(image).save(normal_dir / f"{i}.png")
+    for i, image in enumerate(_images(3, seed=9)):
+        Image.fromarray(image).save(test_dir / f"ok{i}.png")
+    Image.fromarray(_images(1, seed=10, size=24)[0]).save(test_dir / "tiny.png")  # mixed sizes; 24 px < 40 px
+    out = tmp_path / "out"
+    code, _, err = run_cli(
+        ["inspect", str(test_dir), "--normal", str(normal_dir), "--expert", "local-toy+whole-toy", "--lmm", "none",
+         "-o", str(out), "-b", "8"],
+        capsys,
+    )
+    assert code not in (0, None) and len(err.strip().splitlines()) == 1, err
+    assert "tiny.png" in err and "too small" in err and "ok0.png" not in err
+    assert not out.exists()  # not even an empty folder, let alone overlays of the images before it
+    existing = tmp_path / "kept"
+    existing.mkdir()
+    (existing / "notes.txt").write_text("mine")
+    code, _, err = run_cli(
+        ["inspect", str(test_dir), "--normal", str(normal_dir), "--expert", "local-toy+whole-toy", "--lmm", "none",
+         "-o", str(existing)],
+        capsys,
+    )
+    assert code not in (0, None) and sorted(p.name for p in existing.iterdir()) == ["notes.txt"]
+
+
+def test_cli_refuses_a_fusion_member_in_a_mode_it_does_not_support_in_one_line(tmp_path, capsys):
+    from PIL import Image
+
+    Image.fromarray(_images(1, seed=4)[0]).save(tmp_path / "a.png")
+    out = tmp_path / "out"
+    code, _, err = run_cli(
+        ["inspect", str(tmp_path / "a.png"), "--normal", str(tmp_path / "a.png"), "--expert", "patchcore+global",
+         "--config", '{"global": {"mode": "zero_shot"}}', "--lmm", "none", "-o", str(out)],
+        capsys,
+    )
+    assert code not in (0, None) and len(err.strip().splitlines()) == 1, err
+    assert "'global'" in err and "'zero_shot' is not supported" in err and "one_class" in err
+    assert not out.exists()

@@ -3,7 +3,11 @@
 from __future__ import annotations
 
 import json
+import os
+import shutil
+import tempfile
 from pathlib import Path
+from typing import Any
 
 import click
 
@@ -61,10 +65,8 @@ def inspect_command(
     Prints one line per image (Myriad's answer is withheld when it is degenerate) and the grounded
     answer measured on the map, and writes OUTPUT/results.jsonl and OUTPUT/<path>_overlay.png.
     """
-    from myriad.answers_text import degeneracy_reasons
-    from myriad.evaluation.overlay import overlay
     from myriad.inspection import Inspector
-    from myriad.io import atomic_path, atomic_write_text
+    from myriad.io import atomic_write_text
 
     config = _parse_config(config_json)
     if ask is not None:
@@ -90,12 +92,36 @@ def inspect_command(
             "threshold). A few normal images given with --normal calibrate a zero-shot expert; it does not train on them.",
             err=True,
         )
+    # Overlays are written to a hidden folder inside OUTPUT and moved into place only once every image is
+    # inspected: a run that fails half-way leaves OUTPUT as it was (no new overlays, no results.jsonl).
+    created = not output.exists()
     output.mkdir(parents=True, exist_ok=True)
+    staging = Path(tempfile.mkdtemp(prefix=".inspect-", dir=output))
+    try:
+        records = _inspect_all(inspector, test_paths, batch_size, ask, staging)
+        for record in records:
+            os.replace(staging / record["overlay"], output / record["overlay"])
+        atomic_write_text(output / "results.jsonl", "".join(json.dumps(r) + "\n" for r in records))
+    except BaseException:
+        if created:
+            shutil.rmtree(output, ignore_errors=True)
+        raise
+    finally:
+        shutil.rmtree(staging, ignore_errors=True)
+    click.echo(f"wrote {output / 'results.jsonl'} ({len(records)} images) and overlays in {output}")
+
+
+def _inspect_all(inspector: Any, test_paths: list[Path], batch_size: int, ask: str | None, folder: Path) -> list[dict]:
+    """Inspect every image in batches, print its lines and write its overlay into ``folder``; the records."""
+    from PIL import Image
+
+    from myriad.answers_text import degeneracy_reasons
+    from myriad.evaluation.overlay import overlay
+    from myriad.io import atomic_path
+
     shown_names = _display_names(test_paths)
     overlay_names = _unique_overlay_names(shown_names)
     records = []
-    from PIL import Image
-
     for start in range(0, len(test_paths), batch_size):
         batch = test_paths[start : start + batch_size]
         for path, result in zip(batch, inspector.inspect(batch, ask=ask, names=[str(p) for p in batch])):
@@ -105,23 +131,21 @@ def inspect_command(
                 answer = f" (Myriad's answer withheld: {', '.join(withheld)})"
             else:
                 answer = f' "{result.answer}"' if result.answer else ""
-            shown = shown_names[path]
             fired = ""
             if result.members:
                 fired = " [" + ", ".join(f"{n} {m['score']:.2f}" for n, m in result.members.items()) + "]"
             click.echo(
-                f"{shown}: {flag} (expert score {result.score:.2f}{fired}, threshold {result.threshold:.2f}){answer}"
+                f"{shown_names[path]}: {flag} (expert score {result.score:.2f}{fired}, "
+                f"threshold {result.threshold:.2f}){answer}"
             )
             if result.grounded_answer:
                 click.echo(f"  from the map: {result.grounded_answer}")
             shown_answer = result.grounded_answer if withheld or not result.answer else result.answer
             caption = f"{result.decision} ({result.score:.2f})" + (f": {shown_answer}" if shown_answer else "")
-            overlay_path = output / overlay_names[path]
-            with atomic_path(overlay_path) as tmp:
+            with atomic_path(folder / overlay_names[path]) as tmp:
                 Image.fromarray(overlay(result.pixels, result.anomaly_map, caption=caption)).save(tmp, format="PNG")
-            records.append({**result.as_record(), "answer_degenerate": withheld, "overlay": overlay_path.name})
-    atomic_write_text(output / "results.jsonl", "".join(json.dumps(r) + "\n" for r in records))
-    click.echo(f"wrote {output / 'results.jsonl'} ({len(records)} images) and overlays in {output}")
+            records.append({**result.as_record(), "answer_degenerate": withheld, "overlay": overlay_names[path]})
+    return records
 
 
 def _display_names(paths: list[Path]) -> dict[Path, str]:
