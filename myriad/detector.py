@@ -28,7 +28,7 @@ and run on overlapping 256 px tiles, and maps are stitched back at full resoluti
 from __future__ import annotations
 
 import json
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import TYPE_CHECKING, Any, Sequence
 
@@ -66,6 +66,8 @@ class Detection:
     threshold: float = DECISION_THRESHOLD
     #: fused detections: each member's calibrated ``score`` and ``anomalous`` (None for one expert)
     members: dict[str, dict[str, Any]] | None = None
+    #: fused detections: each member's calibrated map (None for one expert)
+    member_maps: dict[str, "np.ndarray"] | None = field(default=None, repr=False)
 
 
 class Detector:

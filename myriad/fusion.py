@@ -186,6 +186,7 @@ class FusedDetector:
                     score=float(min(max(raw_score, 0.0), 1.0)),
                     anomalous=any(m["anomalous"] for m in members.values()),
                     members=members,
+                    member_maps={member.expert_name: d[i].anomaly_map for member, d, _ in per_member},
                 )
             )
         return fused

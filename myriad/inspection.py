@@ -379,8 +379,29 @@ class Inspector:
 
 
 def _measure(detection: Any) -> "Findings":
-    """The findings of one :class:`~myriad.detector.Detection` (texture-wide from a fusion's members)."""
-    return _measure_map(detection.anomaly_map, detection.score, detection.anomalous, detection.members)
+    """The findings of one :class:`~myriad.detector.Detection`.
+
+    For a fusion, members whose calibrated map is one value over the whole image are image-level
+    (``global``). When one of them fired and no local member did, the defect is texture-wide. When a
+    local member fired, the findings are measured on the maps of the local members that fired: an
+    image-level member that fired too would otherwise lift the fused map above the threshold
+    everywhere and hide where the local defect is.
+    """
+    import numpy as np
+
+    from myriad.findings import measure_findings
+
+    members, maps = detection.members or {}, getattr(detection, "member_maps", None) or {}
+    if not members or set(maps) != set(members):
+        return _measure_map(detection.anomaly_map, detection.score, detection.anomalous, detection.members)
+    image_level = {n for n, m in maps.items() if float(np.ptp(m)) <= 1e-6}
+    fired = {n for n, m in members.items() if m.get("anomalous")}
+    local_fired = sorted(fired - image_level)
+    anomaly_map = np.maximum.reduce([maps[n] for n in local_fired]) if local_fired else detection.anomaly_map
+    texture_wide = bool(fired & image_level) and not local_fired
+    return measure_findings(
+        anomaly_map, detection.score, detection.anomalous, threshold=DECISION_THRESHOLD, texture_wide=texture_wide
+    )
 
 
 def _measure_map(anomaly_map: Any, score: float, anomalous: bool, members: dict[str, dict[str, Any]] | None) -> "Findings":

@@ -242,3 +242,24 @@ def test_cli_refuses_a_fusion_member_in_a_mode_it_does_not_support_in_one_line(t
     assert code not in (0, None) and len(err.strip().splitlines()) == 1, err
     assert "'global'" in err and "'zero_shot' is not supported" in err and "one_class" in err
     assert not out.exists()
+
+
+def test_findings_locate_a_local_defect_even_when_the_image_level_member_fires_too(toys):
+    from myriad.inspection import Inspector
+
+    inspector = Inspector("local-toy+whole-toy", lmm="none").fit(_images(8, seed=3))
+    spotted = _spot(_images(1, seed=70)[0])  # spot at rows 10-14, cols 20-24 of 48 px: the "top" cell
+    # texture-wide: uniform grey-level noise of +-16, a larger interquartile range than the normals' Gaussian
+    # noise of 8 (whole-toy fires), but no pixel further from the mean than the normals' extremes (local-toy does not)
+    rng = np.random.default_rng(71)
+    wide = np.clip(120 + rng.uniform(-16, 16, (48, 48, 1)).repeat(3, axis=2), 0, 255).astype(np.uint8)
+    both = _spot(wide)
+    results = inspector.inspect([spotted, wide, both])
+    fired = [{n for n, m in r.members.items() if m["anomalous"]} for r in results]
+    assert fired[0] == {"local-toy"} and fired[2] == {"local-toy", "whole-toy"}
+    assert results[0].findings.region == "top" and not results[0].findings.texture_wide
+    assert fired[1] == {"whole-toy"}
+    assert results[1].findings.region == "across the whole image" and results[1].findings.texture_wide
+    # the fused map is above the threshold everywhere (whole-toy's constant map), yet the spot is found
+    assert (results[2].anomaly_map > 0.5).all()
+    assert results[2].findings.region == "top" and results[2].findings.count >= 1
