@@ -1,7 +1,7 @@
 """Native-resolution scoring: large images are cut into overlapping tiles and the maps stitched back.
 
-An expert resizes what it is given to its input size (256 px for PatchCore); a
-2048 px photo squashed to 256 px loses every defect smaller than about eight
+An expert resizes what it is given to its input size (512 px for PatchCore); a
+2048 px photo squashed to that loses every defect smaller than about eight
 pixels. :class:`TiledExpert` wraps any non-transductive expert so that it fits on
 the tiles of the normal images and scores each test image tile by tile, at the
 photo's own resolution:
@@ -29,7 +29,8 @@ from myriad.experts import Expert, Prediction
 if TYPE_CHECKING:  # pragma: no cover
     import numpy as np
 
-#: Tile side in pixels used by ``tile="auto"`` (the experts' 256 px input: no resizing inside a tile).
+#: Tile side in pixels used by ``tile="auto"``: the size the realistic benchmark's crops have (PatchCore enlarges
+#: each tile to its 512 px input, as it does a 256 px photo, so small and large images are seen at the same zoom).
 DEFAULT_TILE = 256
 #: ``tile="auto"`` tiles images whose shorter side is more than this many default tiles.
 AUTO_FACTOR = 1.5

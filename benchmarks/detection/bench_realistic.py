@@ -32,6 +32,10 @@ SETTINGS: dict[str, tuple[str, dict[str, Any], str]] = {
         "patchcore", {"layers": [3, 4], "image_size": 256, "coreset_ratio": 0.1},
         "PatchCore as shipped before the realistic benchmark (Lite0 stages 3+4, 256 px, coreset 10 %)",
     ),
+    "previous-default": (
+        "patchcore+global", {"patchcore": {"image_size": 256}},
+        "the fused default before PatchCore's input became 512 px (PatchCore stages 2+3 at 256 px + global)",
+    ),
     "patchcore": ("patchcore", {}, "PatchCore at its current default"),
     "global": ("global", {}, "the texture-wide expert alone"),
     "default": ("patchcore+global", {}, "the fused default expert"),

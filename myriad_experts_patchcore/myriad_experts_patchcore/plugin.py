@@ -13,7 +13,7 @@ from myriad import hookimpl
 
 
 class PatchCoreConfig(BaseModel):
-    """Settings of the PatchCore expert (defaults: embedded EfficientNet-Lite0 stages 2+3 at 256 px, coreset 2.5 %)."""
+    """Settings of the PatchCore expert (defaults: embedded EfficientNet-Lite0 stages 2+3, input 512 px, coreset 2.5 %)."""
 
     model_config = ConfigDict(extra="forbid")
 
@@ -29,9 +29,9 @@ class PatchCoreConfig(BaseModel):
         None, description="timm out_indices of the stages used (shallowest first); None = the backbone's default"
     )
     image_size: int = Field(
-        256, ge=32, le=2048,
-        description="images (or 256 px tiles) are resized to image_size x image_size (512: stride-8 features see 4 px "
-        "detail of a 256 px image, at about 4x the cost)",
+        512, ge=32, le=2048,
+        description="images (or 256 px tiles) are resized to image_size x image_size; 512 (the default) lets the "
+        "stride-8 features see 4 px detail of a 256 px image; 256 is about 4x cheaper and misses more small defects",
     )
     aggregation: Literal["concat", "pool"] = Field(
         "concat", description="concat stage channels (anomalib) or adaptive-pool them to embed_dim (original)"
