@@ -53,6 +53,29 @@ class InspectionResult:
     findings: "Findings | None" = None
     #: the findings worded for the question asked (:func:`myriad.answers_text.compose_answer`); not the LMM's
     grounded_answer: str = ""
+    #: the calibrated map the findings were measured on, which overlays draw: the fused map, or for a fusion
+    #: whose local member fired, the maps of the local members that fired (see ``_measure``)
+    located_map: "np.ndarray | None" = field(default=None, repr=False)
+
+    @property
+    def answer_problems(self) -> list[str]:
+        """Why Myriad's ``answer`` fails the degeneracy check (:func:`myriad.answers_text.degeneracy_reasons`)."""
+        from myriad.answers_text import degeneracy_reasons
+
+        return degeneracy_reasons(self.answer) if self.answer else []
+
+    def shown_answer(self) -> str:
+        """The answer to show a person: Myriad's, or the grounded answer when Myriad's is empty or degenerate."""
+        return self.grounded_answer if not self.answer or self.answer_problems else self.answer
+
+    def caption(self) -> str:
+        """``anomalous (0.83): <shown answer>``, the band under an overlay."""
+        shown = self.shown_answer()
+        return f"{self.decision} ({self.score:.2f})" + (f": {shown}" if shown else "")
+
+    def overlay_map(self) -> "np.ndarray | None":
+        """The map an overlay draws: :attr:`located_map` when measured, else :attr:`anomaly_map`."""
+        return self.located_map if self.located_map is not None else self.anomaly_map
 
     def as_record(self) -> dict[str, Any]:
         """The JSON-serialisable record (maps and pixels left out; ``members`` for fused experts;
@@ -61,6 +84,7 @@ class InspectionResult:
         if self.findings is not None:
             extra["findings"] = self.findings.as_dict()
             extra["grounded_answer"] = self.grounded_answer
+            extra["answer_degenerate"] = self.answer_problems
         return {
             "image": self.image,
             "expert": self.expert,
@@ -284,7 +308,7 @@ class Inspector:
         results = []
         for name, image, det, answer, decision in zip(names, pixels, detections, answers, decisions):
             expert_decision = "anomalous" if det.anomalous else "normal"
-            findings = _measure(det)
+            findings, located_map = _measure(det)
             results.append(
                 InspectionResult(
                     image=name,
@@ -301,6 +325,7 @@ class Inspector:
                     members=det.members,
                     findings=findings,
                     grounded_answer=_compose(findings, question_type),
+                    located_map=located_map,
                 )
             )
         return results
@@ -378,8 +403,8 @@ class Inspector:
         return all(get_expert_info(name).modes == (Mode.ZERO_SHOT,) for name in member_names(self.expert_name))
 
 
-def _measure(detection: Any) -> "Findings":
-    """The findings of one :class:`~myriad.detector.Detection`.
+def _measure(detection: Any) -> tuple["Findings", "np.ndarray"]:
+    """The findings of one :class:`~myriad.detector.Detection`, and the map they were measured on.
 
     For a fusion, members whose calibrated map is one value over the whole image are image-level
     (``global``). When one of them fired and no local member did, the defect is texture-wide. When a
@@ -393,15 +418,17 @@ def _measure(detection: Any) -> "Findings":
 
     members, maps = detection.members or {}, getattr(detection, "member_maps", None) or {}
     if not members or set(maps) != set(members):
-        return _measure_map(detection.anomaly_map, detection.score, detection.anomalous, detection.members)
+        findings = _measure_map(detection.anomaly_map, detection.score, detection.anomalous, detection.members)
+        return findings, detection.anomaly_map
     image_level = {n for n, m in maps.items() if float(np.ptp(m)) <= 1e-6}
     fired = {n for n, m in members.items() if m.get("anomalous")}
     local_fired = sorted(fired - image_level)
     anomaly_map = np.maximum.reduce([maps[n] for n in local_fired]) if local_fired else detection.anomaly_map
     texture_wide = bool(fired & image_level) and not local_fired
-    return measure_findings(
+    findings = measure_findings(
         anomaly_map, detection.score, detection.anomalous, threshold=DECISION_THRESHOLD, texture_wide=texture_wide
     )
+    return findings, anomaly_map
 
 
 def _measure_map(anomaly_map: Any, score: float, anomalous: bool, members: dict[str, dict[str, Any]] | None) -> "Findings":

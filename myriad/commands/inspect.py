@@ -115,7 +115,6 @@ def _inspect_all(inspector: Any, test_paths: list[Path], batch_size: int, ask: s
     """Inspect every image in batches, print its lines and write its overlay into ``folder``; the records."""
     from PIL import Image
 
-    from myriad.answers_text import degeneracy_reasons
     from myriad.evaluation.overlay import overlay
     from myriad.io import atomic_path
 
@@ -126,7 +125,7 @@ def _inspect_all(inspector: Any, test_paths: list[Path], batch_size: int, ask: s
         batch = test_paths[start : start + batch_size]
         for path, result in zip(batch, inspector.inspect(batch, ask=ask, names=[str(p) for p in batch])):
             flag = result.decision.upper()
-            withheld = degeneracy_reasons(result.answer) if result.answer else []
+            withheld = result.answer_problems
             if withheld:
                 answer = f" (Myriad's answer withheld: {', '.join(withheld)})"
             else:
@@ -140,11 +139,9 @@ def _inspect_all(inspector: Any, test_paths: list[Path], batch_size: int, ask: s
             )
             if result.grounded_answer:
                 click.echo(f"  from the map: {result.grounded_answer}")
-            shown_answer = result.grounded_answer if withheld or not result.answer else result.answer
-            caption = f"{result.decision} ({result.score:.2f})" + (f": {shown_answer}" if shown_answer else "")
             with atomic_path(folder / overlay_names[path]) as tmp:
-                Image.fromarray(overlay(result.pixels, result.anomaly_map, caption=caption)).save(tmp, format="PNG")
-            records.append({**result.as_record(), "answer_degenerate": withheld, "overlay": overlay_names[path]})
+                Image.fromarray(overlay(result.pixels, result.overlay_map(), caption=result.caption())).save(tmp, format="PNG")
+            records.append({**result.as_record(), "overlay": overlay_names[path]})
     return records
 
 

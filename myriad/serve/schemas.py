@@ -111,6 +111,10 @@ class InspectionOut(BaseModel):
         "", description="the findings worded for the question asked (verdict first; never a defect's kind or cause); "
         "'answer' stays Myriad's own"
     )
+    answer_degenerate: list[str] = Field(
+        default_factory=list, description="why 'answer' failed the degeneracy check (repeated phrases, text outside "
+        "the task, no Yes/No); empty when it passed. The page does not show a degenerate answer"
+    )
     overlay_url: str = Field(description="GET it for the heat-map overlay PNG")
 
 

@@ -118,8 +118,10 @@ function renderAnswer(r) {
   verdict.textContent = r.decision.toUpperCase() + ": calibrated score " + r.score.toFixed(2) +
     " (threshold " + r.threshold.toFixed(2) + "), expert " + r.expert + " (" + r.mode + ") says " + r.expert_decision + ".";
   const answer = document.createElement("p");
-  answer.textContent = state.hasLmm ? "Myriad: " + (r.answer.trim() || "(empty answer)")
-                                    : "Expert-only answer: the server runs without the Myriad LMM.";
+  const degenerate = (r.answer_degenerate || []).length > 0;
+  answer.textContent = !state.hasLmm ? "Expert-only answer: the server runs without the Myriad LMM."
+    : degenerate ? "Myriad's answer withheld (" + r.answer_degenerate.join(", ") + "): see the expert's map below."
+    : "Myriad: " + (r.answer.trim() || "(empty answer)");
   const timings = document.createElement("small");
   timings.textContent = Object.entries(r.timings_ms).map(([k, v]) => k + " " + Math.round(v) + " ms").join(", ");
   const nodes = [verdict, answer];
