@@ -185,6 +185,48 @@ class PatchCoreExpert(Expert):
         self.grid = (int(grid.shape[-2]), int(grid.shape[-1]))
         return grid
 
+    def _feature_settings(self) -> tuple:
+        """What the patch features of an image depend on (the key of the feature cache)."""
+        import os
+
+        cfg = self.config
+        stamp = None
+        if cfg.weights is not None and os.path.isfile(cfg.weights):
+            info = os.stat(cfg.weights)
+            stamp = (os.path.abspath(cfg.weights), info.st_size, info.st_mtime_ns)
+        return (cfg.backbone, cfg.weights, stamp, tuple(self.layers), cfg.image_size, cfg.aggregation, cfg.embed_dim)
+
+    def _patch_rows(self, chunk: list["np.ndarray"], store: bool) -> tuple["np.ndarray", tuple[int, int]]:
+        """``(B*h*w) x D`` patch rows of ``chunk`` and the grid, through the process's feature cache.
+
+        Images whose features are cached are not run through the backbone; the others are, in one
+        batch, and stored when ``store`` (fits store, predictions only read: see ``feature_cache``).
+        """
+        import numpy as np
+
+        from myriad_experts_patchcore.feature_cache import CACHE, image_digest
+        from myriad_experts_patchcore.features import to_patch_rows
+
+        limit = int(self.config.feature_cache_mb) * 2**20
+        if limit <= 0:
+            grid = self._grid_features(chunk)
+            return to_patch_rows(grid), (int(grid.shape[-2]), int(grid.shape[-1]))
+        settings = self._feature_settings()
+        digests = [image_digest(image) for image in chunk]
+        found = [CACHE.get(settings, d) for d in digests]
+        missing = [i for i, hit in enumerate(found) if hit is None]
+        if missing:
+            grid = self._grid_features([chunk[i] for i in missing])
+            shape = (int(grid.shape[-2]), int(grid.shape[-1]))
+            rows = to_patch_rows(grid).reshape(len(missing), shape[0] * shape[1], -1)
+            for j, i in enumerate(missing):
+                found[i] = (rows[j], shape)
+                if store:
+                    CACHE.put(settings, digests[i], np.ascontiguousarray(rows[j]), shape, limit)
+        shape = found[0][1]  # every image is resized to image_size: one grid for the settings key
+        self.grid = shape
+        return np.concatenate([hit[0] for hit in found], axis=0), shape
+
     def _fit_images(self, images: list["np.ndarray"]) -> list[tuple[int, str]]:
         """(image index, augmentation) pairs to put in the bank; checks ``k_shot``."""
         cfg = self.config
@@ -209,7 +251,6 @@ class PatchCoreExpert(Expert):
         from tqdm.auto import tqdm
 
         from myriad_experts_patchcore.coreset import projection_matrix, select_coreset
-        from myriad_experts_patchcore.features import to_patch_rows
 
         cfg = self.config
         items = self._fit_images(images)
@@ -220,7 +261,7 @@ class PatchCoreExpert(Expert):
         with _cpu_threads(cfg.num_threads), bar:
             for start in range(0, len(items), cfg.batch_size):
                 chunk = [augment_image(images[i], op) for i, op in items[start : start + cfg.batch_size]]
-                rows = to_patch_rows(self._grid_features(chunk))
+                rows, _ = self._patch_rows(chunk, store=True)
                 if features is None:
                     per_image = rows.shape[0] // len(chunk)
                     features = self._allocate(len(items) * per_image, rows.shape[1], dtype)
@@ -305,17 +346,14 @@ class PatchCoreExpert(Expert):
 
     # -- predict ------------------------------------------------------------------------
     def _predict(self, images: list["np.ndarray"]) -> list[Prediction]:
-        from myriad_experts_patchcore.features import to_patch_rows
-
         cfg = self.config
         assert self.bank is not None
         out: list[Prediction] = []
         with _cpu_threads(cfg.num_threads):
             for start in range(0, len(images), cfg.batch_size):
                 chunk = images[start : start + cfg.batch_size]
-                grid = self._grid_features(chunk)
-                rows = to_patch_rows(grid)
-                out += self._score(chunk, rows, (int(grid.shape[-2]), int(grid.shape[-1])))
+                rows, grid = self._patch_rows(chunk, store=False)
+                out += self._score(chunk, rows, grid)
         return out
 
     def _score(self, chunk: list["np.ndarray"], rows: "np.ndarray", grid: tuple[int, int]) -> list[Prediction]:

@@ -66,6 +66,11 @@ class PatchCoreConfig(BaseModel):
     )
     # -- runtime --------------------------------------------------------------------
     batch_size: int = Field(8, ge=1, le=1024, description="images per backbone forward and per FAISS search")
+    feature_cache_mb: int = Field(
+        1024, ge=0, le=65536,
+        description="MiB of fitted images' features kept for a few minutes, so the calibration folds and the final fit "
+        "run the backbone once per image instead of once per fold (0 = off)",
+    )
     device: str = Field("auto", description="'auto' (cuda if available), 'cpu', 'cuda' or 'cuda:N'")
     num_threads: Optional[int] = Field(None, ge=1, description="CPU threads for torch and faiss (None = leave as is)")
     seed: int = Field(0, description="seed of the coreset projection and start point")
