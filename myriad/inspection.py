@@ -64,6 +64,14 @@ class InspectionResult:
 
         return degeneracy_reasons(self.answer) if self.answer else []
 
+    def grounded_for(self, question: str | None) -> str:
+        """The findings worded for ``question`` (a follow-up, say); '' when nothing was measured."""
+        from myriad.answers_text import DEFAULT_QUESTION_TYPE, classify_question, compose_answer
+
+        if self.findings is None:
+            return ""
+        return compose_answer(self.findings, DEFAULT_QUESTION_TYPE if question is None else classify_question(question))
+
     def shown_answer(self) -> str:
         """The answer to show a person: Myriad's, or the grounded answer when Myriad's is empty or degenerate."""
         return self.grounded_answer if not self.answer or self.answer_problems else self.answer

@@ -200,7 +200,12 @@ def _inspection(app: FastAPI, session: Session) -> InspectionOut:
 
 
 def _turns(session: Session) -> list[TurnOut]:
-    return [TurnOut(question=q, answer=a) for q, a in session.turns]
+    from myriad.answers_text import degeneracy_reasons
+
+    return [
+        TurnOut(question=q, answer=a, grounded_answer=session.result.grounded_for(q), answer_degenerate=degeneracy_reasons(a))
+        for q, a in session.turns
+    ]
 
 
 def _add_routes(app: FastAPI, service: InspectionService) -> None:
@@ -304,7 +309,12 @@ def _add_routes(app: FastAPI, service: InspectionService) -> None:
         """Ask a follow-up question about an inspected image (needs the LMM); the conversation is kept, bounded in turns."""
         owner = _owner(request)
         answer = service.ask(session_id, body.question, owner=owner)
-        return AnswerOut(session_id=session_id, answer=answer, turns=_turns(service.store.get_session(session_id, owner)))
+        turns = _turns(service.store.get_session(session_id, owner))
+        last = turns[-1]
+        return AnswerOut(
+            session_id=session_id, answer=answer, grounded_answer=last.grounded_answer,
+            answer_degenerate=last.answer_degenerate, turns=turns,
+        )
 
     @app.delete("/api/sessions/{session_id}", status_code=204, responses=_ERRORS, tags=["inspection"])
     def delete_session(request: Request, session_id: str = _SESSION) -> Response:

@@ -129,6 +129,10 @@ class TurnOut(BaseModel):
 
     question: str
     answer: str
+    grounded_answer: str = Field("", description="the expert map's findings worded for this question")
+    answer_degenerate: list[str] = Field(
+        default_factory=list, description="why 'answer' failed the degeneracy check; empty when it passed"
+    )
 
 
 class AnswerOut(BaseModel):
@@ -136,6 +140,10 @@ class AnswerOut(BaseModel):
 
     session_id: str
     answer: str
+    grounded_answer: str = Field("", description="the expert map's findings worded for the question")
+    answer_degenerate: list[str] = Field(
+        default_factory=list, description="why 'answer' failed the degeneracy check; empty when it passed"
+    )
     turns: list[TurnOut]
 
 

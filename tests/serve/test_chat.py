@@ -36,6 +36,15 @@ def test_answer_then_a_conversation_kept_per_session(client, mini_lmm, samples):
     first = client.post(f"/api/sessions/{session}/ask", json={"question": "Where is the defect?"})
     assert first.status_code == 200, first.text
     assert isinstance(first.json()["answer"], str) and len(first.json()["turns"]) == 1
+    # the grounded answer to the follow-up comes from the map's findings, worded for "where"
+    findings = record["findings"]
+    grounded = first.json()["grounded_answer"]
+    if findings["verdict"] == "anomalous":
+        assert grounded.startswith("Yes") and findings["region"] in grounded
+    else:
+        assert grounded.startswith("No") and "nothing to locate" in grounded
+    assert first.json()["turns"][0]["grounded_answer"] == grounded
+    assert isinstance(first.json()["answer_degenerate"], list)
     second = client.post(f"/api/sessions/{session}/ask", json={"question": "What could cause it?"}).json()
     assert [t["question"] for t in second["turns"]] == ["Where is the defect?", "What could cause it?"]
     assert len(app_service.store.get_session(session).conversation.turns) == 2

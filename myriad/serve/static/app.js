@@ -175,8 +175,15 @@ function renderChat() {
     q.textContent = t.question;
     const a = document.createElement("div");
     a.className = "assistant";
-    a.textContent = t.answer;
+    const withheld = (t.answer_degenerate || []).length > 0;
+    a.textContent = withheld ? "Myriad's answer withheld (" + t.answer_degenerate.join(", ") + ")." : t.answer;
     chat.append(q, a);
+    if (t.grounded_answer) {
+      const g = document.createElement("div");
+      g.className = "assistant grounded";
+      g.textContent = "From the expert's map: " + t.grounded_answer;
+      chat.append(g);
+    }
   }
   chat.scrollTop = chat.scrollHeight;
 }
