@@ -199,11 +199,20 @@ class Detector:
             if self.tile not in (None, "none", "auto") and self.expert.transductive:
                 raise ConfigError(f"expert {self.expert_name!r} is transductive: tiled scoring does not apply to it")
             return None
-        shapes = {image.shape[:2] for image in images}
-        tiling = plan_tiling(max(shapes, key=lambda s: min(s)), self.tile, self.tile_overlap)
-        if tiling is not None and len(shapes) > 1:
-            sizes = ", ".join(f"{h} x {w}" for h, w in sorted(shapes))
-            raise ImageError(f"tiled scoring needs normal images of one size, got {sizes}")
+        from collections import Counter
+
+        counts = Counter(image.shape[:2] for image in images)
+        tiling = plan_tiling(max(counts, key=lambda s: min(s)), self.tile, self.tile_overlap)
+        if tiling is not None and len(counts) > 1:
+            common = counts.most_common(1)[0][0]
+            odd = next(i for i, image in enumerate(images) if image.shape[:2] != common)
+            sizes = ", ".join(f"{n} of {h} x {w}" for (h, w), n in counts.most_common())
+            error = ImageError(
+                f"normal image {odd} is {images[odd].shape[0]} x {images[odd].shape[1]}, but tiled scoring needs "
+                f"normal images of one size (got {sizes}): give images of one size, or --tile none"
+            )
+            error.index = odd  # type: ignore[attr-defined]  # lets callers that know file names name it
+            raise error
         return tiling
 
     def detect(self, images: Sequence["np.ndarray"]) -> list[Detection]:

@@ -254,12 +254,20 @@ class Inspector:
         from myriad.fusion import make_detector
         from myriad.images import check_batch
 
+        from myriad.errors import ImageError
+
         images = check_batch(normal_images, what="normal images")
         config = choose_mode(self.expert_name, self.expert_config, len(images))
         config = with_device(self.expert_name, config, self.device)
-        self.detector = make_detector(self.expert_name, config, tile=self.tile).fit(
-            images, false_alarm_rate=self.false_alarm_rate
-        )
+        detector = make_detector(self.expert_name, config, tile=self.tile)
+        try:
+            detector.fit(images, false_alarm_rate=self.false_alarm_rate)
+        except ImageError as exc:  # one image at fault (e.g. another size): name its file when we know it
+            index = getattr(exc, "index", None)
+            if isinstance(index, int) and 0 <= index < len(normal_images) and isinstance(normal_images[index], (str, Path)):
+                raise _renamed(exc, f"{normal_images[index]}: {exc}") from exc
+            raise
+        self.detector = detector
         return self
 
     @property
@@ -388,7 +396,8 @@ class Inspector:
         except ContractError:
             raise  # a plugin bug, not the image's fault; its message names the expert and the batch index
         except MyriadError as exc:
-            culprit = names[0] if len(pixels) == 1 else None
+            index = getattr(exc, "index", None)
+            culprit = names[0] if len(pixels) == 1 else names[index] if isinstance(index, int) and 0 <= index < len(names) else None
             if culprit is None:
                 for name, image in zip(names, pixels):
                     try:

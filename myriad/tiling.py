@@ -123,10 +123,12 @@ def check_size(images: Sequence["np.ndarray"], tiling: Tiling, what: str = "imag
     """Refuse images whose size differs from the tiling's (the grid is fixed at fit time)."""
     for index, image in enumerate(images):
         if image.shape[:2] != (tiling.height, tiling.width):
-            raise ImageError(
+            error = ImageError(
                 f"{what} {index} is {image.shape[0]} x {image.shape[1]} but tiled scoring was fitted on "
                 f"{tiling.height} x {tiling.width} images: give images of one size in a run"
             )
+            error.index = index  # type: ignore[attr-defined]  # lets callers that know file names name it
+            raise error
 
 
 class TiledExpert(Expert):

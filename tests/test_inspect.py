@@ -158,3 +158,27 @@ def test_cli_withholds_a_degenerate_lmm_answer_and_prints_the_grounded_one(monke
         assert r["answer"] not in stdout  # never shown
     assert stdout.count("Myriad's answer withheld") == len(records)
     assert stdout.count("  from the map: ") == len(records)
+
+
+def test_cli_names_the_file_of_another_size_in_a_tiled_run(tmp_path, capsys):
+    """Tiled scoring needs one size: an odd normal image or test image is named by its file, nothing is written."""
+    rng = np.random.default_rng(0)
+
+    def save(path: Path, side: int) -> None:
+        path.parent.mkdir(parents=True, exist_ok=True)
+        Image.fromarray(rng.integers(90, 160, (side, side, 3), dtype=np.uint8)).save(path)
+
+    for i in range(4):
+        save(tmp_path / "good" / f"{i}.png", 400)
+    save(tmp_path / "good" / "odd.png", 300)
+    save(tmp_path / "test" / "a.png", 400)
+    args = ["--expert", "colour-stats", "--config", '{"size": 32}', "--lmm", "none", "-o", str(tmp_path / "out")]
+    code, _, err = run_cli(["inspect", str(tmp_path / "test"), "--normal", str(tmp_path / "good"), *args], capsys)
+    assert code not in (0, None) and len(err.strip().splitlines()) == 1
+    assert "odd.png" in err and "300 x 300" in err and "4 of 400 x 400" in err
+    (tmp_path / "good" / "odd.png").unlink()
+    save(tmp_path / "test" / "b.png", 300)
+    code, _, err = run_cli(["inspect", str(tmp_path / "test"), "--normal", str(tmp_path / "good"), *args], capsys)
+    assert code not in (0, None) and len(err.strip().splitlines()) == 1
+    assert "b.png" in err and "a.png" not in err and "fitted on 400 x 400" in err
+    assert not (tmp_path / "out").exists()

@@ -129,7 +129,8 @@ def test_detector_tiles_large_normals_and_keeps_tiling_on_save(bright, tmp_path)
 
 
 def test_mixed_normal_sizes_under_tiling_are_one_clear_error(bright):
-    with pytest.raises(ImageError, match="one size, got 512 x 512, 600 x 600"):
+    with pytest.raises(ImageError, match=r"normal image 2 is 600 x 600.*one size \(got 2 of 512 x 512, 2 of 600 x 600\)") as info:
         Detector("bright").fit(_flat(2, 512) + _flat(2, 600))
+    assert info.value.index == 2  # callers that know the files name it
     # small images are given whole: mixed sizes are the expert's business
     Detector("bright").fit(_flat(2, 64) + _flat(2, 80))
