@@ -133,7 +133,7 @@ def _drive_the_page(server_url, browser, samples, tmp_path):
     quick.until(lambda d: d.execute_script("return arguments[0].complete && arguments[0].naturalWidth", overlay) == 64)
     slow.until(lambda d: "calibrated score" in d.find_element(By.ID, "answer").text)
     answer = browser.find_element(By.ID, "answer").text
-    assert "Myriad:" in answer and DEFAULT_EXPERT in answer
+    assert DEFAULT_EXPERT in answer and "From the expert's map: " in answer
     assert not browser.find_element(By.ID, "error").is_displayed()
 
     service = app.state.service
@@ -141,6 +141,13 @@ def _drive_the_page(server_url, browser, samples, tmp_path):
     assert profile.name == "page" and profile.owner.startswith("local/page-")  # the tab is its own client
     assert profile.expert == DEFAULT_EXPERT and profile.num_normal == 3 and profile.config == FAST_FUSED
     (session,) = service.store.list_sessions()
+    # Myriad's answer is shown unless it fails the degeneracy check; then it is withheld and the map's answer stays
+    if session.result.answer_problems:
+        assert "Myriad's answer withheld" in answer
+        assert len(session.result.answer.strip()) < 8 or session.result.answer.strip() not in answer
+    else:
+        assert "Myriad: " + session.result.answer.strip() in answer
+    assert session.result.grounded_answer in answer
 
     # each member's calibrated score, under the overlay
     members = browser.find_element(By.ID, "member-scores")
@@ -156,7 +163,15 @@ def _drive_the_page(server_url, browser, samples, tmp_path):
     browser.find_element(By.ID, "follow-up").send_keys(question)
     browser.find_element(By.ID, "ask-button").click()
     slow.until(lambda d: len(session.turns) == 1 and question in d.find_element(By.ID, "chat").text)
-    assert session.turns[0][1] in browser.find_element(By.ID, "chat").text
+    chat = browser.find_element(By.ID, "chat").text
+    from myriad.answers_text import degeneracy_reasons
+
+    reply = session.turns[0][1]
+    if degeneracy_reasons(reply):
+        assert "Myriad's answer withheld" in chat and (len(reply.strip()) < 8 or reply.strip() not in chat)
+    else:
+        assert reply in chat
+    assert "From the expert's map: " + session.result.grounded_for(question) in chat
 
     # a second inspection with the same references does not refit
     browser.find_element(By.ID, "inspect-button").click()
