@@ -89,6 +89,16 @@ def _images(n, seed, noise=8.0, size=48):
     return [np.clip(120 + rng.normal(0, noise, (size, size, 3)), 0, 255).astype(np.uint8) for _ in range(n)]
 
 
+def _save_all(folder, images, names=None):
+    """Write ``images`` as PNGs into ``folder`` (made if missing), named ``names`` or 0, 1, ...; returns ``folder``."""
+    from PIL import Image
+
+    folder.mkdir(parents=True, exist_ok=True)
+    for name, image in zip(names or [str(i) for i in range(len(images))], images):
+        Image.fromarray(image).save(folder / f"{name}.png")
+    return folder
+
+
 def _spot(image):
     out = image.copy()
     out[10:14, 20:24] = 200
@@ -155,16 +165,10 @@ def test_save_and_load_give_the_same_detections(toys, tmp_path):
 
 
 def test_inspector_and_cli_keep_each_member_score(toys, tmp_path, capsys):
-    from PIL import Image
-
     from myriad.inspection import Inspector
 
-    normal_dir, test_dir = tmp_path / "good", tmp_path / "test"
-    normal_dir.mkdir()
-    test_dir.mkdir()
-    for i, image in enumerate(_images(6, seed=3)):
-        Image.fromarray(image).save(normal_dir / f"{i}.png")
-    Image.fromarray(_spot(_images(1, seed=70)[0])).save(test_dir / "spot.png")
+    normal_dir = _save_all(tmp_path / "good", _images(6, seed=3))
+    test_dir = _save_all(tmp_path / "test", [_spot(_images(1, seed=70)[0])], names=["spot"])
     inspector = Inspector("local-toy+whole-toy", lmm="none").fit(sorted(normal_dir.iterdir()))
     (result,) = inspector.inspect([test_dir / "spot.png"])
     assert set(result.as_record()["members"]) == {"local-toy", "whole-toy"}
@@ -199,16 +203,9 @@ def test_fusion_member_in_a_mode_it_does_not_support_is_one_clear_error(toys):
 
 def test_cli_names_the_image_an_expert_cannot_take_and_leaves_output_untouched(toys, tmp_path, capsys):
     """Mixed sizes in one run, one image too small for a member: one line naming that file, nothing written."""
-    from PIL import Image
-
-    normal_dir, test_dir = tmp_path / "good", tmp_path / "test"
-    normal_dir.mkdir()
-    test_dir.mkdir()
-    for i, image in enumerate(_images(6, seed=3)):
-        Image.fromarray(image).save(normal_dir / f"{i}.png")
-    for i, image in enumerate(_images(3, seed=9)):
-        Image.fromarray(image).save(test_dir / f"ok{i}.png")
-    Image.fromarray(_images(1, seed=10, size=24)[0]).save(test_dir / "tiny.png")  # mixed sizes; 24 px < 40 px
+    normal_dir = _save_all(tmp_path / "good", _images(6, seed=3))
+    test_dir = _save_all(tmp_path / "test", _images(3, seed=9), names=["ok0", "ok1", "ok2"])
+    _save_all(test_dir, _images(1, seed=10, size=24), names=["tiny"])  # mixed sizes; 24 px < 40 px
     out = tmp_path / "out"
     code, _, err = run_cli(
         ["inspect", str(test_dir), "--normal", str(normal_dir), "--expert", "local-toy+whole-toy", "--lmm", "none",
