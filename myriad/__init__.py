@@ -1,7 +1,8 @@
 """Myriad: industrial anomaly detection with vision experts guiding a large multimodal model.
 
 The public API is re-exported lazily so that ``import myriad`` (and therefore
-``myriad --help`` and plugin discovery) never imports torch.
+``myriad --help`` and plugin discovery) never imports torch. Plugin authors import
+from :mod:`myriad.api`, the public surface for plugins.
 """
 
 from __future__ import annotations
@@ -19,18 +20,23 @@ _LAZY = {
     "get_expert": "myriad.plugins",
     "list_experts": "myriad.plugins",
     "MyriadError": "myriad.errors",
+    "ConfigError": "myriad.errors",
     "load_image": "myriad.images",
     "Calibrator": "myriad.calibration",
+    "Detector": "myriad.detector",
+    "Inspector": "myriad.inspection",
 }
 
 __all__ = ["__version__", *_LAZY]
 
 if TYPE_CHECKING:  # pragma: no cover
     from myriad.calibration import Calibrator
-    from myriad.errors import MyriadError
+    from myriad.detector import Detector
+    from myriad.errors import ConfigError, MyriadError
     from myriad.experts import Expert, ExpertInfo, Mode, Prediction
     from myriad.hookspecs import hookimpl
     from myriad.images import load_image
+    from myriad.inspection import Inspector
     from myriad.plugins import get_expert, list_experts
 
 

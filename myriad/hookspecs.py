@@ -9,7 +9,7 @@ A plugin is a Python distribution that declares an entry point in the group
     my_expert = "my_expert_package.plugin"
 
     # my_expert_package/plugin.py
-    from myriad import hookimpl
+    from myriad.api import hookimpl
 
     @hookimpl
     def register_experts(register):

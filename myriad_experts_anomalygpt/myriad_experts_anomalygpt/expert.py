@@ -21,9 +21,7 @@ from __future__ import annotations
 import warnings
 from typing import TYPE_CHECKING, Any, Sequence
 
-from myriad.errors import ConfigError, WeightsError
-from myriad.experts import Expert, Mode, Prediction
-from myriad.model_cache import cached, file_stamp
+from myriad.api import ConfigError, Expert, Mode, Prediction, WeightsError, cached, file_stamp
 from myriad_experts_anomalygpt.plugin import IMAGEBIND, AnomalyGPTConfig
 
 if TYPE_CHECKING:  # pragma: no cover
@@ -83,7 +81,7 @@ class ImageDecoder:
 
     @classmethod
     def load(cls, path: str, width: int, dim: int, layers: int) -> "nn.Module":
-        from myriad.io import load_state_dict_strict
+        from myriad.api import load_state_dict_strict
         from myriad_experts_anomalygpt.imagebind import read_checkpoint
 
         state = read_checkpoint(path, "AnomalyGPT checkpoint", DECODER_HINT)
@@ -195,7 +193,7 @@ class AnomalyGPTExpert(Expert):
         return self._vision
 
     def _backbone_cnn(self) -> Any:
-        from myriad.backbone import FeatureBackbone
+        from myriad.api import FeatureBackbone
 
         if self._cnn is None:
             cfg = self.config
@@ -212,7 +210,7 @@ class AnomalyGPTExpert(Expert):
         """``2 x E`` prompt features (normal, abnormal) for the configured class name."""
         import torch
 
-        from myriad.io import load_tensors
+        from myriad.api import load_tensors
 
         if self._text is None:
             cfg = self.config
@@ -253,7 +251,7 @@ class AnomalyGPTExpert(Expert):
         """Per tapped layer, ``B x L x C`` patch features (raw block outputs without CLS / CNN stage maps)."""
         import torch
 
-        from myriad.images import to_tensor
+        from myriad.api import to_tensor
 
         size = self.image_size
         normalisation = "clip" if self.uses_imagebind else self._backbone_cnn().normalisation
@@ -371,7 +369,7 @@ def export_text_features(config: AnomalyGPTConfig | dict, class_names: Sequence[
     """
     import torch
 
-    from myriad.io import save_tensors
+    from myriad.api import save_tensors
     from myriad_experts_anomalygpt.imagebind import load_imagebind
 
     cfg = AnomalyGPTConfig.model_validate(config) if isinstance(config, dict) else config

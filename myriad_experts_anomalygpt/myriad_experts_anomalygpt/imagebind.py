@@ -43,9 +43,7 @@ from functools import partial
 from pathlib import Path
 from typing import TYPE_CHECKING, Any, Sequence
 
-from myriad.errors import WeightsError
-from myriad.io import CHECKPOINT_WRAPPERS, load_state_dict_strict, load_torch_checkpoint
-from myriad.vit_taps import vit_tokens
+from myriad.api import CHECKPOINT_WRAPPERS, WeightsError, load_state_dict_strict, load_torch_checkpoint, vit_tokens
 
 if TYPE_CHECKING:  # pragma: no cover
     import torch

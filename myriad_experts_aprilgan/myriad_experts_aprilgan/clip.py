@@ -14,9 +14,13 @@ from __future__ import annotations
 
 from typing import TYPE_CHECKING, Any
 
-from myriad.errors import ConfigError, WeightsError
-from myriad.io import load_state_dict_strict, load_torch_checkpoint
-from myriad.vit_taps import resize_positional_embedding  # also imported from here by benchmarks/experts
+from myriad.api import (  # resize_positional_embedding is also imported from here by benchmarks/experts
+    ConfigError,
+    WeightsError,
+    load_state_dict_strict,
+    load_torch_checkpoint,
+    resize_positional_embedding,
+)
 
 if TYPE_CHECKING:  # pragma: no cover
     import torch

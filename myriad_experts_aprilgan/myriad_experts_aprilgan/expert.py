@@ -25,9 +25,7 @@ import json
 import warnings
 from typing import TYPE_CHECKING, Any
 
-from myriad.errors import ConfigError, WeightsError
-from myriad.experts import Expert, Mode, Prediction
-from myriad.model_cache import cached, file_stamp
+from myriad.api import ConfigError, Expert, Mode, Prediction, WeightsError, cached, file_stamp
 from myriad_experts_aprilgan.plugin import CLIP, AprilGANConfig
 
 if TYPE_CHECKING:  # pragma: no cover
@@ -160,7 +158,7 @@ class AprilGANExpert(Expert):
 
     def cnn(self) -> Any:
         """The timm CNN of a CNN memory."""
-        from myriad.backbone import FeatureBackbone
+        from myriad.api import FeatureBackbone
 
         if self._cnn is None:
             cfg = self.config
@@ -181,8 +179,7 @@ class AprilGANExpert(Expert):
         """CLIP tokens of the adapter layers (``zs``), memory features (``fs`` + ``grids``), image embeddings."""
         import torch
 
-        from myriad.images import to_tensor
-        from myriad.vit_taps import vit_tokens
+        from myriad.api import to_tensor, vit_tokens
 
         cfg, size = self.config, self.image_size
         out: dict[str, Any] = {"zs": None, "fs": None, "grids": None, "pooled": None}
@@ -270,7 +267,7 @@ class AprilGANExpert(Expert):
         import numpy as np
         import torch
 
-        from myriad.images import resize_map
+        from myriad.api import resize_map
 
         few_shot = self.mode is Mode.FEW_SHOT
         zero_shot = self.zero_shot_branch

@@ -6,8 +6,7 @@ from typing import Any, Literal
 
 from pydantic import BaseModel, ConfigDict, Field, field_validator
 
-from myriad import hookimpl
-from myriad.experts import check_layer_indices
+from myriad.api import check_layer_indices, hookimpl
 
 CLIP = "clip"
 

@@ -16,14 +16,14 @@ import random
 from pathlib import Path
 from typing import TYPE_CHECKING, Any, Iterable, Sequence
 
-from myriad.errors import DatasetError
+from myriad.api import DatasetError
 
 if TYPE_CHECKING:  # pragma: no cover
     import numpy as np
     import torch
     from torch import nn
 
-    from myriad.datasets import Category
+    from myriad.api import Category
     from myriad_experts_aprilgan.plugin import AprilGANConfig
 
 
@@ -48,7 +48,7 @@ def dice_loss(prob: "torch.Tensor", target: "torch.Tensor") -> "torch.Tensor":
 
 def _samples(data: Iterable[Any]) -> list[tuple[Any, Any, str]]:
     """Normalise the data argument into (image or path, mask or Sample, class name) triples."""
-    from myriad.datasets import Category
+    from myriad.api import Category
 
     out: list[tuple[Any, Any, str]] = []
     for item in data:
@@ -68,8 +68,7 @@ def _samples(data: Iterable[Any]) -> list[tuple[Any, Any, str]]:
 def _load(image: Any, mask: Any) -> tuple["np.ndarray", "np.ndarray"]:
     import numpy as np
 
-    from myriad.datasets import Sample, load_mask
-    from myriad.images import as_rgb, load_image
+    from myriad.api import Sample, as_rgb, load_image, load_mask
 
     img = load_image(image) if isinstance(image, (str, Path)) else as_rgb(image)
     if isinstance(mask, Sample):
@@ -98,8 +97,7 @@ def train_adapters(
     import torch
     import torch.nn.functional as F
 
-    from myriad.images import to_tensor
-    from myriad.vit_taps import vit_tokens
+    from myriad.api import to_tensor, vit_tokens
     from myriad_experts_aprilgan.clip import build_adapters
     from myriad_experts_aprilgan.expert import AprilGANExpert
     from myriad_experts_aprilgan.plugin import AprilGANConfig
@@ -148,7 +146,7 @@ def train_adapters(
             log(f"aprilgan adapters: epoch {epoch + 1}/{epochs}, loss {np.mean(losses):.4f}")
     adapters.eval().requires_grad_(False)
     if output is not None:
-        from myriad.io import atomic_path
+        from myriad.api import atomic_path
 
         with atomic_path(output) as tmp:
             torch.save({"trainable_linearlayer": {k: v.cpu() for k, v in adapters.state_dict().items()}}, tmp)

@@ -14,15 +14,14 @@ from __future__ import annotations
 from dataclasses import dataclass
 from typing import TYPE_CHECKING, Any
 
-from myriad.errors import ConfigError, MyriadError, WeightsError
-from myriad.experts import Expert, Mode, Prediction
+from myriad.api import ConfigError, Expert, Mode, MyriadError, Prediction, WeightsError
 
 from myriad_experts_global.plugin import GlobalStatsConfig
 
 if TYPE_CHECKING:  # pragma: no cover
     import numpy as np
 
-    from myriad.backbone import FeatureBackbone
+    from myriad.api import FeatureBackbone
     from myriad_experts_global.statistics import GaussianModel
 
 #: Tensors saved per statistic group (``<group>.<part>``).
@@ -46,8 +45,7 @@ class GroupModel:
 
 def _backbone(name: str, layers: tuple[int, ...], weights: str | None, device: str) -> "FeatureBackbone":
     """A frozen :class:`~myriad.backbone.FeatureBackbone`, shared by experts of this process."""
-    from myriad.backbone import FeatureBackbone
-    from myriad.model_cache import cached, file_stamp
+    from myriad.api import FeatureBackbone, cached, file_stamp
 
     def build() -> FeatureBackbone:
         try:
@@ -94,7 +92,7 @@ class GlobalStatsExpert(Expert):
         import numpy as np
         import torch
 
-        from myriad.images import to_tensor
+        from myriad.api import to_tensor
 
         from myriad_experts_global.statistics import energy_statistics, window_statistics
 

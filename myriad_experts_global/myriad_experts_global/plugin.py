@@ -9,7 +9,7 @@ from typing import Literal, Optional
 
 from pydantic import BaseModel, ConfigDict, Field, field_validator
 
-from myriad import hookimpl
+from myriad.api import hookimpl
 
 
 class GlobalStatsConfig(BaseModel):

@@ -22,9 +22,7 @@ from collections import OrderedDict
 from pathlib import Path
 from typing import TYPE_CHECKING, Any, Sequence
 
-from myriad.errors import ConfigError, WeightsError
-from myriad.io import load_state_dict_strict
-from myriad.vit_taps import resize_positional_embedding, vit_tokens
+from myriad.api import ConfigError, WeightsError, load_state_dict_strict, resize_positional_embedding, vit_tokens
 
 if TYPE_CHECKING:  # pragma: no cover
     import torch
@@ -47,7 +45,7 @@ def read_state_dict(path: str | Path) -> dict[str, "torch.Tensor"]:
     ``state_dict``/``model``/``module`` containers are unwrapped and ``module.`` prefixes
     dropped (:func:`myriad.io.load_torch_checkpoint`).
     """
-    from myriad.io import CHECKPOINT_WRAPPERS, load_torch_checkpoint
+    from myriad.api import CHECKPOINT_WRAPPERS, load_torch_checkpoint
 
     return load_torch_checkpoint(
         path, what="weights file", torchscript=True, unwrap=CHECKPOINT_WRAPPERS, tensors_only=True, strip_prefix="module."
@@ -73,7 +71,7 @@ class CnnTokens:
     default_layers = (2, 3)  # strides 8 and 16; chosen by measurement (README)
 
     def __init__(self, name: str, weights: str | None, layers: Sequence[int] | None, device: str) -> None:
-        from myriad.backbone import FeatureBackbone
+        from myriad.api import FeatureBackbone
 
         self.layers = tuple(layers) if layers is not None else self.default_layers
         try:

@@ -11,7 +11,7 @@ from __future__ import annotations
 
 from typing import TYPE_CHECKING
 
-from myriad.experts import Expert, Prediction
+from myriad.api import Expert, Prediction
 from myriad_experts_musc.plugin import MuScConfig
 
 if TYPE_CHECKING:  # pragma: no cover
@@ -53,7 +53,7 @@ class MuScExpert(Expert):
         import torch
         from tqdm.auto import tqdm
 
-        from myriad.images import to_tensor
+        from myriad.api import to_tensor
 
         backbone, size, step = self.backbone, self.image_size, self.config.batch_size
         layers: list[list[torch.Tensor]] = []

@@ -6,8 +6,7 @@ from typing import Any, Literal
 
 from pydantic import BaseModel, ConfigDict, Field, field_validator
 
-from myriad import hookimpl
-from myriad.experts import check_layer_indices
+from myriad.api import check_layer_indices, hookimpl
 
 #: The embedded ImageNet CNN (ships with Myriad, so MuSc runs without any download).
 EMBEDDED_BACKBONE = "efficientnet_lite0"

@@ -14,8 +14,7 @@ import threading
 from collections import OrderedDict
 from typing import TYPE_CHECKING, Any, Iterator
 
-from myriad.errors import ConfigError, MyriadError, WeightsError
-from myriad.experts import Expert, Mode, Prediction
+from myriad.api import ConfigError, Expert, Mode, MyriadError, Prediction, WeightsError
 
 from myriad_experts_patchcore.features import default_layers
 from myriad_experts_patchcore.plugin import PatchCoreConfig
@@ -89,7 +88,7 @@ def _shared_backbone(name: str, layers: tuple[int, ...], weights: str | None, de
 
     import torch
 
-    from myriad.backbone import FeatureBackbone
+    from myriad.api import FeatureBackbone
 
     from myriad_experts_patchcore.features import fold_batchnorm
 

@@ -24,7 +24,7 @@ if TYPE_CHECKING:  # pragma: no cover
     import numpy as np
     import torch
 
-    from myriad.backbone import FeatureBackbone
+    from myriad.api import FeatureBackbone
 
 Aggregation = Literal["concat", "pool"]
 
@@ -182,7 +182,7 @@ class PatchFeatureExtractor:
 
     def preprocess(self, images: Sequence["np.ndarray"]) -> "torch.Tensor":
         """RGB uint8 images (any sizes) -> normalised ``B x 3 x S x S`` batch."""
-        from myriad.images import to_tensor
+        from myriad.api import to_tensor
 
         return to_tensor(images, self.image_size, normalisation=self.backbone.normalisation)  # type: ignore[arg-type]
 

@@ -25,7 +25,7 @@ from __future__ import annotations
 import warnings
 from typing import TYPE_CHECKING, Literal
 
-from myriad.errors import ConfigError, MyriadError
+from myriad.api import ConfigError, MyriadError
 
 if TYPE_CHECKING:  # pragma: no cover
     import numpy as np

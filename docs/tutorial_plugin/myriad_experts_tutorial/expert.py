@@ -10,9 +10,7 @@ from __future__ import annotations
 import numpy as np
 from scipy.ndimage import gaussian_filter
 
-from myriad.errors import WeightsError
-from myriad.experts import Expert, Prediction
-from myriad.images import resize_map, to_tensor
+from myriad.api import Expert, Prediction, WeightsError, resize_map, to_tensor
 
 from myriad_experts_tutorial.plugin import ColourStatsConfig
 

@@ -4,7 +4,7 @@ from typing import Literal
 
 from pydantic import BaseModel, Field
 
-from myriad import hookimpl
+from myriad.api import hookimpl
 
 
 class ColourStatsConfig(BaseModel):
