@@ -48,6 +48,24 @@ def test_every_hook_is_documented_for_plugin_authors(hook):
     assert re.search(rf"`{hook}\(", text), f"hook {hook!r} is not documented in docs/writing-plugins.md"
 
 
+def plugin_api_names() -> list[str]:
+    """Every name of the plugin API, ``myriad.api.__all__``."""
+    import myriad.api
+
+    assert myriad.api.__all__, "myriad.api declares no names"
+    return list(myriad.api.__all__)
+
+
+@pytest.mark.parametrize("name", plugin_api_names())
+def test_every_name_of_the_plugin_api_is_documented_for_plugin_authors(name):
+    text = (DOCS / "writing-plugins.md").read_text()
+    section = text.split("## The plugin API: `myriad.api`", 1)[-1].split("\n## ", 1)[0]
+    assert re.search(rf"^\| `{re.escape(name)}[`(]", section, flags=re.M), (
+        f"myriad.api.{name} is not documented (a table row starting with `{name}`) in the plugin API section of "
+        "docs/writing-plugins.md"
+    )
+
+
 def test_every_command_has_a_section():
     sections = cli_sections()
     missing = sorted(set(commands()) - set(sections))
