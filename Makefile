@@ -42,8 +42,12 @@ demo: install
 	$(VENV)/bin/myriad inspect $(DEMO_DIR)/samples/brick/test --normal $(DEMO_DIR)/samples/brick/train/good \
 		--output $(DEMO_DIR)/inspect
 
+# Every test: the core's (tests/), the tutorial plugin's and each plugin folder's own (myriad_experts_*/tests),
+# which run alone too (`pytest myriad_experts_musc/tests` needs only the core and that plugin).
+TEST_PATHS := tests docs/tutorial_plugin/tests $(sort $(wildcard myriad_experts_*/tests))
+
 test: install-test
-	$(PY) -m pytest -q tests docs/tutorial_plugin/tests
+	$(PY) -m pytest -q $(TEST_PATHS)
 
 clean:
 	rm -rf $(VENV) $(DEMO_DIR)
