@@ -29,13 +29,15 @@ from abc import ABC, abstractmethod
 from dataclasses import dataclass, field
 from enum import Enum
 from pathlib import Path
-from typing import TYPE_CHECKING, Any, Callable, ClassVar, Sequence
+from typing import TYPE_CHECKING, Any, Callable, ClassVar, ContextManager, Sequence
 
 from myriad.errors import ContractError, ExpertStateError, MyriadError, WeightsError
 
 if TYPE_CHECKING:  # pragma: no cover
     import numpy as np
     from pydantic import BaseModel
+
+    from myriad.progress import ProgressCallback, Stage
 
 STATE_CONFIG_FILE = "expert.json"
 
@@ -123,6 +125,9 @@ class Expert(ABC):
     registered_name: str | None = None
     #: Smallest batch a transductive expert can score.
     min_batch: ClassVar[int] = 1
+    #: set by the host to receive progress as ``callback(stage, done, total)`` (see :mod:`myriad.progress`);
+    #: None: each stage is a tqdm bar on a terminal
+    progress_callback: "ProgressCallback | None" = None
 
     def __init__(self, config: "BaseModel", mode: Mode | str) -> None:
         self.config = config
@@ -253,6 +258,22 @@ class Expert(ABC):
         return expert
 
     # -- for subclasses -----------------------------------------------------------
+    def progress_stage(
+        self, stage: str, total: int = 0, unit: str = "it", terminal_only: bool = True
+    ) -> ContextManager["Stage"]:
+        """Report the progress of a long loop: ``with self.progress_stage("features", n) as s: ... s.advance(k)``.
+
+        Reports go to :attr:`progress_callback` when the host set one, else to a tqdm bar drawn
+        only on a terminal (always with ``terminal_only=False``); nothing is reported when the
+        config's ``progress`` is False. See :mod:`myriad.progress`.
+        """
+        from myriad.progress import progress_stage
+
+        enabled = bool(getattr(self.config, "progress", True))
+        return progress_stage(
+            stage, total, callback=self.progress_callback, enabled=enabled, unit=unit, terminal_only=terminal_only
+        )
+
     @classmethod
     def config_model(cls) -> type["BaseModel"]:
         """The pydantic model of this expert's config (default: the ``Config`` attribute)."""

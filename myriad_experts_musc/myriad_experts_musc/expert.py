@@ -51,30 +51,27 @@ class MuScExpert(Expert):
     def extract(self, images: list["np.ndarray"]) -> tuple[list["torch.Tensor"], "torch.Tensor"]:
         """Per-layer grids (``N x C x h x w``, float16 on the CPU) and ``N x D`` image embeddings."""
         import torch
-        from tqdm.auto import tqdm
 
         from myriad.api import to_tensor
 
         backbone, size, step = self.backbone, self.image_size, self.config.batch_size
         layers: list[list[torch.Tensor]] = []
         embeddings = []
-        bar = tqdm(total=len(images), desc="MuSc features", unit="img", disable=not self.config.progress, leave=False)
-        for start in range(0, len(images), step):
-            chunk = images[start : start + step]
-            grids, embedding = backbone(to_tensor(chunk, size, backbone.normalisation, interpolation="bicubic"))
-            if not layers:
-                layers = [[] for _ in grids]
-            for store, grid in zip(layers, grids):
-                store.append(grid.detach().to("cpu", torch.float16))
-            embeddings.append(embedding.detach().float().cpu())
-            bar.update(len(chunk))
-        bar.close()
+        with self.progress_stage("MuSc features", len(images), unit="img", terminal_only=False) as stage:
+            for start in range(0, len(images), step):
+                chunk = images[start : start + step]
+                grids, embedding = backbone(to_tensor(chunk, size, backbone.normalisation, interpolation="bicubic"))
+                if not layers:
+                    layers = [[] for _ in grids]
+                for store, grid in zip(layers, grids):
+                    store.append(grid.detach().to("cpu", torch.float16))
+                embeddings.append(embedding.detach().float().cpu())
+                stage.advance(len(chunk))
         return [torch.cat(store) for store in layers], torch.cat(embeddings)
 
     def score_maps(self, grids: list["torch.Tensor"]) -> "torch.Tensor":
         """``N x h x w`` patch-score maps: mutual scoring averaged over layers, then over ``r``."""
         import torch
-        from tqdm.auto import tqdm
 
         from myriad_experts_musc.scoring import lnamd, mutual_scores, num_pairs
 
@@ -83,21 +80,21 @@ class MuScExpert(Expert):
         n = grids[0].shape[0]
         grid = tuple(int(s) for s in grids[0].shape[-2:])  # the shallowest layer's grid
         total = len(cfg.r_list) * len(grids) * num_pairs(n, cfg.references)
-        bar = tqdm(total=total, desc="MuSc mutual scoring", unit="pair", disable=not cfg.progress, leave=False)
         per_r = []
-        for r in cfg.r_list:
-            per_layer = torch.zeros(n, grid[0] * grid[1], dtype=torch.float64)
-            for raw in grids:
-                z = torch.empty(n, grid[0] * grid[1], raw.shape[1], dtype=torch.float32, device=device)
-                for start in range(0, n, cfg.batch_size):  # LNAMD in chunks: bounded memory
-                    part = raw[start : start + cfg.batch_size].to(device)
-                    z[start : start + part.shape[0]] = lnamd(part, r, grid)
-                per_layer += mutual_scores(
-                    z, cfg.topmin, cfg.chunk_mb * 2**20, progress=bar.update, references=cfg.references, seed=cfg.seed
-                ).double().cpu()
-                del z
-            per_r.append(per_layer / len(grids))
-        bar.close()
+        with self.progress_stage("MuSc mutual scoring", total, unit="pair", terminal_only=False) as stage:
+            for r in cfg.r_list:
+                per_layer = torch.zeros(n, grid[0] * grid[1], dtype=torch.float64)
+                for raw in grids:
+                    z = torch.empty(n, grid[0] * grid[1], raw.shape[1], dtype=torch.float32, device=device)
+                    for start in range(0, n, cfg.batch_size):  # LNAMD in chunks: bounded memory
+                        part = raw[start : start + cfg.batch_size].to(device)
+                        z[start : start + part.shape[0]] = lnamd(part, r, grid)
+                    per_layer += mutual_scores(
+                        z, cfg.topmin, cfg.chunk_mb * 2**20,
+                        progress=stage.advance, references=cfg.references, seed=cfg.seed,
+                    ).double().cpu()
+                    del z
+                per_r.append(per_layer / len(grids))
         return (torch.stack(per_r).mean(dim=0)).float().reshape(n, *grid)
 
     # -- the expert contract ----------------------------------------------------------

@@ -50,7 +50,7 @@ class MuScConfig(BaseModel):
     chunk_mb: int = Field(512, ge=1, description="memory of one similarity chunk of the mutual-scoring step (MB)")
     batch_size: int = Field(8, ge=1, description="images per backbone forward pass")
     device: str = Field("cpu", description="torch device, e.g. 'cpu' or 'cuda:0'")
-    progress: bool = Field(True, description="show tqdm progress bars")
+    progress: bool = Field(True, description="report progress: tqdm bars on stderr, or the host's progress callback")
     quick_gelu: bool = Field(True, description="open_clip: QuickGELU activations (True for OpenAI weights)")
     architecture: dict[str, Any] | None = Field(
         None, description="override of the named architecture (open_clip model config or timm kwargs), e.g. for tests"

@@ -52,3 +52,17 @@ def test_progress_bars(bricks: tuple[list[np.ndarray], list[np.ndarray]], capsys
     get_expert("musc", {"image_size": 64, "r_list": [1]}).predict(bricks[0][:3])
     err = capsys.readouterr().err
     assert "MuSc mutual scoring" in err and "MuSc features" in err
+
+
+def test_progress_goes_to_the_host_callback(
+    bricks: tuple[list[np.ndarray], list[np.ndarray]], capsys: pytest.CaptureFixture
+) -> None:
+    calls: list[tuple[str, int, int]] = []
+    expert = get_expert("musc", {"image_size": 64, "r_list": [1]})
+    expert.progress_callback = lambda stage, done, total: calls.append((stage, done, total))
+    expert.predict(bricks[0][:3])
+    assert {c[0] for c in calls} == {"MuSc features", "MuSc mutual scoring"}
+    for stage in ("MuSc features", "MuSc mutual scoring"):
+        mine = [c for c in calls if c[0] == stage]
+        assert mine[0][1] == 0 and mine[-1][1] == mine[-1][2] > 0
+    assert "MuSc" not in capsys.readouterr().err  # the host's callback replaces the bars

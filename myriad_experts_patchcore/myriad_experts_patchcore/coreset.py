@@ -33,7 +33,7 @@ picked points and ``chunk x block`` scratch; never ``N x N`` nor ``N x M``.
 from __future__ import annotations
 
 import math
-from typing import TYPE_CHECKING
+from typing import TYPE_CHECKING, Callable
 
 if TYPE_CHECKING:  # pragma: no cover
     import numpy as np
@@ -82,16 +82,16 @@ def greedy_k_center(
     block: int = 128,
     pool: int = 1024,
     chunk: int = DEFAULT_CHUNK,
-    progress: bool = False,
+    progress: Callable[[int], object] | None = None,
 ) -> "torch.Tensor":
     """Indices of ``size`` points picked by greedy k-center (farthest-first), in pick order.
 
     Same picks as the naive loop (start at ``start``; repeatedly take the point with
     the largest squared distance to its nearest pick; exact ties aside) without any
-    ``N x N`` or ``N x size`` matrix. ``points`` is ``N x d`` float32.
+    ``N x N`` or ``N x size`` matrix. ``points`` is ``N x d`` float32. ``progress(n)``
+    is called with the number of new picks after the first pick and after each block.
     """
     import torch
-    from tqdm.auto import tqdm
 
     x = points.float().contiguous()
     n, dim = x.shape
@@ -104,39 +104,37 @@ def greedy_k_center(
     centers = torch.empty(size, dim, dtype=torch.float32)  # picked points, contiguous
     centers_norm = torch.empty(size, dtype=torch.float32)
     min_dist = torch.empty(n, dtype=torch.float32)  # squared distance to the nearest pick (-inf: picked)
-    bar = tqdm(total=size, desc="coreset", unit="pt", disable=None if progress else True, leave=False)
-    try:
-        picks[0], centers[0], centers_norm[0] = start, x[start], x_norm[start]
-        for s in range(0, n, chunk):
-            min_dist[s : s + chunk] = _sq_dist(x[s : s + chunk], x_norm[s : s + chunk], centers[:1], centers_norm[:1])[:, 0]
-        min_dist[start] = -math.inf
-        bar.update(1)
-        count = 1
-        pool_size = max(pool, block)
-        while count < size:
-            # 1. lazy picks: exact values for the `k` largest upper bounds, kept current in-block
-            k = min(pool_size, n)
-            bounds, cand = torch.topk(min_dist, k, sorted=True)
-            outside_bound = float(bounds[-1]) if k < n else -math.inf
-            values = bounds.clone()
-            xc, xc_norm = x[cand], x_norm[cand]
-            first = count
-            while count - first < block and count < size:
-                j = int(torch.argmax(values))
-                if float(values[j]) < outside_bound:  # a point outside the pool may be farther
-                    break
-                c = int(cand[j])
-                picks[count], centers[count], centers_norm[count] = c, x[c], x_norm[c]
-                count += 1
-                d = torch.mv(xc, x[c]).mul_(-2.0).add_(xc_norm).add_(x_norm[c])  # matrix-vector: fast
-                torch.minimum(values, d.clamp_(min=0.0), out=values)
-                values[j] = -math.inf
-            # 2. refresh every point against the block's picks: one matrix product per chunk
-            _refresh(x, x_norm, min_dist, centers[first:count], centers_norm[first:count], chunk)
-            min_dist[picks[first:count]] = -math.inf
-            bar.update(count - first)
-    finally:
-        bar.close()
+    picks[0], centers[0], centers_norm[0] = start, x[start], x_norm[start]
+    for s in range(0, n, chunk):
+        min_dist[s : s + chunk] = _sq_dist(x[s : s + chunk], x_norm[s : s + chunk], centers[:1], centers_norm[:1])[:, 0]
+    min_dist[start] = -math.inf
+    if progress is not None:
+        progress(1)
+    count = 1
+    pool_size = max(pool, block)
+    while count < size:
+        # 1. lazy picks: exact values for the `k` largest upper bounds, kept current in-block
+        k = min(pool_size, n)
+        bounds, cand = torch.topk(min_dist, k, sorted=True)
+        outside_bound = float(bounds[-1]) if k < n else -math.inf
+        values = bounds.clone()
+        xc, xc_norm = x[cand], x_norm[cand]
+        first = count
+        while count - first < block and count < size:
+            j = int(torch.argmax(values))
+            if float(values[j]) < outside_bound:  # a point outside the pool may be farther
+                break
+            c = int(cand[j])
+            picks[count], centers[count], centers_norm[count] = c, x[c], x_norm[c]
+            count += 1
+            d = torch.mv(xc, x[c]).mul_(-2.0).add_(xc_norm).add_(x_norm[c])  # matrix-vector: fast
+            torch.minimum(values, d.clamp_(min=0.0), out=values)
+            values[j] = -math.inf
+        # 2. refresh every point against the block's picks: one matrix product per chunk
+        _refresh(x, x_norm, min_dist, centers[first:count], centers_norm[first:count], chunk)
+        min_dist[picks[first:count]] = -math.inf
+        if progress is not None:
+            progress(count - first)
     return picks
 
 
@@ -181,7 +179,7 @@ def select_coreset(
     max_size: int | None = None,
     group_size: int | None = None,
     rows_per_image: int = 1,
-    progress: bool = False,
+    progress: Callable[[int, int], object] | None = None,
 ) -> "np.ndarray":
     """Sorted indices (int64) of the coreset of ``N x D`` features.
 
@@ -193,6 +191,9 @@ def select_coreset(
     on multiples of ``rows_per_image``) and each group is reduced by the same ratio.
     The union still covers every patch (within the largest group's radius) while the
     work grows linearly with N instead of quadratically. None = one global selection.
+
+    ``progress(done, total)`` is called as points are picked (``total``: the points picked
+    over all groups), first with ``done = 0``.
     """
     import numpy as np
     import torch
@@ -213,11 +214,20 @@ def select_coreset(
     quotas = size * lengths / n
     sizes = np.floor(quotas).astype(int)
     sizes[np.argsort(-(quotas - sizes), kind="stable")[: size - int(sizes.sum())]] += 1
+    sizes = [int(min(b - a, max(1, k))) for (a, b), k in zip(groups, sizes)]
+    total, done = sum(sizes), 0
+
+    def picked(count: int) -> None:
+        nonlocal done
+        done += count
+        if progress is not None:
+            progress(done, total)
+
+    picked(0)
     picks = []
     for g, ((a, b), k) in enumerate(zip(groups, sizes)):
-        k = int(min(b - a, max(1, k)))
         points = project(features[a:b], projection_dim, seed)
         start = int(torch.randint(b - a, (1,), generator=torch.Generator().manual_seed(int(seed) + 1 + g)))
-        picks.append(greedy_k_center(points, k, start=start, progress=progress).numpy() + a)
+        picks.append(greedy_k_center(points, k, start=start, progress=picked).numpy() + a)
         del points
     return np.sort(np.concatenate(picks)).astype(np.int64)

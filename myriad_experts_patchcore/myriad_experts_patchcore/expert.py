@@ -247,7 +247,6 @@ class PatchCoreExpert(Expert):
     # -- fit ----------------------------------------------------------------------------
     def _fit(self, images: list["np.ndarray"]) -> None:
         import numpy as np
-        from tqdm.auto import tqdm
 
         from myriad_experts_patchcore.coreset import projection_matrix, select_coreset
 
@@ -256,30 +255,31 @@ class PatchCoreExpert(Expert):
         dtype = np.float16 if cfg.bank_dtype == "float16" else np.float32
         features: np.ndarray | None = None
         filled = per_image = 0
-        bar = tqdm(total=len(items), desc="features", unit="img", disable=None if cfg.progress else True, leave=False)
-        with _cpu_threads(cfg.num_threads), bar:
-            for start in range(0, len(items), cfg.batch_size):
-                chunk = [augment_image(images[i], op) for i, op in items[start : start + cfg.batch_size]]
-                rows, _ = self._patch_rows(chunk, store=True)
-                if features is None:
-                    per_image = rows.shape[0] // len(chunk)
-                    features = self._allocate(len(items) * per_image, rows.shape[1], dtype)
-                features[filled : filled + len(rows)] = rows
-                filled += len(rows)
-                bar.update(len(chunk))
-                del chunk, rows
+        with _cpu_threads(cfg.num_threads):
+            with self.progress_stage("features", len(items), unit="img") as stage:
+                for start in range(0, len(items), cfg.batch_size):
+                    chunk = [augment_image(images[i], op) for i, op in items[start : start + cfg.batch_size]]
+                    rows, _ = self._patch_rows(chunk, store=True)
+                    if features is None:
+                        per_image = rows.shape[0] // len(chunk)
+                        features = self._allocate(len(items) * per_image, rows.shape[1], dtype)
+                    features[filled : filled + len(rows)] = rows
+                    filled += len(rows)
+                    stage.advance(len(chunk))
+                    del chunk, rows
             assert features is not None
             try:
-                keep = select_coreset(
-                    features,
-                    ratio=self.coreset_ratio,
-                    projection_dim=cfg.projection_dim,
-                    seed=cfg.seed,
-                    max_size=cfg.max_bank_size,
-                    group_size=cfg.coreset_group_size,
-                    rows_per_image=per_image,
-                    progress=cfg.progress,
-                )
+                with self.progress_stage("coreset", unit="pt") as stage:
+                    keep = select_coreset(
+                        features,
+                        ratio=self.coreset_ratio,
+                        projection_dim=cfg.projection_dim,
+                        seed=cfg.seed,
+                        max_size=cfg.max_bank_size,
+                        group_size=cfg.coreset_group_size,
+                        rows_per_image=per_image,
+                        progress=stage.report,
+                    )
             except (MemoryError, RuntimeError) as exc:
                 raise MyriadError(
                     f"coreset selection of {len(features)} patches failed ({exc}): lower coreset_ratio, "

@@ -74,7 +74,9 @@ class PatchCoreConfig(BaseModel):
     device: str = Field("auto", description="'auto' (cuda if available), 'cpu', 'cuda' or 'cuda:N'")
     num_threads: Optional[int] = Field(None, ge=1, description="CPU threads for torch and faiss (None = leave as is)")
     seed: int = Field(0, description="seed of the coreset projection and start point")
-    progress: bool = Field(True, description="tqdm progress bars while fitting (shown only on a terminal)")
+    progress: bool = Field(
+        True, description="report fitting progress: tqdm bars (shown only on a terminal), or the host's progress callback"
+    )
 
     @field_validator("layers")
     @classmethod

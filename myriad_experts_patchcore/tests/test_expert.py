@@ -184,3 +184,21 @@ def test_plugin_discovery_does_not_import_torch_or_faiss() -> None:
     )
     out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True).stdout.split()
     assert out[1:] == ["False", "False"]
+
+
+def test_fitting_reports_progress_to_the_host(fast, crops) -> None:
+    """Feature extraction and coreset selection report through the host's callback, to their totals."""
+    calls: list[tuple[str, int, int]] = []
+    expert = get_expert("patchcore", fast)
+    expert.progress_callback = lambda stage, done, total: calls.append((stage, done, total))
+    expert.fit(crops(3))
+    features = [c for c in calls if c[0] == "features"]
+    assert features[0] == ("features", 0, 3) and features[-1] == ("features", 3, 3)
+    coreset = [c for c in calls if c[0] == "coreset"]
+    assert coreset[0][1] == 0 and coreset[-1][1] == coreset[-1][2] == len(expert.bank.features)
+    assert [c[1] for c in coreset] == sorted(c[1] for c in coreset)
+    silent = get_expert("patchcore", {**fast, "progress": False})
+    silent.progress_callback = lambda *args: calls.append(args)
+    before = len(calls)
+    silent.fit(crops(3))
+    assert len(calls) == before
