@@ -7,8 +7,10 @@ Three pure functions, no model involved:
   an unrelated request) is ``unknown``.
 - :func:`compose_answer` answers one question type from the findings, in the documented
   vocabulary (``docs/findings.md``): the verdict first ("Yes, ..." / "No, ...", so
-  :func:`myriad.lmm.prompting.parse_answer` reads it), then the fact asked for. It never names a
-  defect's kind or cause: nothing measures them yet, so it says it cannot tell.
+  :func:`myriad.lmm.prompting.parse_answer` reads it), then the fact asked for. A kind is named
+  only when one was measured (:mod:`myriad.defect_kinds`), always as "likely", and causes only
+  from the curated table of :mod:`myriad.defect_causes` for that kind; otherwise the answer
+  says it cannot tell.
 - :func:`is_degenerate` flags answers that are junk (:func:`degeneracy_reasons` says why):
   empty, characters outside plain English text, no verdict, repeated word n-grams, or too many
   words outside the task's vocabulary (:data:`VOCABULARY`).
@@ -133,6 +135,25 @@ VOCABULARY = frozenset(
     clearly good ok okay fine intact clean perfect acceptable quality i'm
     """.split()
 )
+
+
+
+def _table_words() -> frozenset[str]:
+    """Words of the kind rules' reasons and of the curated causes table (answers quote both)."""
+    from myriad.defect_causes import LIKELY_CAUSES
+
+    text = " ".join(" ".join(causes) for causes, _ in LIKELY_CAUSES.values())
+    text += " " + " ".join(LIKELY_CAUSES) + " " + _REASON_WORDS
+    return frozenset(re.findall(r"[a-z]+(?:'[a-z]+)?", text.lower()))
+
+
+#: Words of :func:`myriad.defect_kinds.estimate_kind`'s reasons and the answers that quote them.
+_REASON_WORDS = """
+elongated region longer than wide small compact darker brighter surroundings contrast another colour
+faint without clear the map has no located spreads over whole image measured guess certainty not a
+likely usually caused general causes kind diagnosis cannot tell name which these this is of x
+"""
+VOCABULARY = VOCABULARY | _table_words()
 #: Largest share of an answer's words that may lie outside :data:`VOCABULARY`.
 _OUT_OF_VOCABULARY_LIMIT = 0.15
 #: Word n-grams: one of :data:`_REPEAT_LONG` words seen twice, or of :data:`_REPEAT_SHORT` words seen three
@@ -202,11 +223,27 @@ def compose_answer(findings: "Findings", question_type: str = DEFAULT_QUESTION_T
         return (
             f"{located} It {_covers(findings.extent)} of its area ({findings.extent_bucket}) in "
             f"{_regions(findings.count)}, and its severity is {findings.severity} (calibrated score {findings.score:.2f})."
+            + (f" It is likely {_with_article(findings.kind)}." if findings.kind else "")
         )
     if question_type == "kind":
-        return f"{located} I cannot tell the kind of defect; I can only report its location, extent, count and severity."
+        if not findings.kind:
+            why = f": {findings.kind_reason}" if findings.kind_reason else ""
+            return f"{located} I cannot tell the kind of defect from the map and the image{why}."
+        return (
+            f"{located} It is likely {_with_article(findings.kind)}: {findings.kind_reason}. "
+            "This is a measured guess, not a certainty."
+        )
     if question_type == "cause":
-        return f"{located} I cannot tell its likely cause; I can only report its location, extent, count and severity."
+        if not findings.kind:
+            return f"{located} I cannot tell its kind, so I cannot name a likely cause."
+        from myriad.defect_causes import likely_causes
+
+        causes = likely_causes(findings.kind)
+        listed = causes[0] if len(causes) == 1 else "; ".join(causes[:-1]) + "; or " + causes[-1]
+        return (
+            f"{located} It is likely {_with_article(findings.kind)}, which is usually caused by: {listed}. "
+            "These are general causes of this kind, not a diagnosis of this image."
+        )
     return ONLY_ABOUT_THE_IMAGE + located
 
 
@@ -241,6 +278,21 @@ def _covers(extent: float) -> str:
     if percent < 0.1:
         return "covers less than 0.1 %"
     return f"covers about {percent:.1f} %" if percent < 10 else f"covers about {percent:.0f} %"
+
+
+#: How each kind reads after "It is likely ...".
+_KIND_PHRASES = {
+    "contamination / foreign particle": "contamination or a foreign particle",
+    "missing or extra material": "missing or extra material",
+    "texture change": "a change of texture",
+    "colour change": "a change of colour",
+    "deformation": "a deformation",
+}
+
+
+def _with_article(kind: str) -> str:
+    """``a scratch``, ``contamination or a foreign particle``, ... for a kind of :data:`myriad.defect_kinds.KINDS`."""
+    return _KIND_PHRASES.get(kind, f"a {kind}")
 
 
 def _regions(count: int) -> str:

@@ -3,7 +3,8 @@
 :func:`measure_findings` turns a calibrated anomaly map (H x W in [0, 1], decision threshold 0.5)
 and the image's calibrated score and decision into :class:`Findings`: the verdict, where the
 defect is, how much of the image it covers, how many separate regions it has and how severe it
-is. Every number comes from the map and the score; nothing here guesses a defect's kind or cause.
+is. Every number comes from the map and the score; the kind, when the image is given, from the
+located region's shape and the image's contrast there (:mod:`myriad.defect_kinds`).
 :mod:`myriad.answers_text` words the findings as short, true sentences.
 
 The rules (documented for users in ``docs/findings.md``):
@@ -28,6 +29,8 @@ The rules (documented for users in ``docs/findings.md``):
   its maximum (:data:`RELATIVE_LEVEL`). A flat map there has no location: texture-wide, extent 1.
 - **severity**: from the calibrated score: ``low`` below :data:`MEDIUM_SEVERITY`, ``high`` from
   :data:`HIGH_SEVERITY`, ``medium`` between.
+- **kind** (only when the image is given): a measured guess from the located region's shape and the
+  image's contrast there, :func:`myriad.defect_kinds.estimate_kind`; None when its rules cannot tell.
 """
 
 from __future__ import annotations
@@ -96,6 +99,10 @@ class Findings:
     texture_wide: bool
     #: the calibrated image score the verdict and severity come from
     score: float
+    #: a kind of :data:`myriad.defect_kinds.MEASURED_KINDS`, or None (normal, not measured, or cannot tell)
+    kind: str | None = None
+    #: why that kind (the rule and its measurement, :class:`myriad.defect_kinds.KindEstimate`); '' when not measured
+    kind_reason: str = ""
 
     @property
     def anomalous(self) -> bool:
@@ -143,13 +150,16 @@ def measure_findings(
     anomalous: bool,
     threshold: float = 0.5,
     texture_wide: bool | None = None,
+    image: "np.ndarray | None" = None,
 ) -> Findings:
     """Measure the findings of one image from its calibrated map, score and decision.
 
     ``anomaly_map``: H x W calibrated map (values in [0, 1]; NaN counts as 0); ``score`` and
     ``anomalous``: the calibrated image score and decision (:class:`myriad.detector.Detection`);
     ``threshold``: the decision threshold on the map; ``texture_wide``: True forces a texture-wide
-    finding (see :func:`texture_wide_from_members`), None or False leaves it to the map's extent.
+    finding (see :func:`texture_wide_from_members`), None or False leaves it to the map's extent;
+    ``image``: the inspected image (H x W x 3, the map's H x W): when given, an anomalous finding also
+    gets a measured ``kind`` (:func:`myriad.defect_kinds.estimate_kind`).
     """
     import numpy as np
 
@@ -161,8 +171,17 @@ def measure_findings(
         return Findings("normal", None, 0.0, None, 0, None, False, score)
     above = amap > threshold
     if above.any():
-        return _from_defective_pixels(amap, above, score, threshold, bool(texture_wide))
-    return _from_peak(amap, score, bool(texture_wide))
+        findings = _from_defective_pixels(amap, above, score, threshold, bool(texture_wide))
+    else:
+        findings = _from_peak(amap, score, bool(texture_wide))
+    if image is None:
+        return findings
+    from dataclasses import replace
+
+    from myriad.defect_kinds import estimate_kind
+
+    guess = estimate_kind(image, amap, threshold, findings.texture_wide)
+    return replace(findings, kind=guess.kind, kind_reason=guess.reason)
 
 
 def _anomalous(region: str, extent: float, count: int, texture_wide: bool, score: float) -> Findings:

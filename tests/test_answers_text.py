@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+from dataclasses import replace
+
 import numpy as np
 import pytest
 
@@ -15,6 +17,8 @@ from myriad.answers_text import (
     degeneracy_reasons,
     is_degenerate,
 )
+from myriad.defect_causes import LIKELY_CAUSES, SOURCES, likely_causes
+from myriad.defect_kinds import KINDS, MEASURED_KINDS
 from myriad.errors import ConfigError
 from myriad.findings import Findings, measure_findings
 from myriad.lmm.prompting import parse_answer
@@ -119,14 +123,35 @@ def test_the_answers_state_the_facts():
     assert compose_answer(findings_of(False), "describe") == "No, there is no anomaly in the image (calibrated score 0.20)."
 
 
-def test_no_kind_or_cause_is_ever_claimed():
+def test_no_kind_or_cause_is_claimed_unless_a_kind_was_measured():
     kinds = ("scratch", "crack", "hole", "stain", "contamination", "particle", "deformation", "colour", "color")
     for anomalous in (True, False):
         for qtype in QUESTION_TYPES:
             answer = compose_answer(findings_of(anomalous), qtype).lower()
             assert not any(kind in answer for kind in kinds), answer
     assert "cannot tell the kind" in compose_answer(findings_of(True), "kind")
-    assert "cannot tell its likely cause" in compose_answer(findings_of(True), "cause")
+    assert "cannot name a likely cause" in compose_answer(findings_of(True), "cause")
+
+
+@pytest.mark.parametrize("kind", MEASURED_KINDS)
+def test_a_measured_kind_is_named_as_likely_with_its_curated_causes(kind):
+    f = replace(findings_of(True), kind=kind, kind_reason="elongated region, 5.0 x longer than wide")
+    answer = compose_answer(f, "kind")
+    assert answer.startswith("Yes, there is an anomaly in the top left of the image. It is likely ")
+    assert "elongated region, 5.0 x longer than wide" in answer and "not a certainty" in answer
+    cause = compose_answer(f, "cause")
+    assert all(c in cause for c in likely_causes(kind)) and "not a diagnosis of this image" in cause
+    assert "likely" in compose_answer(f, "describe")
+    for qtype in QUESTION_TYPES:
+        assert degeneracy_reasons(compose_answer(f, qtype)) == [], qtype
+
+
+def test_every_kind_has_cited_causes():
+    assert set(LIKELY_CAUSES) == set(KINDS) and set(MEASURED_KINDS) <= set(KINDS)
+    for kind, (causes, sources) in LIKELY_CAUSES.items():
+        assert causes and sources and set(sources) <= set(SOURCES), kind
+    with pytest.raises(KeyError, match="known kinds"):
+        likely_causes("rust")
 
 
 JUNK = [
@@ -219,3 +244,13 @@ def _has_colour_stats() -> bool:
     except UnknownExpertError:
         return False
     return True
+
+
+def test_the_docs_show_the_curated_causes_table():
+    from pathlib import Path
+
+    docs = (Path(__file__).resolve().parents[1] / "docs" / "findings.md").read_text()
+    for kind, (causes, sources) in LIKELY_CAUSES.items():
+        assert f"| {kind} | {'; '.join(causes)} | {', '.join(f'[{n}]' for n in sources)} |" in docs, kind
+    for number, source in SOURCES.items():
+        assert f"{number}. {source}" in docs
