@@ -56,6 +56,10 @@ class InspectionResult:
     #: the calibrated map the findings were measured on, which overlays draw: the fused map, or for a fusion
     #: whose local member fired, the maps of the local members that fired (see ``_measure``)
     located_map: "np.ndarray | None" = field(default=None, repr=False)
+    #: how ``answer`` was made: ``facts`` (the LMM's verdict, then the map's facts for the question) or ``lmm``
+    answer_route: str = "facts"
+    #: the LMM's own text (route ``facts``: its answer to the paper's question, which gave the verdict); '' without LMM
+    lmm_answer: str = ""
 
     @property
     def answer_problems(self) -> list[str]:
@@ -93,6 +97,9 @@ class InspectionResult:
             extra["findings"] = self.findings.as_dict()
             extra["grounded_answer"] = self.grounded_answer
             extra["answer_degenerate"] = self.answer_problems
+        if self.lmm_answer:
+            extra["answer_route"] = self.answer_route
+            extra["lmm_answer"] = self.lmm_answer
         return {
             "image": self.image,
             "expert": self.expert,
@@ -223,8 +230,26 @@ def load_lmm(lmm: str | Path | None = "mini", device: str = "cpu", precision: st
     return model
 
 
+#: How text answers are made (``Inspector(answers=...)``, ``--answers``): see :class:`Inspector`.
+ANSWER_ROUTES = ("facts", "lmm")
+#: The default answer route.
+DEFAULT_ANSWER_ROUTE = "facts"
+
+
 class Inspector:
-    """A calibrated expert plus (optionally) the Myriad LMM."""
+    """A calibrated expert plus (optionally) the Myriad LMM.
+
+    ``answers`` chooses how text answers are made (``docs/findings.md``, "Answer routes"):
+
+    - ``facts`` (the default): the LMM answers the paper's question, the one it was trained on, and
+      its Yes / No is the verdict; the answer to the question asked is then the map's measured
+      findings (region, extent, count, kind, severity) worded for that question
+      (:func:`myriad.answers_text.compose_answer`), measured at that verdict. Follow-ups are answered
+      the same way, so they stay consistent with the first answer, and need no LMM call. Without an
+      LMM (``lmm=None``) the verdict is the expert's.
+    - ``lmm``: the paper's route: the LMM's own text for the question asked, and follow-ups continue
+      the conversation with it; ``grounded_answer`` still holds the map's facts beside it.
+    """
 
     def __init__(
         self,
@@ -236,10 +261,14 @@ class Inspector:
         precision: str = DEFAULT_PRECISION,
         false_alarm_rate: float | None = None,
         tile: int | str | None = "auto",
+        answers: str = DEFAULT_ANSWER_ROUTE,
     ) -> None:
         from myriad.calibration import check_false_alarm_rate
         from myriad.fusion import member_configs
 
+        if answers not in ANSWER_ROUTES:
+            raise ConfigError(f"answers={answers!r}: choose one of {', '.join(ANSWER_ROUTES)}")
+        self.answers = answers
         member_configs(expert, expert_config)  # unknown experts and misshapen fused configs fail here, before loading
         self.expert_name = expert
         self.expert_config = dict(expert_config or {})
@@ -318,13 +347,19 @@ class Inspector:
             maps = torch.from_numpy(np.stack([resize_map(d.anomaly_map, size, size) for d in detections]))[:, None]
             batch = self.model.preprocess(pixels).to(self.device)
             with torch.inference_mode():
-                answers = self.model.generate(batch, maps.to(self.device), ask)
+                answers = self.model.generate(batch, maps.to(self.device), None if self.answers == "facts" else ask)
             decisions = [parse_answer(a) for a in answers]
+            if self.answers == "facts":  # an LMM answer without a verdict leaves the expert's
+                decisions = [e if d == "unknown" else d for d, e in zip(decisions, ("anomalous" if x.anomalous else "normal" for x in detections))]
             lmm_ms = (time.perf_counter() - t1) * 1000 / len(pixels)
         results = []
         for name, image, det, answer, decision in zip(names, pixels, detections, answers, decisions):
             expert_decision = "anomalous" if det.anomalous else "normal"
-            findings, located_map = _measure(det)
+            verdict = decision if self.model is not None and self.answers == "facts" else None
+            findings, located_map = _measure(det, image, verdict)
+            lmm_answer = answer
+            if self.model is not None and self.answers == "facts":
+                answer = _compose(findings, question_type)
             results.append(
                 InspectionResult(
                     image=name,
@@ -342,6 +377,8 @@ class Inspector:
                     findings=findings,
                     grounded_answer=_compose(findings, question_type),
                     located_map=located_map,
+                    answer_route=self.answers,
+                    lmm_answer=lmm_answer if self.model is not None else "",
                 )
             )
         return results
@@ -355,13 +392,16 @@ class Inspector:
         (:func:`myriad.answers_text.classify_question` gives ``unknown``, e.g. another language)
         is not sent to the LMM: the answer is the polite grounded one ("I can only answer about
         the inspected image: ..." and the verdict), and the conversation is returned unchanged.
+        With ``answers="facts"`` every follow-up is answered so, from the result's findings (the
+        verdict of the first answer and the map's facts), without the LMM; the conversation is
+        returned unchanged. The ``lmm`` route continues the conversation with the LMM (it needs one).
         """
         import numpy as np
 
         from myriad.answers_text import check_question, classify_question
         from myriad.images import resize_map
 
-        if self.model is None:
+        if self.model is None and self.answers == "lmm":
             raise ConfigError("follow-up questions need the Myriad LMM (lmm='mini' or a weights path)")
         if getattr(result, "anomaly_map", None) is None or getattr(result, "pixels", None) is None:
             shown = getattr(result, "image", None) or "this result"
@@ -369,12 +409,13 @@ class Inspector:
                 f"{shown}: never inspected by this inspector (no anomaly map); inspect the image with inspect() first"
             )
         check_question(question)
-        if classify_question(question) == "unknown":
+        question_type = classify_question(question)
+        if question_type == "unknown" or self.answers == "facts" or self.model is None:
             findings = result.findings
             if findings is None:
-                anomalous = result.expert_decision == "anomalous"
-                findings = _measure_map(result.anomaly_map, result.score, anomalous, result.members)
-            return _compose(findings, "unknown"), conversation
+                anomalous = result.decision == "anomalous"
+                findings = _measure_map(result.anomaly_map, result.score, anomalous, result.members, result.pixels)
+            return _compose(findings, question_type), conversation
         import torch
 
         if conversation is None:
@@ -420,22 +461,26 @@ class Inspector:
         return all(get_expert_info(name).modes == (Mode.ZERO_SHOT,) for name in member_names(self.expert_name))
 
 
-def _measure(detection: Any) -> tuple["Findings", "np.ndarray"]:
+def _measure(
+    detection: Any, image: "np.ndarray | None" = None, verdict: str | None = None
+) -> tuple["Findings", "np.ndarray"]:
     """The findings of one :class:`~myriad.detector.Detection`, and the map they were measured on.
 
     For a fusion, members whose calibrated map is one value over the whole image are image-level
     (``global``). When one of them fired and no local member did, the defect is texture-wide. When a
     local member fired, the findings are measured on the maps of the local members that fired: an
     image-level member that fired too would otherwise lift the fused map above the threshold
-    everywhere and hide where the local defect is.
+    everywhere and hide where the local defect is. With ``image``, the findings hold a measured kind.
+    ``verdict`` (``anomalous`` / ``normal``) replaces the expert's decision (the LMM's, route ``facts``).
     """
     import numpy as np
 
     from myriad.findings import measure_findings
 
+    anomalous = detection.anomalous if verdict is None else verdict == "anomalous"
     members, maps = detection.members or {}, getattr(detection, "member_maps", None) or {}
     if not members or set(maps) != set(members):
-        findings = _measure_map(detection.anomaly_map, detection.score, detection.anomalous, detection.members)
+        findings = _measure_map(detection.anomaly_map, detection.score, anomalous, detection.members, image)
         return findings, detection.anomaly_map
     image_level = {n for n, m in maps.items() if float(np.ptp(m)) <= 1e-6}
     fired = {n for n, m in members.items() if m.get("anomalous")}
@@ -443,16 +488,23 @@ def _measure(detection: Any) -> tuple["Findings", "np.ndarray"]:
     anomaly_map = np.maximum.reduce([maps[n] for n in local_fired]) if local_fired else detection.anomaly_map
     texture_wide = bool(fired & image_level) and not local_fired
     findings = measure_findings(
-        anomaly_map, detection.score, detection.anomalous, threshold=DECISION_THRESHOLD, texture_wide=texture_wide
+        anomaly_map, detection.score, anomalous, threshold=DECISION_THRESHOLD, texture_wide=texture_wide, image=image
     )
     return findings, anomaly_map
 
 
-def _measure_map(anomaly_map: Any, score: float, anomalous: bool, members: dict[str, dict[str, Any]] | None) -> "Findings":
+def _measure_map(
+    anomaly_map: Any,
+    score: float,
+    anomalous: bool,
+    members: dict[str, dict[str, Any]] | None,
+    image: "np.ndarray | None" = None,
+) -> "Findings":
     from myriad.findings import measure_findings, texture_wide_from_members
 
     return measure_findings(
-        anomaly_map, score, anomalous, threshold=DECISION_THRESHOLD, texture_wide=texture_wide_from_members(members)
+        anomaly_map, score, anomalous, threshold=DECISION_THRESHOLD, texture_wide=texture_wide_from_members(members),
+        image=image,
     )
 
 

@@ -107,16 +107,64 @@ def test_inspector_with_a_tiny_lmm_answers_and_follows_up(folders):
     torch.manual_seed(0)
     model = MyriadLMM(tiny_paper_config(len(tokenizer), max_new_tokens=6), tokenizer).eval()
     normal, test = folders
-    inspector = Inspector("colour-stats", {"size": 32}, model=model).fit(sorted(normal.glob("*.png")))
+    inspector = Inspector("colour-stats", {"size": 32}, model=model, answers="lmm").fit(sorted(normal.glob("*.png")))
     results = inspector.inspect([str(p) for p in sorted(test.glob("t*.png"))])
     assert len(results) == 4
     for r in results:
         assert isinstance(r.answer, str) and r.decision in ("anomalous", "normal", "unknown")
-        assert r.timings_ms["lmm"] > 0
+        assert r.timings_ms["lmm"] > 0 and r.answer_route == "lmm" and r.lmm_answer == r.answer
     answer, conversation = inspector.follow_up(results[0], "Describe the defect in detail.")
     assert isinstance(answer, str) and len(conversation.turns) == 1
     inspector.follow_up(results[0], "What could cause it?", conversation)
     assert len(conversation.turns) == 2
+
+
+def test_the_facts_route_takes_the_lmm_verdict_and_states_the_map_facts(folders, monkeypatch):
+    """Route ``facts`` (the default): the LMM answers the paper's question (its verdict wins, also against the
+    expert), the answer states the map's facts for the question asked, and follow-ups agree without the LMM."""
+    torch = pytest.importorskip("torch")
+    from myriad.answers_text import degeneracy_reasons
+    from myriad.inspection import Inspector
+    from myriad.lmm.model import MyriadLMM
+    from myriad.lmm.prompting import ANSWER_ANOMALOUS, parse_answer
+    from myriad.lmm.tiny import build_tiny_tokenizer, tiny_paper_config
+
+    tokenizer = build_tiny_tokenizer()
+    torch.manual_seed(0)
+    model = MyriadLMM(tiny_paper_config(len(tokenizer), max_new_tokens=6), tokenizer).eval()
+    asked = []
+
+    def says_yes(images, maps, question=None):
+        asked.append(question)
+        return [ANSWER_ANOMALOUS] * len(images)
+
+    monkeypatch.setattr(model, "generate", says_yes)
+    normal, test = folders
+    inspector = Inspector("colour-stats", {"size": 32}, model=model).fit(sorted(normal.glob("*.png")))
+    assert inspector.answers == "facts"
+    results = inspector.inspect([str(p) for p in sorted(test.glob("t*.png"))], ask="Where is the defect?")
+    assert asked == [None]  # the question it was trained on, not the one asked
+    for r in results:
+        assert r.decision == "anomalous" and r.findings.verdict == "anomalous" and r.lmm_answer == ANSWER_ANOMALOUS
+        assert r.answer == r.grounded_answer and parse_answer(r.answer) == "anomalous" and not degeneracy_reasons(r.answer)
+        assert f"in the {r.findings.region} of the image" in r.answer or "across the whole image" in r.answer
+        record = r.as_record()
+        assert record["answer_route"] == "facts" and record["lmm_answer"] == ANSWER_ANOMALOUS
+    normal_by_expert = [r for r in results if r.expert_decision == "normal"]
+    assert normal_by_expert, "the toy test set has normal images; the LMM's Yes overrides the expert there"
+    first = results[0]
+    for question in ("How large is it?", "How many defects are there?", "Is it severe?", "Wie groß ist der Fehler?"):
+        answer, conversation = inspector.follow_up(first, question)
+        assert conversation is None and parse_answer(answer.split(": ", 1)[-1]) == "anomalous" and not degeneracy_reasons(answer)
+    assert len(asked) == 1  # follow-ups did not call the LMM
+    expert_only = Inspector("colour-stats", {"size": 32}, lmm="none").fit(sorted(normal.glob("*.png")))
+    (plain,) = expert_only.inspect([str(sorted(test.glob("t*.png"))[0])], ask="Where is the defect?")
+    answer, _ = expert_only.follow_up(plain, "How many defects are there?")
+    assert answer.startswith("Yes" if plain.decision == "anomalous" else "No") and plain.answer == ""
+    from myriad.errors import ConfigError
+
+    with pytest.raises(ConfigError, match="answers='poem'"):
+        Inspector("colour-stats", lmm="none", answers="poem")
 
 
 def test_zero_shot_expert_without_normals_warns_that_it_is_uncalibrated(folders, tmp_path, capsys, myriad_plugin):
@@ -148,7 +196,7 @@ def test_cli_withholds_a_degenerate_lmm_answer_and_prints_the_grounded_one(monke
     out = tmp_path / "o"
     code, stdout, stderr = run_cli(
         ["inspect", str(test), "--normal", str(normal), "--expert", "colour-stats", "--config", '{"size": 32}',
-         "--ask", "Where is the defect?", "-o", str(out)],
+         "--ask", "Where is the defect?", "-o", str(out), "--answers", "lmm"],
         capsys,
     )
     assert code == 0, stderr
@@ -158,6 +206,18 @@ def test_cli_withholds_a_degenerate_lmm_answer_and_prints_the_grounded_one(monke
         assert r["answer"] not in stdout  # never shown
     assert stdout.count("Myriad's answer withheld") == len(records)
     assert stdout.count("  from the map: ") == len(records)
+    # the default route: the random model gives no verdict, so the expert's stands; the answer is the map's facts
+    code, stdout, stderr = run_cli(
+        ["inspect", str(test), "--normal", str(normal), "--expert", "colour-stats", "--config", '{"size": 32}',
+         "--ask", "Where is the defect?", "-o", str(out)],
+        capsys,
+    )
+    assert code == 0, stderr
+    records = [json.loads(line) for line in (out / "results.jsonl").read_text().splitlines()]
+    for r in records:
+        assert r["answer"] == r["grounded_answer"] and not r["answer_degenerate"] and r["answer_route"] == "facts"
+        assert r["decision"] == r["expert_decision"] and f'"{r["answer"]}"' in stdout
+    assert "withheld" not in stdout and "from the map" not in stdout
 
 
 def test_cli_names_the_file_of_another_size_in_a_tiled_run(tmp_path, capsys):

@@ -11,7 +11,7 @@ from typing import Any
 
 import click
 
-from myriad.commands.options import false_alarm_rate_option, precision_option, tile_option
+from myriad.commands.options import answers_option, false_alarm_rate_option, precision_option, tile_option
 from myriad.defaults import DEFAULT_EXPERT
 
 
@@ -49,7 +49,7 @@ def collect_images(sources: tuple[Path, ...] | list[Path], what: str) -> tuple[l
               help="Expert plugin (see `myriad experts`), or several fused with '+', e.g. patchcore+global.")
 @click.option("--config", "config_json", default=None,
               help='Expert options as JSON (or a JSON file); for a fusion one object per member: {"patchcore": {...}}.')
-@click.option("--ask", default=None, help="Instruction to send instead of the default question.")
+@click.option("--ask", default=None, help="Question about each image, e.g. 'Where is the defect?' (default: the verdict and every finding).")
 @click.option("--output", "-o", type=click.Path(path_type=Path), default=Path("myriad-output"), show_default=True)
 @click.option("--lmm", default="mini", show_default=True, help="'mini' (shipped weights), a weights file, or 'none' (expert only).")
 @click.option("--batch-size", "-b", default=8, show_default=True, type=int)
@@ -57,8 +57,9 @@ def collect_images(sources: tuple[Path, ...] | list[Path], what: str) -> tuple[l
 @precision_option
 @false_alarm_rate_option
 @tile_option
+@answers_option
 def inspect_command(
-    images, normal, expert, config_json, ask, output, lmm, batch_size, device, precision, false_alarm_rate, tile
+    images, normal, expert, config_json, ask, output, lmm, batch_size, device, precision, false_alarm_rate, tile, answers
 ) -> None:
     """Fit EXPERT on --normal images, then inspect IMAGES (files or folders).
 
@@ -80,7 +81,8 @@ def inspect_command(
     if not test_paths:
         raise click.ClickException(f"no readable images to inspect in {', '.join(map(str, images))}")
     inspector = Inspector(
-        expert, config, lmm=lmm, device=device, precision=precision, false_alarm_rate=false_alarm_rate, tile=tile
+        expert, config, lmm=lmm, device=device, precision=precision, false_alarm_rate=false_alarm_rate, tile=tile,
+        answers=answers,
     )
     if normal_paths:
         inspector.fit(normal_paths)
@@ -137,7 +139,7 @@ def _inspect_all(inspector: Any, test_paths: list[Path], batch_size: int, ask: s
                 f"{shown_names[path]}: {flag} (expert score {result.score:.2f}{fired}, "
                 f"threshold {result.threshold:.2f}){answer}"
             )
-            if result.grounded_answer:
+            if result.grounded_answer and result.answer != result.grounded_answer:
                 click.echo(f"  from the map: {result.grounded_answer}")
             with atomic_path(folder / overlay_names[path]) as tmp:
                 Image.fromarray(overlay(result.pixels, result.overlay_map(), caption=result.caption())).save(tmp, format="PNG")

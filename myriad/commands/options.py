@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import click
 
-from myriad.inspection import DEFAULT_PRECISION, PRECISIONS
+from myriad.inspection import ANSWER_ROUTES, DEFAULT_ANSWER_ROUTE, DEFAULT_PRECISION, PRECISIONS
 
 #: ``--precision``: the LMM's inference precision (``inspect``, ``eval``, ``serve``).
 precision_option = click.option(
@@ -14,6 +14,18 @@ precision_option = click.option(
     show_default=True,
     help="LMM inference precision: auto = bfloat16 LLM where the hardware computes bf16 (e.g. AVX512-BF16 CPUs), "
     "else float32; int8 quantises the LLM's linear layers (CPU; less accurate).",
+)
+
+
+#: ``--answers``: how text answers are made (``inspect``, ``serve``; see ``docs/findings.md``, "Answer routes").
+answers_option = click.option(
+    "--answers",
+    type=click.Choice(list(ANSWER_ROUTES)),
+    default=DEFAULT_ANSWER_ROUTE,
+    show_default=True,
+    help="facts: the LMM gives the verdict (on the question it was trained on) and the answer states the map's "
+    "measured facts for the question asked; follow-ups likewise, consistent with it. lmm: the LMM's own text "
+    "(the paper's route; follow-ups continue its conversation).",
 )
 
 

@@ -8,7 +8,7 @@ from typing import Any
 
 import click
 
-from myriad.commands.options import false_alarm_rate_option, precision_option
+from myriad.commands.options import answers_option, false_alarm_rate_option, precision_option
 from myriad.defaults import DEFAULT_EXPERT
 
 _HOST_HELP = (
@@ -54,6 +54,7 @@ def _expert_config(value: str | None) -> dict[str, dict[str, Any]]:
                    "Clients may only add bounded, harmless settings "
                    "(see docs/serving.md).")
 @false_alarm_rate_option
+@answers_option
 @click.option("--lmm", default="mini", show_default=True, help="'mini' (shipped weights), a weights file, or 'none' (expert only).")
 @click.option("--device", default="cpu", show_default=True, help="Torch device of the LMM and the experts.")
 @precision_option
@@ -83,6 +84,7 @@ def serve_command(
     expert: str,
     expert_config: str | None,
     false_alarm_rate: float | None,
+    answers: str,
     lmm: str,
     device: str,
     precision: str,
@@ -137,7 +139,7 @@ def serve_command(
         app = create_app(
             lmm=lmm, expert=expert, device=device, precision=precision, limits=limits, data_root=data_root,
             max_profiles=max_profiles, max_sessions=max_sessions, per_client_profiles=per_client_profiles,
-            per_client_sessions=per_client_sessions, expert_config=operator, false_alarm_rate=false_alarm_rate, policy=policy, ui=not no_ui,
+            per_client_sessions=per_client_sessions, expert_config=operator, false_alarm_rate=false_alarm_rate, answers=answers, policy=policy, ui=not no_ui,
         )
     except WeightsError as exc:
         raise click.ClickException(

@@ -89,6 +89,7 @@ def create_app(
     per_client_sessions: int | None = None,
     expert_config: dict[str, dict[str, Any]] | None = None,
     false_alarm_rate: float | None = None,
+    answers: str = "facts",
     policy: AccessPolicy | None = None,
     ui: bool = True,
 ) -> FastAPI:
@@ -101,7 +102,8 @@ def create_app(
     fusion such as ``"patchcore+global"`` by default). ``expert_config`` maps expert (or fusion)
     names to the operator's settings (clients may add only the allow-listed ones, per member for a
     fusion). ``false_alarm_rate`` calibrates every profile at that target rate instead of the
-    paper's maximum held-out normal. ``policy`` says who may connect
+    paper's maximum held-out normal. ``answers`` is the answer route of every profile
+    (:class:`myriad.inspection.Inspector`). ``policy`` says who may connect
     (default: loopback host names, no token). ``ui=False`` leaves out the web page.
     """
     if service is None:
@@ -116,6 +118,7 @@ def create_app(
             "data_root": data_root,
             "expert_config": expert_config,
             "false_alarm_rate": false_alarm_rate,
+            "answers": answers,
         }
         if model is not None:
             service = InspectionService(model, lmm_label="injected", **options)
@@ -306,7 +309,9 @@ def _add_routes(app: FastAPI, service: InspectionService) -> None:
 
     @app.post("/api/sessions/{session_id}/ask", response_model=AnswerOut, responses=_ERRORS, tags=["inspection"])
     def ask(request: Request, body: QuestionIn, session_id: str = _SESSION) -> AnswerOut:
-        """Ask a follow-up question about an inspected image (needs the LMM); the conversation is kept, bounded in turns."""
+        """Ask a follow-up question about an inspected image; the conversation is kept, bounded in turns.
+
+        Route ``facts`` (the default) answers from the image's verdict and the map's facts; route ``lmm`` needs the LMM."""
         owner = _owner(request)
         answer = service.ask(session_id, body.question, owner=owner)
         turns = _turns(service.store.get_session(session_id, owner))

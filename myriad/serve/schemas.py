@@ -55,7 +55,10 @@ class MemberOut(BaseModel):
 class FindingsOut(BaseModel):
     """What the expert's calibrated map says about the image (``docs/findings.md``); measured, never generated."""
 
-    verdict: str = Field(description="'anomalous' or 'normal': the expert's calibrated decision")
+    verdict: str = Field(
+        description="'anomalous' or 'normal': the verdict the facts were measured at (the LMM's on the 'facts' answer "
+        "route, else the expert's calibrated decision)"
+    )
     region: Optional[str] = Field(
         None, description="3 x 3 grid cell ('top left' ... 'bottom right'), 'across the whole image' for a "
         "texture-wide defect; null when normal"
@@ -72,6 +75,11 @@ class FindingsOut(BaseModel):
     )
     texture_wide: bool
     score: float = Field(description="the calibrated image score the verdict and severity come from")
+    kind: Optional[str] = Field(
+        None, description="a measured guess: 'scratch', 'hole', 'stain', 'contamination / foreign particle' or "
+        "'texture change'; null when normal or when the rules cannot tell"
+    )
+    kind_reason: str = Field("", description="the rule and measurement behind 'kind'")
 
 
 class ProfileOut(BaseModel):
@@ -98,7 +106,14 @@ class InspectionOut(BaseModel):
     threshold: float = Field(description="decision threshold on the calibrated scale (always 0.5)")
     expert_decision: str
     decision: str = Field(description="Myriad's verdict (the expert's without an LMM)")
-    answer: str = Field(description="Myriad's answer text ('' when the server runs --lmm none)")
+    answer: str = Field(
+        description="Myriad's answer text: on the 'facts' route (the default) the map's facts worded for the "
+        "question, at the LMM's verdict; on the 'lmm' route the LMM's own text; '' when the server runs --lmm none"
+    )
+    answer_route: Optional[str] = Field(None, description="'facts' or 'lmm' (null without an LMM)")
+    lmm_answer: Optional[str] = Field(
+        None, description="the LMM's own text (on the 'facts' route: its answer to the paper's question, which gave the verdict)"
+    )
     timings_ms: dict[str, float]
     members: Optional[dict[str, MemberOut]] = Field(
         None, description="a fused expert: each member's calibrated score and decision, by member name (the fused "
@@ -108,8 +123,8 @@ class InspectionOut(BaseModel):
         None, description="region, extent, count and severity measured on the expert's calibrated map"
     )
     grounded_answer: str = Field(
-        "", description="the findings worded for the question asked (verdict first; never a defect's kind or cause); "
-        "'answer' stays Myriad's own"
+        "", description="the findings worded for the question asked (verdict first; a kind only when measured, "
+        "causes only from the curated table)"
     )
     answer_degenerate: list[str] = Field(
         default_factory=list, description="why 'answer' failed the degeneracy check (repeated phrases, text outside "

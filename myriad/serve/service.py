@@ -44,9 +44,15 @@ class InspectionService:
         data_root: str | Path | None = None,
         expert_config: dict[str, dict[str, Any]] | None = None,
         false_alarm_rate: float | None = None,
+        answers: str = "facts",
     ) -> None:
         from myriad.calibration import check_false_alarm_rate
+        from myriad.inspection import ANSWER_ROUTES
 
+        if answers not in ANSWER_ROUTES:
+            raise ServeError(f"answers={answers!r}: choose one of {', '.join(ANSWER_ROUTES)}", status=422)
+        #: how every profile's text answers are made (:class:`myriad.inspection.Inspector`)
+        self.answers = answers
         self.limits = limits or Limits()
         self.raw_model = model
         self.model = None if model is None else BoundedModel(model, self.limits.max_new_tokens, self.limits.max_generation_s)
@@ -158,7 +164,8 @@ class InspectionService:
         check_count(len(images), "normal images", self.limits)
         self.store.check_room(owner, name)
         inspector = Inspector(
-            expert, config, lmm="none", device=self.device, model=self.model, false_alarm_rate=self.false_alarm_rate
+            expert, config, lmm="none", device=self.device, model=self.model, false_alarm_rate=self.false_alarm_rate,
+            answers=self.answers,
         )
         fit_ms = 0.0
         if images:
@@ -243,8 +250,10 @@ class InspectionService:
         if not question:
             raise ServeError("a follow-up needs a question", status=422)
         session = self.store.get_session(session_id, owner)
-        if not self.has_lmm or session.inspector.model is None:
-            raise ConflictError("follow-up questions need the Myriad LMM; this server runs expert-only (--lmm none)")
+        if getattr(session.inspector, "answers", "lmm") == "lmm" and (not self.has_lmm or session.inspector.model is None):
+            raise ConflictError(
+                "follow-up questions of the 'lmm' answer route need the Myriad LMM; this server runs expert-only (--lmm none)"
+            )
         if len(session.turns) >= self.limits.max_turns:
             raise ConflictError(
                 f"this session has had its {self.limits.max_turns} follow-up questions: inspect the image again for a new one"

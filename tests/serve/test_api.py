@@ -133,11 +133,27 @@ def test_upload_limits_and_bad_images_are_named(client, fitted, samples, tmp_pat
     assert body.status_code == 413 and "over the limit" in body.json()["detail"]
 
 
-def test_follow_up_without_lmm_is_a_clear_conflict(client, fitted, samples):
-    session = inspect(client, fitted, samples["good"][1]).json()["session_id"]
-    response = client.post(f"/api/sessions/{session}/ask", json={"question": "Where is the defect?"})
-    assert response.status_code == 409 and "--lmm none" in response.json()["detail"]
+def test_follow_up_without_lmm_answers_from_the_map(client, fitted, samples):
+    """The default answer route (facts) answers follow-ups from the verdict and the map, so --lmm none can too."""
+    inspected = inspect(client, fitted, samples["good"][1]).json()
+    session = inspected["session_id"]
+    for question in ("Where is the defect?", "How many defects are there?", "Wo ist der Fehler?"):
+        response = client.post(f"/api/sessions/{session}/ask", json={"question": question})
+        assert response.status_code == 200, response.text
+        body = response.json()
+        verdict = "Yes" if inspected["decision"] == "anomalous" else "No"
+        assert verdict in body["answer"].split(".")[0] and body["answer"] == body["grounded_answer"]
+        assert body["answer_degenerate"] == []
     assert client.post(f"/api/sessions/{session}/ask", json={"question": ""}).status_code == 422
+
+
+def test_follow_up_of_the_lmm_route_without_lmm_is_a_clear_conflict(samples, tmp_path):
+    app = create_app(expert=SINGLE, lmm="none", ui=False, limits=LIMITS, answers="lmm")
+    with TestClient(app, base_url="http://localhost") as lmm_client:
+        assert lmm_client.post("/api/profiles/p", files=uploads(samples["normal"]), data=CONFIG).status_code == 201
+        session = inspect(lmm_client, "p", samples["good"][1]).json()["session_id"]
+        response = lmm_client.post(f"/api/sessions/{session}/ask", json={"question": "Where is the defect?"})
+    assert response.status_code == 409 and "--lmm none" in response.json()["detail"]
 
 
 def test_profile_from_a_server_side_folder(client, samples):

@@ -15,8 +15,27 @@ from myriad.serve.app import create_app  # noqa: E402
 
 @pytest.fixture(scope="module")
 def client(mini_lmm):
-    with TestClient(create_app(expert=SINGLE, model=mini_lmm, ui=False), base_url="http://localhost") as c:
+    """A server on the paper's answer route: the LMM's own text, follow-ups continue its conversation."""
+    with TestClient(create_app(expert=SINGLE, model=mini_lmm, ui=False, answers="lmm"), base_url="http://localhost") as c:
         yield c
+
+
+def test_the_facts_route_answers_with_the_lmm_verdict_and_the_map_facts(mini_lmm, samples):
+    """The default route: the LMM gives the verdict (the expert's stands when its text has none: this one is
+    untrained); answers and follow-ups state the map's facts at that verdict."""
+    from myriad.lmm.prompting import parse_answer
+
+    with TestClient(create_app(expert=SINGLE, model=mini_lmm, ui=False), base_url="http://localhost") as c:
+        assert c.post("/api/profiles/p", files=uploads(samples["normal"]), data={"config": json.dumps(FAST_PATCHCORE)}).status_code == 201
+        for path in (samples["defect"][0], samples["good"][0]):
+            record = c.post("/api/profiles/p/inspect", files=uploads([path], "file"), data={"ask": "Where is it?"}).json()
+            lmm_verdict = parse_answer(record["lmm_answer"])
+            assert record["answer_route"] == "facts"
+            assert record["decision"] == (record["expert_decision"] if lmm_verdict == "unknown" else lmm_verdict)
+            assert record["answer"] == record["grounded_answer"] and parse_answer(record["answer"]) == record["decision"]
+            for question in ("How large is the defect?", "What kind of defect is it?", "What could have caused it?"):
+                body = c.post(f"/api/sessions/{record['session_id']}/ask", json={"question": question}).json()
+                assert parse_answer(body["answer"]) == record["decision"] and body["answer_degenerate"] == []
 
 
 def test_answer_then_a_conversation_kept_per_session(client, mini_lmm, samples):
