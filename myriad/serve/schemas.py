@@ -19,6 +19,10 @@ class HealthOut(BaseModel):
     status: str
     version: str
     lmm: str = Field(description="'none' (expert-only answers), 'mini', a weights path, or 'injected'")
+    answers: str = Field(
+        "facts", description="answer route: 'facts' (the map's facts at Myriad's verdict; follow-ups work without "
+        "an LMM too) or 'lmm' (the LMM's own text; follow-ups need it)"
+    )
     default_expert: str
     false_alarm_rate: Optional[float] = Field(
         None, description="target false-alarm rate of every calibration (--false-alarm-rate); null: the paper's "

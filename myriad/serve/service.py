@@ -271,6 +271,7 @@ class InspectionService:
             "status": "ok",
             "version": __version__,
             "lmm": self.lmm_label,
+            "answers": self.answers,
             "default_expert": self.default_expert,
             "false_alarm_rate": self.false_alarm_rate,
             "device": self.device,

@@ -56,7 +56,7 @@ def server_url(mini_lmm):
 
     from myriad.serve.app import create_app
 
-    app = create_app(model=mini_lmm)
+    app = create_app(model=mini_lmm, answers="lmm")  # the paper's route: the untrained LMM's text, withheld when junk
     with socket.socket() as s:
         s.bind(("127.0.0.1", 0))
         port = s.getsockname()[1]

@@ -4,7 +4,7 @@
 "use strict";
 
 const PROFILE = "page";
-const state = { key: null, session: null, hasLmm: false, turns: [] };
+const state = { key: null, session: null, hasLmm: false, canAsk: false, turns: [] };
 
 function $(id) { return document.getElementById(id); }
 
@@ -48,18 +48,22 @@ function showError(message) {
 function busy(text) {
   $("status").textContent = text || "";
   $("inspect-button").disabled = Boolean(text);
-  $("ask-button").disabled = Boolean(text) || !state.hasLmm || !state.session;
+  $("ask-button").disabled = Boolean(text) || !state.canAsk || !state.session;
 }
 
 async function start() {
   $("token").value = sessionStorage.getItem("myriad-token") || "";
   const health = await (await fetch("/api/health")).json();
   state.hasLmm = health.lmm !== "none";
+  const facts = health.answers !== "lmm";
+  state.canAsk = state.hasLmm || facts;
   $("lmm-note").textContent = state.hasLmm
-    ? "Answers and follow-ups by the Myriad LMM (" + health.lmm + ")."
-    : "Expert-only: this server runs without the Myriad LMM (--lmm none); follow-up questions are off.";
+    ? (facts ? "Verdicts by the Myriad LMM (" + health.lmm + "); answers and follow-ups state the expert map's facts."
+             : "Answers and follow-ups by the Myriad LMM (" + health.lmm + ").")
+    : (facts ? "Expert-only: this server runs without the Myriad LMM (--lmm none); answers state the expert map's facts."
+             : "Expert-only: this server runs without the Myriad LMM (--lmm none); follow-up questions are off.");
   $("token-box").hidden = !health.token_required;
-  $("follow-up").disabled = !state.hasLmm;
+  $("follow-up").disabled = !state.canAsk;
   busy("");
   try {
     const experts = await (await api("/api/experts")).json();
@@ -125,7 +129,7 @@ function renderAnswer(r) {
   const timings = document.createElement("small");
   timings.textContent = Object.entries(r.timings_ms).map(([k, v]) => k + " " + Math.round(v) + " ms").join(", ");
   const nodes = [verdict, answer];
-  if (r.grounded_answer) {
+  if (r.grounded_answer && r.grounded_answer !== r.answer) {
     const grounded = document.createElement("p");
     grounded.className = "grounded";
     grounded.textContent = "From the expert's map: " + r.grounded_answer;
@@ -137,12 +141,14 @@ function renderAnswer(r) {
 }
 
 function findingsLine(f) {
-  // One short line under the overlay: "top left · 0.4 % (small) · 1 region · severity low".
+  // One short line under the overlay: "top left · 0.4 % (small) · 1 region · severity low · likely a hole".
   if (f.verdict !== "anomalous") return "no defect found";
   const percent = 100 * f.extent;
   const extent = percent < 0.1 ? "< 0.1 %" : (percent < 10 ? percent.toFixed(1) : percent.toFixed(0)) + " %";
-  return [f.region, extent + " (" + f.extent_bucket + ")",
-          f.count + (f.count === 1 ? " region" : " regions"), "severity " + f.severity].join(" \u00b7 ");
+  const parts = [f.region, extent + " (" + f.extent_bucket + ")",
+                 f.count + (f.count === 1 ? " region" : " regions"), "severity " + f.severity];
+  if (f.kind) parts.push("likely " + f.kind);
+  return parts.join(" \u00b7 ");
 }
 
 function renderFindings(findings) {
@@ -178,7 +184,7 @@ function renderChat() {
     const withheld = (t.answer_degenerate || []).length > 0;
     a.textContent = withheld ? "Myriad's answer withheld (" + t.answer_degenerate.join(", ") + ")." : t.answer;
     chat.append(q, a);
-    if (t.grounded_answer) {
+    if (t.grounded_answer && t.grounded_answer !== t.answer) {
       const g = document.createElement("div");
       g.className = "assistant grounded";
       g.textContent = "From the expert's map: " + t.grounded_answer;
