@@ -20,6 +20,7 @@ from typing import TYPE_CHECKING, Any, Sequence
 from myriad.calibration import DECISION_THRESHOLD
 from myriad.defaults import DEFAULT_EXPERT
 from myriad.errors import ConfigError, WeightsError
+from myriad.expert_settings import FEW_SHOT_MAX  # noqa: F401  (re-exported: few-shot up to this many normal images)
 
 if TYPE_CHECKING:  # pragma: no cover
     import numpy as np
@@ -28,8 +29,6 @@ if TYPE_CHECKING:  # pragma: no cover
 
 #: The shipped trainable weights of the ``mini`` preset (see myriad/weights/MODEL_CARD.md).
 SHIPPED_MINI_WEIGHTS = Path(__file__).resolve().parent / "weights" / "myriad-mini.safetensors"
-#: Few-shot when at most this many normal images are given (and the expert supports both modes).
-FEW_SHOT_MAX = 16
 
 
 @dataclass
@@ -115,38 +114,18 @@ class InspectionResult:
 
 
 def choose_mode(expert: str, config: dict, num_normal: int) -> dict:
-    """Pick few-shot or one-class by the number of normal images, unless the config says.
+    """Pick few-shot or one-class by the number of normal images, unless the config says
+    (:func:`myriad.expert_settings.resolve_config`; per member for a fused expert)."""
+    from myriad.expert_settings import resolve_config
 
-    For a fused expert (``"a+b"``) ``config`` holds one config per member and each member
-    gets its own mode.
-    """
-    from myriad.experts import Mode
-    from myriad.fusion import is_fused, member_configs
-    from myriad.plugins import get_expert_info
-
-    if is_fused(expert):
-        return {name: choose_mode(name, cfg, num_normal) for name, cfg in member_configs(expert, config).items()}
-    info = get_expert_info(expert)
-    config = dict(config)
-    if "mode" not in config and "mode" in info.config.model_fields:
-        if Mode.FEW_SHOT in info.modes and (num_normal <= FEW_SHOT_MAX or Mode.ONE_CLASS not in info.modes):
-            config["mode"] = Mode.FEW_SHOT.value
-        elif Mode.ONE_CLASS in info.modes:
-            config["mode"] = Mode.ONE_CLASS.value
-    return config
+    return resolve_config(expert, config, num_normal=num_normal)
 
 
 def with_device(expert: str, config: dict, device: str) -> dict:
     """``config`` with ``device`` set for every (member) expert that has a device setting and leaves it unset."""
-    from myriad.fusion import is_fused, member_configs
-    from myriad.plugins import get_expert_info
+    from myriad.expert_settings import resolve_config
 
-    if is_fused(expert):
-        return {name: with_device(name, cfg, device) for name, cfg in member_configs(expert, config).items()}
-    config = dict(config)
-    if "device" in get_expert_info(expert).config.model_fields and "device" not in config:
-        config["device"] = device
-    return config
+    return resolve_config(expert, config, device=device)
 
 
 #: LMM inference precisions. ``auto``: see :func:`resolve_precision`; ``bfloat16``: the LLM's

@@ -173,32 +173,12 @@ def expert_config(
     user's config sets the mode; contradictions are errors. ``device`` is passed when the
     config has a ``device`` field. ``user_config``: the options (default ``settings.config``).
     """
-    from myriad.experts import Mode
+    from myriad.expert_settings import resolve_member_config
 
-    fields = getattr(info.config, "model_fields", {})
     config = dict(settings.config if user_config is None else user_config)
-    if "mode" in fields:
-        chosen = config.get("mode")
-        if settings.k_shot is not None:
-            if chosen not in (None, Mode.FEW_SHOT.value):
-                raise ConfigError(f"--k-shot {settings.k_shot} asks for few-shot mode, but --config sets mode={chosen!r}")
-            if Mode.FEW_SHOT not in info.modes:
-                supported = ", ".join(m.value for m in info.modes)
-                raise ConfigError(f"expert {info.name!r} has no few_shot mode (modes: {supported}); drop --k-shot")
-            config["mode"] = Mode.FEW_SHOT.value
-        elif chosen is None:
-            if Mode.ONE_CLASS in info.modes:
-                config["mode"] = Mode.ONE_CLASS.value
-            elif Mode.ZERO_SHOT in info.modes:
-                config["mode"] = Mode.ZERO_SHOT.value
-            else:
-                raise ConfigError(f"expert {info.name!r} only works few-shot: give --k-shot K")
-    if settings.device is not None:
-        if "device" in fields:
-            config["device"] = settings.device
-        else:
-            warn(f"expert {info.name!r} has no 'device' setting; --device {settings.device} is ignored")
-    return config
+    return resolve_member_config(
+        info, config, k_shot=settings.k_shot, device=settings.device, override_device=True, warn=warn
+    )
 
 
 def _draw_references(category: "Category", k_shot: int | None, seed: int) -> list["Sample"]:
