@@ -1,6 +1,15 @@
 """Myriad's large multimodal model (paper Sec. 3): LoRRA, VPG, TPG, the VE-guided vision encoder, the LMM.
 
 Importing this package is cheap; torch and transformers load with the first attribute used.
+
+Modules, one job each: ``config`` (schema and presets), ``parts`` (the table of the nine
+model parts), ``lorra`` / ``vpg`` / ``tpg`` (the paper's three modules; their shared trunk in
+``prompt_generator``), ``vision`` (backbones and the VE-guided vision encoder),
+``language_model`` (the frozen LLM's build), ``model`` (``MyriadLMM``: parts, loading,
+encoding), ``prompting`` (templates, conversations, the parse rule), ``prompt_assembly``
+(token ids and the image-token splice), ``loss``, ``generation``, ``quantization``,
+``inputs`` (pixel and map checks), ``checkpoints`` (published weight files), ``smollm2`` /
+``tiny`` (language models for ``mini`` and tests), ``info`` (parameter counts).
 """
 
 from __future__ import annotations
@@ -27,9 +36,9 @@ _WHERE = {
     "mini_config": "config",
     "paper_config": "config",
     "preset_config": "config",
-    "LoRRA": "modules",
-    "VisualPromptGenerator": "modules",
-    "TextualPromptGenerator": "modules",
+    "LoRRA": "lorra",
+    "VisualPromptGenerator": "vpg",
+    "TextualPromptGenerator": "tpg",
     "VEGuidedVisionEncoder": "vision",
     "MyriadLMM": "model",
     "Conversation": "prompting",

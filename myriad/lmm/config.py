@@ -13,24 +13,12 @@ from typing import Literal
 from pydantic import BaseModel, ConfigDict, Field, model_validator
 
 from myriad.errors import ConfigError
+from myriad.lmm.parts import PART_NAMES  # re-exported: the part names live in myriad.lmm.parts
 
 #: The question of the published code (asked after the image slot, no space after ``</Img>``).
 REFERENCE_QUESTION = (
     "This image may be simulated by photo editing. According to IAD expert opinions and "
     "corresponding visual descriptions, find out if there are defects in this image."
-)
-
-#: Names of the model parts that can be trained or frozen (see ``MyriadLMM.parts``).
-PART_NAMES = (
-    "backbone",
-    "lorra",
-    "ln_vision",
-    "vpg",
-    "query_tokens",
-    "qformer",
-    "language_projection",
-    "tpg",
-    "language_model",
 )
 
 Preset = Literal["paper", "mini"]

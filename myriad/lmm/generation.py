@@ -1,18 +1,27 @@
-"""Batched decoding from input embeddings with a KV cache and a stop string.
+"""Generation: answers to conversations about encoded images, decoded in batches with a KV cache.
 
-Sequences are left-padded (zero embeddings, attention mask 0); positions count only
-real tokens, so a padded row generates exactly what it would alone. Greedy by
-default; ``do_sample`` enables temperature / top-p sampling.
+:func:`generate_answers` is what ``MyriadLMM.generate`` and ``chat`` run: it assembles
+each prompt around the image tokens (:mod:`myriad.lmm.prompt_assembly`), reuses the KV
+cache of the text before the image when every row shares it (:class:`PrefixCache`), and
+decodes with :func:`generate_from_embeds`. Sequences are left-padded (zero embeddings,
+attention mask 0); positions count only real tokens, so a padded row generates exactly
+what it would alone. Greedy by default; ``do_sample`` enables temperature / top-p sampling.
 """
 
 from __future__ import annotations
 
 from dataclasses import dataclass
-from typing import Any, Callable, Sequence
+from typing import TYPE_CHECKING, Any, Callable, Sequence
 
 import torch
 
-__all__ = ["GenerationResult", "PrefixCache", "generate_from_embeds", "left_pad"]
+from myriad.lmm.prompt_assembly import check_context, embed_ids, prompt_ids, require_tokenizer, splice_image, stop_text
+
+if TYPE_CHECKING:  # pragma: no cover
+    from myriad.lmm.model import MyriadLMM
+    from myriad.lmm.prompting import Turn
+
+__all__ = ["GenerationResult", "PrefixCache", "generate_answers", "generate_from_embeds", "left_pad"]
 
 #: Tokens decoded at the end of a sequence to look for the stop string.
 _STOP_WINDOW = 8
@@ -195,3 +204,64 @@ def generate_from_embeds(
             text = text[: text.index(stop)]
         texts.append(text.strip())
     return GenerationResult(texts, generated, [str(r) for r in reasons], attention_mask.sum(-1).tolist())
+
+
+def generate_answers(
+    model: "MyriadLMM",
+    image_embeds: torch.Tensor,
+    conversations: list[list["Turn"]],
+    *,
+    max_new_tokens: int | None = None,
+    do_sample: bool = False,
+    temperature: float = 1.0,
+    top_p: float = 1.0,
+    generator: torch.Generator | None = None,
+    stop_fn: Any = None,
+    min_new_tokens: int = 0,
+) -> GenerationResult:
+    """The next answer of each conversation (row ``i`` about ``image_embeds[i]``, ``B x K x H``)."""
+    tokenizer = require_tokenizer(model)
+    max_new = model.config.max_new_tokens if max_new_tokens is None else max_new_tokens
+    prompts = [prompt_ids(model, turns, training=False) for turns in conversations]
+    for i, (pre, post) in enumerate(prompts):
+        length = len(pre) + image_embeds.shape[1] + len(post)
+        check_context(model, length + max_new, f"prompt {i} ({length} tokens) + {max_new} new tokens")
+    # The text before the image is the same for every row (template + system turn): its
+    # KV cache is computed once and reused, instead of being re-encoded for every image.
+    prefix = None
+    if all(p[0] == prompts[0][0] for p in prompts):
+        prefix = _shared_prefix(model, prompts[0][0])
+    seqs = [splice_image(model, None if prefix is not None else pre, image_embeds[i], post) for i, (pre, post) in enumerate(prompts)]
+    embeds, mask = left_pad(seqs)
+    eos = getattr(tokenizer, "eos_token_id", None)
+    return generate_from_embeds(
+        model.language_model,
+        tokenizer,
+        embeds,
+        mask,
+        max_new_tokens=max_new,
+        stop=stop_text(model),
+        eos_token_id=eos if eos is not None else model.config.llm.eos_token_id,
+        do_sample=do_sample,
+        temperature=temperature,
+        top_p=top_p,
+        generator=generator,
+        stop_fn=stop_fn,
+        min_new_tokens=min_new_tokens,
+        prefix=prefix,
+    )
+
+
+def _shared_prefix(model: "MyriadLMM", ids: list[int]) -> PrefixCache | None:
+    """The shared prompt prefix's KV cache (built once per prefix, kept on the model), or None where it may not be reused."""
+    lm = model.language_model
+    if not model.use_prefix_cache or len(ids) < 2 or any(p.requires_grad for p in lm.parameters()):
+        return None
+    embedding = lm.get_input_embeddings().weight
+    key = (tuple(ids), id(lm), model.llm_quantization, embedding.device, embedding.dtype)
+    cache = model.__dict__.setdefault("_prefix_caches", {})
+    if key not in cache:
+        if len(cache) >= 8:
+            cache.clear()
+        cache[key] = PrefixCache(lm, embed_ids(model, ids))
+    return cache[key]

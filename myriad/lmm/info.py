@@ -11,7 +11,8 @@ __all__ = ["model_info"]
 
 def model_info(config: MyriadConfig) -> dict[str, Any]:
     """Per-part parameter counts (trainable or frozen), totals and token counts of ``config``."""
-    from myriad.lmm.model import PART_PREFIXES, MyriadLMM
+    from myriad.lmm.model import MyriadLMM
+    from myriad.lmm.parts import PART_PREFIXES
 
     model = MyriadLMM.empty(config)
     counts = model.part_parameter_counts()

@@ -2,7 +2,8 @@
 
 The image slot ``<Img><ImageHere></Img>`` is part of the first human turn; the text
 before ``<ImageHere>`` and after it are tokenized separately and the image tokens
-(Q-Former outputs + TPG tokens) are spliced in between, as in the published code:
+(Q-Former outputs + TPG tokens) are spliced in between (:mod:`myriad.lmm.prompt_assembly`),
+as in the published code:
 
     [BOS] + emb("###Human: <Img>") + image tokens + emb("</Img>{question} ###Assistant: ") + answer + "###"
 """

@@ -12,12 +12,23 @@ from typing import TYPE_CHECKING
 import torch
 from torch import nn
 
-from myriad.lmm.modules import LoRRA, VisualPromptGenerator
+from myriad.lmm.lorra import build_lorra
+from myriad.lmm.vpg import build_vpg
 
 if TYPE_CHECKING:  # pragma: no cover
     from myriad.lmm.config import MyriadConfig, VisionSettings
 
-__all__ = ["EvaViTBackbone", "Lite0TokenBackbone", "VEGuidedVisionEncoder", "build_backbone", "module_dtype"]
+__all__ = [
+    "EvaViTBackbone",
+    "Lite0TokenBackbone",
+    "VEGuidedVisionEncoder",
+    "build_backbone",
+    "build_language_projection",
+    "build_ln_vision",
+    "build_qformer",
+    "build_query_tokens",
+    "module_dtype",
+]
 
 
 def module_dtype(module: nn.Module) -> torch.dtype:
@@ -109,6 +120,51 @@ def build_backbone(settings: "VisionSettings") -> nn.Module:
     return Lite0TokenBackbone(settings)
 
 
+# Builders of the vision-side parts (also used to re-initialise a part of a model built on the meta device;
+# see myriad.lmm.parts). LoRRA's and the VPG's are in their own modules.
+def build_ln_vision(config: "MyriadConfig") -> nn.LayerNorm:
+    """The LayerNorm after LoRRA (BLIP-2's ``ln_vision``)."""
+    return nn.LayerNorm(config.vision.token_dim, eps=config.vision.ln_vision_eps)
+
+
+def build_query_tokens(config: "MyriadConfig") -> nn.Parameter:
+    """The Q-Former's learned query tokens ``1 x num_query_tokens x hidden``."""
+    tokens = torch.empty(1, config.qformer.num_query_tokens, config.qformer.hidden_size)
+    nn.init.normal_(tokens, std=0.02)  # BLIP-2's initializer_range
+    return nn.Parameter(tokens)
+
+
+def build_qformer(config: "MyriadConfig") -> nn.Module:
+    """A transformers ``Blip2QFormerModel`` cross-attending to the backbone's tokens."""
+    from myriad.lmm._hf import blip2
+
+    _, _, Blip2QFormerConfig, Blip2QFormerModel = blip2()
+    q = config.qformer
+    qconfig = Blip2QFormerConfig(
+        hidden_size=q.hidden_size,
+        num_hidden_layers=q.num_layers,
+        num_attention_heads=q.num_heads,
+        intermediate_size=q.intermediate_size,
+        cross_attention_frequency=q.cross_attention_frequency,
+        encoder_hidden_size=config.vision.token_dim,
+        hidden_dropout_prob=q.dropout,
+        attention_probs_dropout_prob=q.dropout,
+        layer_norm_eps=q.layer_norm_eps,
+        use_qformer_text_input=False,
+    )
+    return Blip2QFormerModel(qconfig)
+
+
+def build_language_projection(config: "MyriadConfig") -> nn.Linear:
+    """The linear map from Q-Former outputs to the LLM's embedding width."""
+    proj = nn.Linear(config.qformer.hidden_size, config.llm.hidden_size)
+    std = config.qformer.projection_init_std
+    if std is not None:
+        nn.init.normal_(proj.weight, std=std)
+        nn.init.zeros_(proj.bias)
+    return proj
+
+
 class VEGuidedVisionEncoder(nn.Module):
     """Backbone -> LoRRA -> ln_vision -> Q-Former(query tokens ; VPG queries) -> projection."""
 
@@ -116,64 +172,12 @@ class VEGuidedVisionEncoder(nn.Module):
         super().__init__()
         self.config = config
         self.backbone = build_backbone(config.vision)
-        self.lorra = self.build_lorra(config) if config.use_lorra else None
-        self.ln_vision = self.build_ln_vision(config)
-        self.vpg = self.build_vpg(config) if config.use_vpg else None
-        self.query_tokens = self.build_query_tokens(config)
-        self.qformer = self.build_qformer(config)
-        self.language_projection = self.build_language_projection(config)
-
-    # Part factories (also used to re-initialise a part of a model built on the meta device).
-    @staticmethod
-    def build_lorra(config: "MyriadConfig") -> LoRRA:
-        s = config.lorra
-        return LoRRA(config.vision.token_dim, s.rank, init=s.init, std=s.init_std)
-
-    @staticmethod
-    def build_ln_vision(config: "MyriadConfig") -> nn.LayerNorm:
-        return nn.LayerNorm(config.vision.token_dim, eps=config.vision.ln_vision_eps)
-
-    @staticmethod
-    def build_vpg(config: "MyriadConfig") -> VisualPromptGenerator:
-        pg = config.prompt_generators
-        return VisualPromptGenerator(
-            config.qformer.hidden_size, pg.trunk_channels, pg.map_size, pg.init, pg.vpg_head_bias_std, pg.head_gain, pg.map_shift, pg.map_scale
-        )
-
-    @staticmethod
-    def build_query_tokens(config: "MyriadConfig") -> nn.Parameter:
-        tokens = torch.empty(1, config.qformer.num_query_tokens, config.qformer.hidden_size)
-        nn.init.normal_(tokens, std=0.02)  # BLIP-2's initializer_range
-        return nn.Parameter(tokens)
-
-    @staticmethod
-    def build_qformer(config: "MyriadConfig") -> nn.Module:
-        from myriad.lmm._hf import blip2
-
-        _, _, Blip2QFormerConfig, Blip2QFormerModel = blip2()
-        q = config.qformer
-        qconfig = Blip2QFormerConfig(
-            hidden_size=q.hidden_size,
-            num_hidden_layers=q.num_layers,
-            num_attention_heads=q.num_heads,
-            intermediate_size=q.intermediate_size,
-            cross_attention_frequency=q.cross_attention_frequency,
-            encoder_hidden_size=config.vision.token_dim,
-            hidden_dropout_prob=q.dropout,
-            attention_probs_dropout_prob=q.dropout,
-            layer_norm_eps=q.layer_norm_eps,
-            use_qformer_text_input=False,
-        )
-        return Blip2QFormerModel(qconfig)
-
-    @staticmethod
-    def build_language_projection(config: "MyriadConfig") -> nn.Linear:
-        proj = nn.Linear(config.qformer.hidden_size, config.llm.hidden_size)
-        std = config.qformer.projection_init_std
-        if std is not None:
-            nn.init.normal_(proj.weight, std=std)
-            nn.init.zeros_(proj.bias)
-        return proj
+        self.lorra = build_lorra(config) if config.use_lorra else None
+        self.ln_vision = build_ln_vision(config)
+        self.vpg = build_vpg(config) if config.use_vpg else None
+        self.query_tokens = build_query_tokens(config)
+        self.qformer = build_qformer(config)
+        self.language_projection = build_language_projection(config)
 
     @property
     def num_output_tokens(self) -> int:

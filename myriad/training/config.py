@@ -43,7 +43,7 @@ class Phase(BaseModel):
         if not self.routes or any(p < 0 for p in self.routes.values()) or sum(self.routes.values()) <= 0:
             raise ValueError("routes must hold non-negative probabilities with a positive sum")
         if self.parts is not None:
-            from myriad.lmm.config import PART_NAMES
+            from myriad.lmm.parts import PART_NAMES
 
             unknown = sorted(set(self.parts) - set(PART_NAMES))
             if unknown or not self.parts:

@@ -6,7 +6,10 @@ import pytest
 
 torch = pytest.importorskip("torch")
 
-from myriad.lmm.modules import LoRRA, TextualPromptGenerator, VisualPromptGenerator, count_parameters  # noqa: E402
+from myriad.lmm.lorra import LoRRA  # noqa: E402
+from myriad.lmm.parts import count_parameters  # noqa: E402
+from myriad.lmm.tpg import TextualPromptGenerator  # noqa: E402
+from myriad.lmm.vpg import VisualPromptGenerator  # noqa: E402
 
 SMALL = (1, 2, 4, 4, 8, 8)
 
