@@ -18,11 +18,10 @@ Nothing is downloaded: weights come from local files only.
 
 from __future__ import annotations
 
-from collections import OrderedDict
 from pathlib import Path
 from typing import TYPE_CHECKING, Any, Sequence
 
-from myriad.api import ConfigError, WeightsError, load_state_dict_strict, resize_positional_embedding, vit_tokens
+from myriad.api import ConfigError, WeightsError, cached, load_state_dict_strict, resize_positional_embedding, vit_tokens
 
 if TYPE_CHECKING:  # pragma: no cover
     import torch
@@ -219,8 +218,9 @@ class TimmVitTokens:
 
 
 #: Recently built backbones (frozen, inference only), so that experts built with the same
-#: settings (calibration folds, repeated runs) share one model instead of reloading it.
-_CACHE: "OrderedDict[tuple, CnnTokens | OpenClipTokens | TimmVitTokens]" = OrderedDict()
+#: settings (calibration folds, repeated runs) share one model instead of reloading it:
+#: MuSc's own group of the host's model cache, holding the two most recent.
+_CACHE_GROUP = "musc-backbones"
 _CACHE_SIZE = 2
 
 
@@ -240,14 +240,7 @@ def build_backbone(config: "MuScConfig") -> "CnnTokens | OpenClipTokens | TimmVi
         json.dumps(config.architecture, sort_keys=True),
         config.device,
     )
-    if key in _CACHE:
-        _CACHE.move_to_end(key)
-        return _CACHE[key]
-    backbone = _build(config)
-    _CACHE[key] = backbone
-    while len(_CACHE) > _CACHE_SIZE:
-        _CACHE.popitem(last=False)
-    return backbone
+    return cached(key, lambda: _build(config), group=_CACHE_GROUP, keep=_CACHE_SIZE)
 
 
 def _build(config: "MuScConfig") -> "CnnTokens | OpenClipTokens | TimmVitTokens":

@@ -10,11 +10,9 @@ image's own size.
 from __future__ import annotations
 
 import contextlib
-import threading
-from collections import OrderedDict
 from typing import TYPE_CHECKING, Any, Iterator
 
-from myriad.api import ConfigError, Expert, Mode, MyriadError, Prediction, WeightsError
+from myriad.api import ConfigError, Expert, Mode, MyriadError, Prediction, WeightsError, cached
 
 from myriad_experts_patchcore.features import default_layers
 from myriad_experts_patchcore.plugin import PatchCoreConfig
@@ -72,10 +70,10 @@ def _cpu_threads(n: int | None) -> Iterator[None]:
         faiss.omp_set_num_threads(previous)
 
 
-#: Frozen backbones shared by experts of this process (calibration builds one expert per fold).
-_BACKBONES: "OrderedDict[tuple, Any]" = OrderedDict()
+#: Frozen backbones shared by experts of this process (calibration builds one expert per fold):
+#: PatchCore's own group of the host's model cache, holding the three most recent.
+_BACKBONE_GROUP = "patchcore-backbones"
 _BACKBONE_CACHE_SIZE = 3
-_BACKBONE_LOCK = threading.Lock()
 
 
 def _shared_backbone(name: str, layers: tuple[int, ...], weights: str | None, device: str) -> Any:
@@ -86,35 +84,32 @@ def _shared_backbone(name: str, layers: tuple[int, ...], weights: str | None, de
     """
     import os
 
+    stamp = None
+    if weights is not None and os.path.isfile(weights):
+        info = os.stat(weights)
+        stamp = (os.path.abspath(weights), info.st_size, info.st_mtime_ns)
+    key = (name, tuple(layers), weights, stamp, device)
+    return cached(key, lambda: _build_backbone(name, layers, weights, device), group=_BACKBONE_GROUP, keep=_BACKBONE_CACHE_SIZE)
+
+
+def _build_backbone(name: str, layers: tuple[int, ...], weights: str | None, device: str) -> Any:
     import torch
 
     from myriad.api import FeatureBackbone
 
     from myriad_experts_patchcore.features import fold_batchnorm
 
-    stamp = None
-    if weights is not None and os.path.isfile(weights):
-        info = os.stat(weights)
-        stamp = (os.path.abspath(weights), info.st_size, info.st_mtime_ns)
-    key = (name, tuple(layers), weights, stamp, device)
-    with _BACKBONE_LOCK:
-        if key in _BACKBONES:
-            _BACKBONES.move_to_end(key)
-            return _BACKBONES[key]
-        try:
-            backbone = FeatureBackbone(name, out_indices=layers, weights=weights, device=device)
-        except MyriadError:
-            raise
-        except (IndexError, ValueError, AssertionError, RuntimeError) as exc:
-            raise ConfigError(f"backbone {name!r} cannot return stages layers={list(layers)}: {exc}") from exc
-        probe = torch.zeros(1, 3, 64, 64, device=backbone.device)
-        backbone.model = fold_batchnorm(backbone.model, check_input=probe)
-        if backbone.device.type == "cpu":
-            backbone.model = backbone.model.to(memory_format=torch.channels_last)
-        _BACKBONES[key] = backbone
-        while len(_BACKBONES) > _BACKBONE_CACHE_SIZE:
-            _BACKBONES.popitem(last=False)
-        return backbone
+    try:
+        backbone = FeatureBackbone(name, out_indices=layers, weights=weights, device=device)
+    except MyriadError:
+        raise
+    except (IndexError, ValueError, AssertionError, RuntimeError) as exc:
+        raise ConfigError(f"backbone {name!r} cannot return stages layers={list(layers)}: {exc}") from exc
+    probe = torch.zeros(1, 3, 64, 64, device=backbone.device)
+    backbone.model = fold_batchnorm(backbone.model, check_input=probe)
+    if backbone.device.type == "cpu":
+        backbone.model = backbone.model.to(memory_format=torch.channels_last)
+    return backbone
 
 
 class PatchCoreExpert(Expert):
