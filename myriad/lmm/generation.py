@@ -105,6 +105,12 @@ def _forward_names(language_model: Any) -> tuple[str, dict[str, int]]:
     return cache, dict(list(keep.items())[:1])
 
 
+def _forward_cached(language_model: Any, cache_kw: str, **inputs: Any) -> tuple[Any, torch.Tensor]:
+    """One forward with the KV cache on: the updated cache and the last position's logits (``B x V``)."""
+    out = language_model(use_cache=True, **inputs)
+    return getattr(out, cache_kw), out.logits[:, -1, :]
+
+
 @torch.no_grad()
 def generate_from_embeds(
     language_model: Any,
@@ -140,16 +146,9 @@ def generate_from_embeds(
     position_ids = (attention_mask.cumsum(-1) - 1).clamp(min=0)
     if prefix is not None:
         position_ids = position_ids[:, prefix.length :]
-    out = language_model(
-        inputs_embeds=embeds,
-        attention_mask=attention_mask,
-        position_ids=position_ids,
-        use_cache=True,
-        **keep_last,
-        **extra,
+    cache, logits = _forward_cached(
+        language_model, cache_kw, inputs_embeds=embeds, attention_mask=attention_mask, position_ids=position_ids, **keep_last, **extra
     )
-    cache = getattr(out, cache_kw)
-    logits = out.logits[:, -1, :]
     generated: list[list[int]] = [[] for _ in range(batch)]
     reasons: list[str | None] = [None] * batch
     next_pos = position_ids[:, -1:] + 1
@@ -185,15 +184,9 @@ def generate_from_embeds(
             [t if reasons[i] is None else pad_id for i, t in enumerate(token_list)], device=embeds.device
         ).unsqueeze(1)
         mask = torch.cat([mask, mask.new_ones(batch, 1)], dim=1)
-        out = language_model(
-            input_ids=feed,
-            attention_mask=mask,
-            position_ids=next_pos,
-            use_cache=True,
-            **{cache_kw: cache},
+        cache, logits = _forward_cached(
+            language_model, cache_kw, input_ids=feed, attention_mask=mask, position_ids=next_pos, **{cache_kw: cache}
         )
-        cache = getattr(out, cache_kw)
-        logits = out.logits[:, -1, :]
         next_pos = next_pos + 1
     texts = []
     for i in range(batch):

@@ -85,6 +85,15 @@ class CnnTokens:
         return grids, grids[-1].float().mean(dim=(2, 3))
 
 
+def _vit_image_size(patch: int, native: int, wanted: int | None) -> tuple[int, int]:
+    """A ViT's default input side (518 px for patch-14 towers, else its native size) and the side in use."""
+    default = 518 if patch == 14 else native
+    size = wanted or default
+    if size % patch:
+        raise ConfigError(f"image_size {size} is not a multiple of the patch size {patch}")
+    return default, size
+
+
 class OpenClipTokens:
     """An open_clip ViT (OpenAI or open_clip weights from a local file), taps at 1-indexed blocks."""
 
@@ -105,11 +114,7 @@ class OpenClipTokens:
         self.visual = visual if visual is not None else build_open_clip_visual(arch, weights, quick_gelu, architecture)
         depth = len(self.visual.transformer.resblocks)
         self.patch = int(self.visual.patch_size[0])
-        native = int(self.visual.image_size[0])
-        self.default_image_size = 518 if self.patch == 14 else native
-        self.image_size = image_size or self.default_image_size
-        if self.image_size % self.patch:
-            raise ConfigError(f"image_size {self.image_size} is not a multiple of the patch size {self.patch}")
+        self.default_image_size, self.image_size = _vit_image_size(self.patch, int(self.visual.image_size[0]), image_size)
         grid = (self.image_size // self.patch,) * 2
         with torch.no_grad():
             resized = resize_positional_embedding(self.visual.positional_embedding.data, grid)
@@ -183,10 +188,7 @@ class TimmVitTokens:
             raise ConfigError(f"timm:{name} is not a ViT with forward_intermediates")
         self.patch = int(model.patch_embed.patch_size[0])
         native = int(model.patch_embed.img_size[0])
-        self.default_image_size = 518 if self.patch == 14 else native
-        self.image_size = image_size or self.default_image_size
-        if self.image_size % self.patch:
-            raise ConfigError(f"image_size {self.image_size} is not a multiple of the patch size {self.patch}")
+        self.default_image_size, self.image_size = _vit_image_size(self.patch, native, image_size)
         if self.image_size != native:
             model = timm.create_model(name, pretrained=False, num_classes=0, **{**kwargs, "img_size": self.image_size})
         if weights is None:
