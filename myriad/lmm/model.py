@@ -53,15 +53,6 @@ if TYPE_CHECKING:  # pragma: no cover
 __all__ = ["IGNORE_INDEX", "MyriadLMM", "MyriadOutput", "build_language_model", "llama_config"]
 
 
-def _owner(model: nn.Module, attribute: str) -> tuple[Any, str]:
-    """The object holding a dotted attribute path, and the last name."""
-    *path, name = attribute.split(".")
-    owner: Any = model
-    for step in path:
-        owner = getattr(owner, step)
-    return owner, name
-
-
 class MyriadLMM(nn.Module):
     """Myriad: vision-expert-guided LMM for industrial anomaly detection.
 
@@ -131,7 +122,7 @@ class MyriadLMM(nn.Module):
     # ------------------------------------------------------------------ parts, freezing
     def parts(self) -> dict[str, nn.Module | nn.Parameter | None]:
         """The named parts (``None`` for ablated ones), in pipeline order."""
-        return {p.name: getattr(*_owner(self, p.attribute)) for p in PARTS}
+        return {p.name: p.get(self) for p in PARTS}
 
     def part_parameter_counts(self) -> dict[str, int]:
         """Parameters per part (0 for ablated parts); works on the meta device."""
@@ -187,7 +178,7 @@ class MyriadLMM(nn.Module):
             if part.is_meta:
                 new = nn.Parameter(tensor.detach().to(device="cpu", dtype=part.dtype).clone())
                 new.requires_grad_(part.requires_grad)
-                setattr(*_owner(self, row.attribute), new)
+                row.set(self, new)
             else:
                 with torch.no_grad():
                     part.copy_(tensor)
@@ -243,7 +234,7 @@ class MyriadLMM(nn.Module):
             if row.switch is not None and self.parts()[name] is None:
                 continue
             with torch.device("cpu"):
-                setattr(*_owner(self, row.attribute), row.build(self.config))
+                row.set(self, row.build(self.config))
         self._apply_freezing()
 
     def finalize(self) -> "MyriadLMM":

@@ -40,6 +40,22 @@ class Part:
         """The part's prefix in the model's state dict (a tensor part's key has no suffix)."""
         return self.attribute if self.tensor else self.attribute + "."
 
+    def get(self, model: Any) -> Any:
+        """This part of ``model`` (None where switched off)."""
+        owner, name = self._owner(model)
+        return getattr(owner, name)
+
+    def set(self, model: Any, value: Any) -> None:
+        """Put ``value`` in this part's place in ``model``."""
+        owner, name = self._owner(model)
+        setattr(owner, name, value)
+
+    def _owner(self, model: Any) -> tuple[Any, str]:
+        *path, name = self.attribute.split(".")
+        for step in path:
+            model = getattr(model, step)
+        return model, name
+
     def build(self, config: Any) -> Any:
         """A freshly initialised part for ``config`` (imports torch)."""
         if self.builder is None:
