@@ -13,104 +13,28 @@ The Python API behind ``myriad inspect``::
 from __future__ import annotations
 
 import time
-from dataclasses import dataclass, field
 from pathlib import Path
 from typing import TYPE_CHECKING, Any, Sequence
 
 from myriad.calibration import DECISION_THRESHOLD
 from myriad.defaults import DEFAULT_EXPERT
-from myriad.errors import ConfigError, WeightsError
+from myriad.errors import ConfigError
 from myriad.expert_settings import FEW_SHOT_MAX  # noqa: F401  (re-exported: few-shot up to this many normal images)
+from myriad.inspection_result import InspectionResult
+from myriad.lmm_loading import (  # noqa: F401  (re-exported: the names the CLI, the server and the docs use)
+    DEFAULT_PRECISION,
+    PRECISIONS,
+    SHIPPED_MINI_WEIGHTS,
+    load_lmm,
+    native_bfloat16,
+    resolve_precision,
+)
 
 if TYPE_CHECKING:  # pragma: no cover
     import numpy as np
 
     from myriad.findings import Findings
 
-#: The shipped trainable weights of the ``mini`` preset (see myriad/weights/MODEL_CARD.md).
-SHIPPED_MINI_WEIGHTS = Path(__file__).resolve().parent / "weights" / "myriad-mini.safetensors"
-
-
-@dataclass
-class InspectionResult:
-    """One image's outcome (the fields of ``results.jsonl``)."""
-
-    image: str
-    expert: str
-    mode: str
-    score: float
-    threshold: float
-    expert_decision: str
-    decision: str
-    answer: str
-    timings_ms: dict[str, float]
-    anomaly_map: "np.ndarray | None" = field(default=None, repr=False)
-    pixels: "np.ndarray | None" = field(default=None, repr=False)
-    #: fused experts: each member's calibrated score, decision and mode (None for one expert)
-    members: dict[str, dict[str, Any]] | None = None
-    #: what the expert's calibrated map and score say: region, extent, count, severity (:mod:`myriad.findings`)
-    findings: "Findings | None" = None
-    #: the findings worded for the question asked (:func:`myriad.answers_text.compose_answer`); not the LMM's
-    grounded_answer: str = ""
-    #: the calibrated map the findings were measured on, which overlays draw: the fused map, or for a fusion
-    #: whose local member fired, the maps of the local members that fired (see ``_measure``)
-    located_map: "np.ndarray | None" = field(default=None, repr=False)
-    #: how ``answer`` was made: ``facts`` (the LMM's verdict, then the map's facts for the question) or ``lmm``
-    answer_route: str = "facts"
-    #: the LMM's own text (route ``facts``: its answer to the paper's question, which gave the verdict); '' without LMM
-    lmm_answer: str = ""
-
-    @property
-    def answer_problems(self) -> list[str]:
-        """Why Myriad's ``answer`` fails the degeneracy check (:func:`myriad.answers_text.degeneracy_reasons`)."""
-        from myriad.answers_text import degeneracy_reasons
-
-        return degeneracy_reasons(self.answer) if self.answer else []
-
-    def grounded_for(self, question: str | None) -> str:
-        """The findings worded for ``question`` (a follow-up, say); '' when nothing was measured."""
-        from myriad.answers_text import DEFAULT_QUESTION_TYPE, classify_question, compose_answer
-
-        if self.findings is None:
-            return ""
-        return compose_answer(self.findings, DEFAULT_QUESTION_TYPE if question is None else classify_question(question))
-
-    def shown_answer(self) -> str:
-        """The answer to show a person: Myriad's, or the grounded answer when Myriad's is empty or degenerate."""
-        return self.grounded_answer if not self.answer or self.answer_problems else self.answer
-
-    def caption(self) -> str:
-        """``anomalous (0.83): <shown answer>``, the band under an overlay."""
-        shown = self.shown_answer()
-        return f"{self.decision} ({self.score:.2f})" + (f": {shown}" if shown else "")
-
-    def overlay_map(self) -> "np.ndarray | None":
-        """The map an overlay draws: :attr:`located_map` when measured, else :attr:`anomaly_map`."""
-        return self.located_map if self.located_map is not None else self.anomaly_map
-
-    def as_record(self) -> dict[str, Any]:
-        """The JSON-serialisable record (maps and pixels left out; ``members`` for fused experts;
-        ``findings`` and ``grounded_answer`` when measured)."""
-        extra: dict[str, Any] = {"members": self.members} if self.members else {}
-        if self.findings is not None:
-            extra["findings"] = self.findings.as_dict()
-            extra["grounded_answer"] = self.grounded_answer
-            extra["answer_degenerate"] = self.answer_problems
-        if self.lmm_answer:
-            extra["answer_route"] = self.answer_route
-            extra["lmm_answer"] = self.lmm_answer
-        return {
-            "image": self.image,
-            "expert": self.expert,
-            "mode": self.mode,
-            "score": round(self.score, 6),
-            "threshold": self.threshold,
-            "expert_decision": self.expert_decision,
-            "decision": self.decision,
-            "answer": self.answer,
-            "timings_ms": {k: round(v, 2) for k, v in self.timings_ms.items()},
-            **extra,
-        }
 
 
 def choose_mode(expert: str, config: dict, num_normal: int) -> dict:
@@ -126,87 +50,6 @@ def with_device(expert: str, config: dict, device: str) -> dict:
     from myriad.expert_settings import resolve_config
 
     return resolve_config(expert, config, device=device)
-
-
-#: LMM inference precisions. ``auto``: see :func:`resolve_precision`; ``bfloat16``: the LLM's
-#: weights and activations in bfloat16; ``int8``: the LLM's linear layers in dynamic int8 (CPU).
-PRECISIONS = ("auto", "float32", "bfloat16", "int8")
-#: The precision ``myriad inspect / eval / serve`` use unless told otherwise.
-DEFAULT_PRECISION = "auto"
-
-
-def native_bfloat16(device: str = "cpu") -> bool:
-    """Whether ``device`` computes bfloat16 matrix products in hardware.
-
-    CPUs: AVX512-BF16 or AMX tiles (there oneDNN runs bf16 linear layers ~1.5-3x faster than
-    float32; elsewhere bf16 is emulated and slower). CUDA: ``torch.cuda.is_bf16_supported()``.
-    """
-    import torch
-
-    kind = torch.device(device).type
-    if kind == "cuda":
-        return bool(torch.cuda.is_available() and torch.cuda.is_bf16_supported())
-    if kind != "cpu":
-        return False
-    checks = ("_is_avx512_bf16_supported", "_is_amx_tile_supported")
-    return any(bool(getattr(torch.cpu, name, lambda: False)()) for name in checks)
-
-
-def resolve_precision(precision: str, device: str = "cpu") -> str:
-    """The concrete precision for ``precision`` on ``device``: ``auto`` becomes ``bfloat16``
-    where :func:`native_bfloat16` holds, else ``float32``; the others are returned unchanged."""
-    if precision not in PRECISIONS:
-        raise ConfigError(f"unknown LMM precision {precision!r}; choose one of {list(PRECISIONS)}")
-    if precision == "auto":
-        return "bfloat16" if native_bfloat16(device) else "float32"
-    return precision
-
-
-def load_lmm(lmm: str | Path | None = "mini", device: str = "cpu", precision: str = DEFAULT_PRECISION) -> Any:
-    """The Myriad model: ``"mini"`` (shipped weights), a path to trained ``mini`` weights, or None.
-
-    The model config is read from the weights' metadata (``myriad_config``, written by
-    ``myriad train``), so a model trained with changes (e.g. the chat template) loads as
-    trained; files without it get the default ``mini`` config. ``precision`` (see
-    :data:`PRECISIONS`): ``bfloat16`` loads the LLM in bfloat16 (the trained modules stay
-    float32), ``int8`` quantises its linear layers dynamically (CPU only), ``auto`` picks
-    bfloat16 where the hardware has it (:func:`resolve_precision`), else float32.
-    """
-    if lmm is None or lmm == "none":
-        return None
-    precision = resolve_precision(precision, device)
-    from myriad.io import load_tensors, read_tensor_metadata
-    from myriad.lmm.config import MyriadConfig, mini_config
-    from myriad.lmm.model import MyriadLMM
-
-    weights = SHIPPED_MINI_WEIGHTS if lmm == "mini" else Path(lmm)
-    if not weights.is_file():
-        if lmm == "mini":
-            raise WeightsError(
-                f"{weights}: the shipped weights of the mini preset are missing; reinstall myriad-iad or train them "
-                "with `myriad train --config benchmarks/train/mini.toml`"
-            )
-        raise WeightsError(f"{weights}: trained Myriad weights not found")
-    metadata = read_tensor_metadata(weights)
-    if metadata.get("preset", "mini") != "mini":
-        raise WeightsError(f"{weights}: weights of the {metadata['preset']!r} preset; only mini weights load here")
-    config = mini_config()
-    if "myriad_config" in metadata:
-        try:
-            config = MyriadConfig.model_validate_json(metadata["myriad_config"])
-        except ValueError as exc:
-            raise WeightsError(f"{weights}: the stored model config is invalid for this version of myriad: {exc}") from exc
-    if precision == "bfloat16":
-        config = config.model_copy(update={"llm_dtype": "bfloat16"})
-    model = MyriadLMM.mini(config)
-    try:
-        model.load_trainable_state_dict(load_tensors(weights))
-    except WeightsError as exc:
-        raise WeightsError(f"{weights}: {exc}") from exc
-    model = model.to(device).eval()
-    if precision == "int8":
-        model.quantize_language_model("int8")
-    return model
 
 
 #: How text answers are made (``Inspector(answers=...)``, ``--answers``): see :class:`Inspector`.

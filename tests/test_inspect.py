@@ -89,9 +89,9 @@ def test_inspect_errors_are_clear_and_nonzero(folders, tmp_path, capsys):
 
 
 def test_missing_weights_for_a_preset(monkeypatch, folders, capsys, tmp_path):
-    import myriad.inspection as inspection
+    import myriad.lmm_loading as lmm_loading
 
-    monkeypatch.setattr(inspection, "SHIPPED_MINI_WEIGHTS", tmp_path / "missing.safetensors")
+    monkeypatch.setattr(lmm_loading, "SHIPPED_MINI_WEIGHTS", tmp_path / "missing.safetensors")
     normal, test = folders
     code, _, err = run_cli(["inspect", str(test), "--normal", str(normal), "--expert", "colour-stats", "-o", str(tmp_path / "o")], capsys)
     assert code == 1 and "missing.safetensors" in err and "mini" in err

@@ -30,9 +30,9 @@ def test_missing_weights_is_a_clear_start_up_error(tmp_path, capsys):
 
 
 def test_missing_shipped_mini_weights(monkeypatch, tmp_path, capsys):
-    import myriad.inspection as inspection
+    import myriad.lmm_loading as lmm_loading
 
-    monkeypatch.setattr(inspection, "SHIPPED_MINI_WEIGHTS", tmp_path / "myriad-mini.safetensors")
+    monkeypatch.setattr(lmm_loading, "SHIPPED_MINI_WEIGHTS", tmp_path / "myriad-mini.safetensors")
     code, _, err = run_cli(["serve", "--no-ui"], capsys)
     assert code == 1 and "myriad-mini.safetensors" in err and "mini" in err and "--lmm none" in err
 
