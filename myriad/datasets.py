@@ -3,6 +3,8 @@
 A reader only lists files (and checks that what it needs exists); images are read later
 with :func:`myriad.images.load_image` and masks with :func:`load_mask`. Every problem
 raises :class:`~myriad.errors.DatasetError` naming the path and what is missing.
+
+Over 400 lines on purpose: three layouts share the :class:`Category` / :class:`Sample` types, the image and mask checks and their one-line error messages; one module keeps the readers consistent.
 """
 
 from __future__ import annotations

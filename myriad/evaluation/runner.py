@@ -22,6 +22,8 @@ and may fill ``record.extra``) and adds its :meth:`EvalStep.metrics` to each run
 metrics. An LMM step would ask the model about each image, store its answer in
 ``record.extra`` (written to the predictions JSONL) and report ``accuracy`` beside
 ``expert_accuracy``.
+
+Over 400 lines on purpose: the evaluation settings, the per-category loop and the report it returns are one pipeline, with its error messages in one place; plots and reports live in their own modules.
 """
 
 from __future__ import annotations

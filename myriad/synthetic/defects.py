@@ -26,6 +26,8 @@ Whole-texture kinds change the entire image (mask = whole image): the texture is
 coarser/denser, turned, or has another contrast or colour. Each patch still looks
 plausible, so patch-level nearest-neighbour experts tend to miss them. Rotation kinds
 (``local_rotate``, ``global_orientation``) need an oriented texture to be visible.
+
+Over 400 lines on purpose: a catalogue of defect painters, one short function each, registered in one table; a kind is read in one place.
 """
 
 from __future__ import annotations

@@ -27,6 +27,8 @@ kind                      family        what changes
 :data:`REALISTIC_EVAL_KINDS` (the above) are reserved for evaluation; the disjoint
 :data:`REALISTIC_TRAIN_KINDS` (``scuff``, ``dent_shade``, ``texture_contrast``,
 ``texture_warp``) are the only realistic kinds that may ever be used to train Myriad's LMM.
+
+Over 400 lines on purpose: a catalogue of defect kinds, one short function each, plus the visibility measure they all report; a kind is read in one place.
 """
 
 from __future__ import annotations

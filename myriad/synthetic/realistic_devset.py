@@ -19,6 +19,8 @@ visibility bucket (:mod:`myriad.synthetic.realistic_buckets`).
 Deterministic: every image has its own random stream from ``(seed, category, split,
 defect, index)``; the same seed gives byte-identical files. Built beside ``OUT`` and
 renamed into place at the end.
+
+Over 400 lines on purpose: the dev set's settings, its crops, its manifest and the per-image records it writes (size, visibility, family) are one file format; split, a reader would need four modules to learn it.
 """
 
 from __future__ import annotations

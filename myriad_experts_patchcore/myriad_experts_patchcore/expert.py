@@ -5,6 +5,8 @@ preallocated ``N x D`` patch-feature matrix; a greedy k-center coreset of it
 becomes the memory bank. Predict: one backbone forward and one FAISS search per
 batch, maps upsampled and blurred on the whole batch, then resized to each
 image's own size.
+
+Over 400 lines on purpose: it is the one class a user configures (fit, predict, save, load, the feature cache and the checks on each); the pure parts live in ``features``, ``coreset``, ``memory_bank`` and ``scoring``.
 """
 
 from __future__ import annotations
