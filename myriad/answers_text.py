@@ -201,13 +201,17 @@ def compose_answer(findings: "Findings", question_type: str = DEFAULT_QUESTION_T
     """The grounded answer to a question of ``question_type`` (see :data:`QUESTION_TYPES`).
 
     Verdict first, then the fact asked: ``where`` the region, ``how_large`` the extent, ``how_many``
-    the count, ``severity`` the severity and score, ``describe`` all of them; ``kind`` and ``cause``
-    give the location and say they cannot be told; ``unknown`` starts with :data:`ONLY_ABOUT_THE_IMAGE`.
+    the count, ``severity`` the severity and score, ``describe`` all of them; ``kind`` the measured kind
+    (or that it cannot be told), ``cause`` its curated causes; ``unknown`` starts with
+    :data:`ONLY_ABOUT_THE_IMAGE`. Findings that are not located (``located=False``) say so instead of
+    naming a place, size, count or kind.
     """
     if question_type not in QUESTION_TYPES:
         raise ValueError(f"unknown question type {question_type!r}; choose one of {list(QUESTION_TYPES)}")
     if not findings.anomalous:
         return _normal_answer(findings, question_type)
+    if not findings.located:
+        return _unlocated_answer(findings, question_type)
     located = f"Yes, there is an anomaly {_where(findings)}."
     if question_type == "verdict":
         return "Yes, there is an anomaly in the image."
@@ -245,6 +249,25 @@ def compose_answer(findings: "Findings", question_type: str = DEFAULT_QUESTION_T
             "These are general causes of this kind, not a diagnosis of this image."
         )
     return ONLY_ABOUT_THE_IMAGE + located
+
+
+#: The anomalous verdict without a located defect (the LMM's Yes over a map the expert calls normal).
+_UNLOCATED = "Yes, there is an anomaly, but the expert's map does not {what} it: no area passes its threshold"
+_UNLOCATED_WHAT = {"where": "locate", "how_large": "measure", "how_many": "count", "describe": "locate or measure"}
+
+
+def _unlocated_answer(findings: "Findings", question_type: str) -> str:
+    score = f"calibrated score {findings.score:.2f}"
+    if question_type in _UNLOCATED_WHAT:
+        return _UNLOCATED.format(what=_UNLOCATED_WHAT[question_type]) + f" ({score})."
+    if question_type == "severity":
+        return f"Yes, there is an anomaly; its severity is {findings.severity} ({score}, under the expert's threshold)."
+    if question_type == "kind":
+        return "Yes, there is an anomaly, but I cannot tell its kind: the expert's map does not locate it."
+    if question_type == "cause":
+        return "Yes, there is an anomaly, but I cannot tell its kind, so I cannot name a likely cause."
+    answer = "Yes, there is an anomaly in the image."
+    return ONLY_ABOUT_THE_IMAGE + answer if question_type == "unknown" else answer
 
 
 _NORMAL = "No, there is no anomaly in the image"

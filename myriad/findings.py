@@ -31,6 +31,11 @@ The rules (documented for users in ``docs/findings.md``):
   :data:`HIGH_SEVERITY`, ``medium`` between.
 - **kind** (only when the image is given): a measured guess from the located region's shape and the
   image's contrast there, :func:`myriad.defect_kinds.estimate_kind`; None when its rules cannot tell.
+- **not located** (``located=False``): the verdict is anomalous but the expert did not flag the image
+  (the LMM's Yes over a map the expert calls normal). The map then has no defect to measure: region,
+  extent bucket and kind are None, extent and count 0, ``located`` False; the severity still comes
+  from the (sub-threshold) score. Answers say the map does not locate it rather than name the map's
+  strongest area, which was wrong more often than right in that case (``docs/findings.md``).
 """
 
 from __future__ import annotations
@@ -103,6 +108,8 @@ class Findings:
     kind: str | None = None
     #: why that kind (the rule and its measurement, :class:`myriad.defect_kinds.KindEstimate`); '' when not measured
     kind_reason: str = ""
+    #: False when the verdict is anomalous but the expert's map holds no defect to measure (see the module docstring)
+    located: bool = True
 
     @property
     def anomalous(self) -> bool:
@@ -151,6 +158,7 @@ def measure_findings(
     threshold: float = 0.5,
     texture_wide: bool | None = None,
     image: "np.ndarray | None" = None,
+    located: bool = True,
 ) -> Findings:
     """Measure the findings of one image from its calibrated map, score and decision.
 
@@ -159,7 +167,8 @@ def measure_findings(
     ``threshold``: the decision threshold on the map; ``texture_wide``: True forces a texture-wide
     finding (see :func:`texture_wide_from_members`), None or False leaves it to the map's extent;
     ``image``: the inspected image (H x W x 3, the map's H x W): when given, an anomalous finding also
-    gets a measured ``kind`` (:func:`myriad.defect_kinds.estimate_kind`).
+    gets a measured ``kind`` (:func:`myriad.defect_kinds.estimate_kind`); ``located=False``: the verdict
+    is anomalous but the expert did not flag the image, so nothing is measured (see the module docstring).
     """
     import numpy as np
 
@@ -169,6 +178,8 @@ def measure_findings(
     score = float(score)
     if not anomalous:
         return Findings("normal", None, 0.0, None, 0, None, False, score)
+    if not located:
+        return Findings("anomalous", None, 0.0, None, 0, severity_of(score), False, score, located=False)
     above = amap > threshold
     if above.any():
         findings = _from_defective_pixels(amap, above, score, threshold, bool(texture_wide))

@@ -236,7 +236,12 @@ class Inspector:
             findings = result.findings
             if findings is None:
                 anomalous = result.decision == "anomalous"
-                findings = _measure_map(result.anomaly_map, result.score, anomalous, result.members, result.pixels)
+                if anomalous and result.expert_decision != "anomalous":
+                    from myriad.findings import measure_findings
+
+                    findings = measure_findings(result.anomaly_map, result.score, True, located=False)
+                else:
+                    findings = _measure_map(result.anomaly_map, result.score, anomalous, result.members, result.pixels)
             return _compose(findings, question_type), conversation
         import torch
 
@@ -293,13 +298,18 @@ def _measure(
     local member fired, the findings are measured on the maps of the local members that fired: an
     image-level member that fired too would otherwise lift the fused map above the threshold
     everywhere and hide where the local defect is. With ``image``, the findings hold a measured kind.
-    ``verdict`` (``anomalous`` / ``normal``) replaces the expert's decision (the LMM's, route ``facts``).
+    ``verdict`` (``anomalous`` / ``normal``) replaces the expert's decision (the LMM's, route ``facts``); an
+    anomalous verdict over an image the expert did not flag gives findings that are not located.
     """
     import numpy as np
 
     from myriad.findings import measure_findings
 
     anomalous = detection.anomalous if verdict is None else verdict == "anomalous"
+    if anomalous and not detection.anomalous:  # the LMM's Yes over a map the expert calls normal: nothing to measure
+        from myriad.findings import measure_findings
+
+        return measure_findings(detection.anomaly_map, detection.score, True, located=False), detection.anomaly_map
     members, maps = detection.members or {}, getattr(detection, "member_maps", None) or {}
     if not members or set(maps) != set(members):
         findings = _measure_map(detection.anomaly_map, detection.score, anomalous, detection.members, image)

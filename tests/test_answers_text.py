@@ -254,3 +254,16 @@ def test_the_docs_show_the_curated_causes_table():
         assert f"| {kind} | {'; '.join(causes)} | {', '.join(f'[{n}]' for n in sources)} |" in docs, kind
     for number, source in SOURCES.items():
         assert f"{number}. {source}" in docs
+
+
+def test_an_anomaly_the_map_does_not_locate_is_not_given_a_place_size_count_or_kind():
+    unlocated = measure_findings(np.full((64, 64), 0.2, dtype=np.float32), 0.42, True, located=False)
+    assert unlocated.anomalous and not unlocated.located and unlocated.region is None and unlocated.count == 0
+    assert unlocated.severity == "low" and unlocated.as_dict()["located"] is False
+    regions = ("top", "bottom", "left", "right", "center", "whole image", "%", "region")
+    for qtype in QUESTION_TYPES:
+        answer = compose_answer(unlocated, qtype)
+        body = answer[len(ONLY_ABOUT_THE_IMAGE):] if qtype == "unknown" else answer
+        assert parse_answer(body) == "anomalous" and degeneracy_reasons(answer) == [], answer
+        assert not any(word in answer for word in regions), answer
+    assert "does not locate it" in compose_answer(unlocated, "where")

@@ -123,7 +123,7 @@ def test_the_facts_route_takes_the_lmm_verdict_and_states_the_map_facts(folders,
     """Route ``facts`` (the default): the LMM answers the paper's question (its verdict wins, also against the
     expert), the answer states the map's facts for the question asked, and follow-ups agree without the LMM."""
     torch = pytest.importorskip("torch")
-    from myriad.answers_text import degeneracy_reasons
+    from myriad.answers_text import ONLY_ABOUT_THE_IMAGE, degeneracy_reasons
     from myriad.inspection import Inspector
     from myriad.lmm.model import MyriadLMM
     from myriad.lmm.prompting import ANSWER_ANOMALOUS, parse_answer
@@ -147,7 +147,10 @@ def test_the_facts_route_takes_the_lmm_verdict_and_states_the_map_facts(folders,
     for r in results:
         assert r.decision == "anomalous" and r.findings.verdict == "anomalous" and r.lmm_answer == ANSWER_ANOMALOUS
         assert r.answer == r.grounded_answer and parse_answer(r.answer) == "anomalous" and not degeneracy_reasons(r.answer)
-        assert f"in the {r.findings.region} of the image" in r.answer or "across the whole image" in r.answer
+        if r.expert_decision == "anomalous":  # the expert flagged it: the answer names the map's place
+            assert r.findings.located and (f"in the {r.findings.region} of the image" in r.answer or "across the whole image" in r.answer)
+        else:  # the LMM's Yes alone: the map has no defect to locate, and the answer says so
+            assert not r.findings.located and "does not locate it" in r.answer
         record = r.as_record()
         assert record["answer_route"] == "facts" and record["lmm_answer"] == ANSWER_ANOMALOUS
     normal_by_expert = [r for r in results if r.expert_decision == "normal"]
@@ -155,7 +158,8 @@ def test_the_facts_route_takes_the_lmm_verdict_and_states_the_map_facts(folders,
     first = results[0]
     for question in ("How large is it?", "How many defects are there?", "Is it severe?", "Wie groß ist der Fehler?"):
         answer, conversation = inspector.follow_up(first, question)
-        assert conversation is None and parse_answer(answer.split(": ", 1)[-1]) == "anomalous" and not degeneracy_reasons(answer)
+        body = answer.removeprefix(ONLY_ABOUT_THE_IMAGE)
+        assert conversation is None and parse_answer(body) == "anomalous" and not degeneracy_reasons(answer)
     assert len(asked) == 1  # follow-ups did not call the LMM
     expert_only = Inspector("colour-stats", {"size": 32}, lmm="none").fit(sorted(normal.glob("*.png")))
     (plain,) = expert_only.inspect([str(sorted(test.glob("t*.png"))[0])], ask="Where is the defect?")

@@ -13,7 +13,9 @@ the question classifier) as a follow-up about it. Reported, per setting:
   answers (:func:`myriad.answers_text.degeneracy_reasons`), over every answer;
 - **region, extent bucket and count** of the answers to "where" / "how large" / "how many" on the
   defective images the answers call defective, against the masks (as ``bench_findings.py``); the
-  answer must *state* the true region / bucket / count (checked in its text);
+  answer must *state* the true region / bucket / count (checked in its text), so an answer that says
+  the map does not locate the defect (the LMM's Yes where the expert saw none) counts as wrong; the
+  region is also reported over the located answers only, with the number not located;
 - **kind** per dev-set kind (the measured guess against ``bench_findings.EXPECTED_KIND``);
 - **question-type accuracy** of the classifier on the held-out paraphrases;
 - **time**: the expert and the LMM per image (one inspection), and per follow-up answer by type.
@@ -129,6 +131,8 @@ def summarise(rows: list[dict]) -> dict[str, Any]:
         "unknown_verdicts": sum(verdict_of(a) == "unknown" for a in all_answers),
         "degenerate_answers": sum(bool(degeneracy_reasons(a)) for a in all_answers),
         "called_defective": len(called),
+        "not_located": sum(not r["findings"].get("located", True) for r in called),
+        "region_located": _share([r["truth"]["region"] in r["answers"]["where"]["answer"] for r in called if r["findings"].get("located", True)]),
         "region": _share([r["truth"]["region"] in r["answers"]["where"]["answer"] for r in called]),
         "region_local": _share([r["truth"]["region"] in r["answers"]["where"]["answer"] for r in local]),
         "local_called": len(local),
@@ -154,13 +158,14 @@ def markdown(report: dict) -> str:
         "answer's text (3 x 3 cell of the mask or 'across the whole image'; small < 1 %, medium 1-10 %, large > 10 %; "
         "connected regions of the mask).",
         "",
-        "| setting | images | text verdict acc. | expert acc. | unknown verdicts | degenerate | called defective | region | region (local) | extent bucket | count | question type acc. |",
-        "|---|---|---|---|---|---|---|---|---|---|---|---|",
+        "| setting | images | text verdict acc. | expert acc. | unknown verdicts | degenerate | called defective | not located | region | region (located) | region (local) | extent bucket | count | question type acc. |",
+        "|---|---|---|---|---|---|---|---|---|---|---|---|---|---|",
     ]
     for name, s in report["settings"].items():
         lines.append(
             f"| {name} | {s['images']} | {s['text_verdict_accuracy']} | {s['expert_accuracy']} | {s['unknown_verdicts']} of "
-            f"{s['answers']} | {s['degenerate_answers']} | {s['called_defective']} of {s['defective']} | {s['region']} | "
+            f"{s['answers']} | {s['degenerate_answers']} | {s['called_defective']} of {s['defective']} | {s['not_located']} | "
+            f"{s['region']} | {s['region_located']} | "
             f"{s['region_local']} ({s['local_called']}) | {s['extent_bucket']} | {s['count']} | {s['question_type_accuracy']} |"
         )
     lines += ["", "## Kind (measured guess) per dev-set kind, over the defective images the answers call defective", ""]

@@ -84,6 +84,10 @@ class FindingsOut(BaseModel):
         "'texture change'; null when normal or when the rules cannot tell"
     )
     kind_reason: str = Field("", description="the rule and measurement behind 'kind'")
+    located: bool = Field(
+        True, description="false when the verdict is anomalous but the expert's map holds no defect to measure (the "
+        "LMM's Yes over an image the expert calls normal): region, extent and count are then not given"
+    )
 
 
 class ProfileOut(BaseModel):

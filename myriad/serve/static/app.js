@@ -143,6 +143,7 @@ function renderAnswer(r) {
 function findingsLine(f) {
   // One short line under the overlay: "top left · 0.4 % (small) · 1 region · severity low · likely a hole".
   if (f.verdict !== "anomalous") return "no defect found";
+  if (f.located === false) return "not located by the expert's map (severity " + f.severity + ")";
   const percent = 100 * f.extent;
   const extent = percent < 0.1 ? "< 0.1 %" : (percent < 10 ? percent.toFixed(1) : percent.toFixed(0)) + " %";
   const parts = [f.region, extent + " (" + f.extent_bucket + ")",
