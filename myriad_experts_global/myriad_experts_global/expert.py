@@ -94,7 +94,7 @@ class GlobalStatsExpert(Expert):
 
         from myriad.api import to_tensor
 
-        from myriad_experts_global.statistics import energy_statistics, window_statistics
+        from myriad_experts_global.statistics import energy_statistics, spectrum_statistics, window_statistics
 
         cfg = self.config
         window, stride = self.window, cfg.window_stride
@@ -116,11 +116,12 @@ class GlobalStatsExpert(Expert):
                                 f"batch at image_size={cfg.image_size}: {exc}"
                             ) from exc
                         out["cnn"].append(stats.cpu().numpy())
-                if "energy" in out:  # native resolution: one image at a time (sizes may differ)
+                native = {"energy": energy_statistics, "spectrum": spectrum_statistics}
+                for group in [g for g in native if g in out]:  # native resolution: one image at a time (sizes may differ)
                     for image in images:
                         pixels = torch.from_numpy(np.ascontiguousarray(image)).permute(2, 0, 1)[None].float()
                         try:
-                            out["energy"].append(energy_statistics(pixels, window, stride).numpy())
+                            out[group].append(native[group](pixels, window, stride).numpy())
                         except ValueError as exc:
                             raise MyriadError(f"a {image.shape[0]} x {image.shape[1]} image: {exc}") from exc
         finally:

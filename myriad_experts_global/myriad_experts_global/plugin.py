@@ -33,10 +33,11 @@ class GlobalStatsConfig(BaseModel):
         "None = 1 for one_class, 0.5 for few_shot (more samples from few references)",
     )
     window_stride: float = Field(0.25, gt=0.0, le=1.0, description="step between windows, fraction of the image side")
-    groups: list[Literal["cnn", "energy"]] = Field(
+    groups: list[Literal["cnn", "energy", "spectrum"]] = Field(
         ["cnn", "energy"], min_length=1,
         description="statistic groups: 'cnn' (backbone channel mean/std per stage), 'energy' (native-resolution "
-        "texture energy: noise, sharpness, grain, orientation)",
+        "texture energy: noise, sharpness, grain, orientation), 'spectrum' (native-resolution power spectrum: shares "
+        "per frequency ring and orientation sector)",
     )
     null_folds: int = Field(5, ge=2, le=20, description="image folds for the held-out distances that standardise each group")
     shrinkage: Optional[float] = Field(

@@ -11,7 +11,12 @@ image's responses. Two groups of statistics summarise a window:
   and the mean squared gradients along x and y and their product, in log, for the
   luma and a colour-opponent channel (:func:`energy_statistics`). Sensor noise,
   sharpness, grain and orientation show here first; a CNN's stride-2 stem averages
-  part of it away.
+  part of it away;
+- ``spectrum`` (optional): the luma's power spectrum at native resolution, as shares of
+  the power in :data:`SPECTRUM_BANDS` log-spaced rings of spatial frequency and in
+  :data:`SPECTRUM_SECTORS` orientation sectors, in log (:func:`spectrum_statistics`). A
+  weave or grain a few percent denser or coarser moves power between rings; a rotation
+  moves it between sectors; shares ignore a change of overall contrast.
 
 Each group is modelled by one Gaussian fitted on normal windows (mean, Ledoit-Wolf
 shrunk covariance). A window's Mahalanobis distance to a group is standardised by the
@@ -132,6 +137,59 @@ def energy_statistics(batch: "torch.Tensor", window: float, stride: float, level
             spread.append(torch.log(planes[..., t:bt, lft:rt].flatten(2).std(-1) + eps))
     per_level.append(torch.stack(spread, dim=1))
     return torch.cat(per_level, dim=2)
+
+
+#: Log-spaced rings of spatial frequency of :func:`spectrum_statistics`, from 2 cycles per window to Nyquist.
+SPECTRUM_BANDS = 16
+#: Orientation sectors (over 180 degrees) of :func:`spectrum_statistics`.
+SPECTRUM_SECTORS = 8
+
+
+def spectrum_statistics(
+    batch: "torch.Tensor", window: float, stride: float, bands: int = SPECTRUM_BANDS, sectors: int = SPECTRUM_SECTORS
+) -> "torch.Tensor":
+    """Log shares of the luma's power per frequency ring and per orientation sector, per window: ``B x W x (bands + sectors)``.
+
+    ``batch`` is ``B x 3 x H x W`` RGB in [0, 255] at native resolution. Each window is
+    mean-removed and Hann-tapered before its 2-D FFT; the DC term is left out; ring edges
+    are log-spaced from 2 cycles per window to 0.5 cycles per pixel.
+    """
+    import torch
+
+    x = batch.float()
+    luma = torch.einsum("c,bchw->bhw", torch.tensor(_PLANES[0], dtype=x.dtype, device=x.device), x)
+    h, w = luma.shape[-2:]
+    starts = window_fractions(window, stride)
+    out = []
+    for top_start in starts:
+        t, bt = _cells(top_start, window, h)
+        for left_start in starts:
+            lft, rt = _cells(left_start, window, w)
+            cell = luma[:, t:bt, lft:rt]
+            ch, cw = cell.shape[-2:]
+            if min(ch, cw) < 16:
+                raise ValueError(f"a {ch} x {cw} window is too small for the spectrum statistics")
+            cell = cell - cell.mean((-2, -1), keepdim=True)
+            taper = torch.hann_window(ch, periodic=False, device=x.device)[:, None] * torch.hann_window(cw, periodic=False, device=x.device)[None, :]
+            power = torch.fft.rfft2(cell * taper).abs() ** 2  # B x ch x (cw // 2 + 1)
+            fy, fx = torch.broadcast_tensors(
+                torch.fft.fftfreq(ch, device=x.device)[:, None], torch.fft.rfftfreq(cw, device=x.device)[None, :]
+            )
+            radius = torch.sqrt(fy**2 + fx**2)
+            angle = torch.remainder(torch.atan2(fy, fx), math.pi)
+            lowest = 2.0 / min(ch, cw)
+            edges = torch.logspace(math.log10(lowest), math.log10(0.5), bands + 1, device=x.device)
+            valid = radius >= lowest
+            ring = torch.bucketize(radius, edges).clamp(1, bands) - 1
+            sector = (angle / math.pi * sectors).long().clamp(max=sectors - 1)
+            flat = power.flatten(1)[:, valid.flatten()]
+            total = flat.sum(-1, keepdim=True) + 1e-12
+            ring_ids, sector_ids = ring.flatten()[valid.flatten()], sector.flatten()[valid.flatten()]
+            ring_power = torch.zeros(flat.shape[0], bands, device=x.device).index_add_(1, ring_ids, flat)
+            sector_power = torch.zeros(flat.shape[0], sectors, device=x.device).index_add_(1, sector_ids, flat)
+            shares = torch.cat([ring_power, sector_power], dim=1) / total
+            out.append(torch.log(shares + 1e-9))
+    return torch.stack(out, dim=1)
 
 
 def image_folds(num_images: int, folds: int = 5) -> list["np.ndarray"]:

