@@ -225,7 +225,7 @@ def main(argv: list[str] | None = None) -> None:
         "seconds": round(time.perf_counter() - started, 1), "settings": settings, "rows": all_rows,
     }
     args.out.parent.mkdir(parents=True, exist_ok=True)
-    atomic_write_text(args.out.with_suffix(".json"), json.dumps(report, indent=1))
+    atomic_write_text(args.out.with_suffix(".json"), json.dumps(report, separators=(",", ":")))
     atomic_write_text(args.out.with_suffix(".md"), markdown(report))
 
 
