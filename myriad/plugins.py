@@ -284,7 +284,34 @@ def get_expert(name: str, config: Any = None, **overrides: Any) -> Expert:
     expert = factory(cfg)
     if isinstance(expert, Expert):
         expert.registered_name = name  # errors of the host's contract checks name the expert as registered
+        _check_agrees_with_registration(expert, info)
     return expert
+
+
+def _check_agrees_with_registration(expert: Expert, info: ExpertInfo) -> None:
+    """The registration is the one source of an expert's facts; the class the factory built must agree with it.
+
+    ``register(config=..., modes=..., transductive=...)`` is what the host reads (without importing the
+    class, so discovery stays instant); a class whose ``Config``, ``mode`` or ``transductive`` says
+    otherwise is a plugin bug, reported here, at the first build, naming the plugin.
+    """
+    from myriad.errors import ContractError
+
+    where = f"expert {info.name!r} ({info.distribution or 'unknown distribution'})"
+    if bool(type(expert).transductive) != info.transductive:
+        raise ContractError(
+            f"{where}: its class says transductive={bool(type(expert).transductive)} but register() says "
+            f"transductive={info.transductive}; make them agree"
+        )
+    try:
+        model = type(expert).config_model()
+    except NotImplementedError:
+        model = info.config
+    if model is not info.config:
+        raise ContractError(f"{where}: its class's Config is {model.__name__} but register() gave {info.config.__name__}")
+    if expert.mode not in info.modes:
+        supported = ", ".join(m.value for m in info.modes)
+        raise ContractError(f"{where}: built in mode {expert.mode.value!r}, which register() does not list ({supported})")
 
 
 def _reset_for_tests() -> None:

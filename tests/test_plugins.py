@@ -246,3 +246,13 @@ def test_inspect_stops_on_a_wrong_shaped_map_with_one_line_naming_the_expert(myr
     assert code == 1
     assert err.strip().splitlines()[-1].startswith("Error: expert 'faulty' (FaultyExpert) broke the contract")
     assert "Traceback" not in err and not (tmp_path / "out" / "results.jsonl").exists()
+
+
+def test_a_class_that_disagrees_with_its_registration_is_refused_when_built(myriad_plugin):
+    """register() is the one source of an expert's facts; a class saying otherwise is a plugin bug, named at build."""
+    from myriad.errors import ContractError
+    from myriad.plugins import get_expert
+
+    myriad_plugin(constant_expert_plugin("says-transductive", transductive=True), name="disagreeing-plugin")
+    with pytest.raises(ContractError, match=r"'says-transductive'.*transductive=False but register\(\) says transductive=True"):
+        get_expert("says-transductive")
