@@ -236,12 +236,8 @@ class Inspector:
             findings = result.findings
             if findings is None:
                 anomalous = result.decision == "anomalous"
-                if anomalous and result.expert_decision != "anomalous":
-                    from myriad.findings import measure_findings
-
-                    findings = measure_findings(result.anomaly_map, result.score, True, located=False)
-                else:
-                    findings = _measure_map(result.anomaly_map, result.score, anomalous, result.members, result.pixels)
+                located = not anomalous or result.expert_decision == "anomalous"
+                findings = _measure_map(result.anomaly_map, result.score, anomalous, result.members, result.pixels, located)
             return _compose(findings, question_type), conversation
         import torch
 
@@ -306,13 +302,10 @@ def _measure(
     from myriad.findings import measure_findings
 
     anomalous = detection.anomalous if verdict is None else verdict == "anomalous"
-    if anomalous and not detection.anomalous:  # the LMM's Yes over a map the expert calls normal: nothing to measure
-        from myriad.findings import measure_findings
-
-        return measure_findings(detection.anomaly_map, detection.score, True, located=False), detection.anomaly_map
     members, maps = detection.members or {}, getattr(detection, "member_maps", None) or {}
-    if not members or set(maps) != set(members):
-        findings = _measure_map(detection.anomaly_map, detection.score, anomalous, detection.members, image)
+    located = not anomalous or detection.anomalous  # the LMM's Yes over a map the expert calls normal: nothing to measure
+    if not located or not members or set(maps) != set(members):
+        findings = _measure_map(detection.anomaly_map, detection.score, anomalous, detection.members, image, located)
         return findings, detection.anomaly_map
     image_level = {n for n, m in maps.items() if float(np.ptp(m)) <= 1e-6}
     fired = {n for n, m in members.items() if m.get("anomalous")}
@@ -331,12 +324,13 @@ def _measure_map(
     anomalous: bool,
     members: dict[str, dict[str, Any]] | None,
     image: "np.ndarray | None" = None,
+    located: bool = True,
 ) -> "Findings":
     from myriad.findings import measure_findings, texture_wide_from_members
 
     return measure_findings(
         anomaly_map, score, anomalous, threshold=DECISION_THRESHOLD, texture_wide=texture_wide_from_members(members),
-        image=image,
+        image=image, located=located,
     )
 
 
