@@ -157,7 +157,9 @@ class Inspector:
         detections = self._detect_naming_failures(pixels, names)
         expert_ms = (time.perf_counter() - t0) * 1000 / len(pixels)
         answers: list[str] = [""] * len(pixels)
-        decisions = ["anomalous" if d.anomalous else "normal" for d in detections]
+        expert_decisions = ["anomalous" if d.anomalous else "normal" for d in detections]
+        decisions = list(expert_decisions)
+        facts = self.model is not None and self.answers == "facts"
         lmm_ms = 0.0
         if self.model is not None:
             import torch
@@ -169,19 +171,17 @@ class Inspector:
             maps = torch.from_numpy(np.stack([resize_map(d.anomaly_map, size, size) for d in detections]))[:, None]
             batch = self.model.preprocess(pixels).to(self.device)
             with torch.inference_mode():
-                answers = self.model.generate(batch, maps.to(self.device), None if self.answers == "facts" else ask)
+                answers = self.model.generate(batch, maps.to(self.device), None if facts else ask)
             decisions = [parse_answer(a) for a in answers]
-            if self.answers == "facts":  # an LMM answer without a verdict leaves the expert's
-                decisions = [e if d == "unknown" else d for d, e in zip(decisions, ("anomalous" if x.anomalous else "normal" for x in detections))]
+            if facts:  # an LMM answer without a verdict leaves the expert's
+                decisions = [e if d == "unknown" else d for d, e in zip(decisions, expert_decisions)]
             lmm_ms = (time.perf_counter() - t1) * 1000 / len(pixels)
         results = []
-        for name, image, det, answer, decision in zip(names, pixels, detections, answers, decisions):
-            expert_decision = "anomalous" if det.anomalous else "normal"
-            verdict = decision if self.model is not None and self.answers == "facts" else None
-            findings, located_map = _measure(det, image, verdict)
-            lmm_answer = answer
-            if self.model is not None and self.answers == "facts":
-                answer = _compose(findings, question_type)
+        for name, image, det, answer, decision, expert_decision in zip(
+            names, pixels, detections, answers, decisions, expert_decisions
+        ):
+            findings, located_map = _measure(det, image, decision if facts else None)
+            grounded = _compose(findings, question_type)
             results.append(
                 InspectionResult(
                     image=name,
@@ -190,17 +190,17 @@ class Inspector:
                     score=det.score,
                     threshold=DECISION_THRESHOLD,
                     expert_decision=expert_decision,
-                    decision=decision if self.model is not None else expert_decision,
-                    answer=answer,
+                    decision=decision,
+                    answer=grounded if facts else answer,
                     timings_ms={"expert": expert_ms, "lmm": lmm_ms, "total": expert_ms + lmm_ms},
                     anomaly_map=det.anomaly_map,
                     pixels=image,
                     members=det.members,
                     findings=findings,
-                    grounded_answer=_compose(findings, question_type),
+                    grounded_answer=grounded,
                     located_map=located_map,
                     answer_route=self.answers,
-                    lmm_answer=lmm_answer if self.model is not None else "",
+                    lmm_answer=answer,
                 )
             )
         return results
