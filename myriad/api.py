@@ -16,6 +16,7 @@ else from the core.
   (:class:`ConfigError`, :class:`WeightsError`, :class:`DatasetError`,
   :class:`ContractError`);
 - images: :func:`load_image`, :func:`as_rgb`, :func:`to_tensor`, :func:`resize_map`;
+- hardware: :func:`native_bfloat16` (whether a device computes bfloat16 natively);
 - datasets (for plugins that train): :class:`Category`, :class:`Sample`, :func:`load_mask`;
 - backbones: :class:`FeatureBackbone` (a frozen timm CNN returning chosen stages),
   :func:`vit_tokens`, :func:`resize_positional_embedding` (open_clip ViTs);
@@ -53,6 +54,7 @@ _SOURCES = {
     "as_rgb": "myriad.images",
     "to_tensor": "myriad.images",
     "resize_map": "myriad.images",
+    "native_bfloat16": "myriad.hardware",
     # datasets
     "Category": "myriad.datasets",
     "Sample": "myriad.datasets",

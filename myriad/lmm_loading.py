@@ -10,6 +10,7 @@ from pathlib import Path
 from typing import Any
 
 from myriad.errors import ConfigError, WeightsError
+from myriad.hardware import native_bfloat16
 
 __all__ = ["DEFAULT_PRECISION", "PRECISIONS", "SHIPPED_MINI_WEIGHTS", "load_lmm", "native_bfloat16", "resolve_precision"]
 
@@ -22,23 +23,6 @@ SHIPPED_MINI_WEIGHTS = Path(__file__).resolve().parent / "weights" / "myriad-min
 PRECISIONS = ("auto", "float32", "bfloat16", "int8")
 #: The precision ``myriad inspect / eval / serve`` use unless told otherwise.
 DEFAULT_PRECISION = "auto"
-
-
-def native_bfloat16(device: str = "cpu") -> bool:
-    """Whether ``device`` computes bfloat16 matrix products in hardware.
-
-    CPUs: AVX512-BF16 or AMX tiles (there oneDNN runs bf16 linear layers ~1.5-3x faster than
-    float32; elsewhere bf16 is emulated and slower). CUDA: ``torch.cuda.is_bf16_supported()``.
-    """
-    import torch
-
-    kind = torch.device(device).type
-    if kind == "cuda":
-        return bool(torch.cuda.is_available() and torch.cuda.is_bf16_supported())
-    if kind != "cpu":
-        return False
-    checks = ("_is_avx512_bf16_supported", "_is_amx_tile_supported")
-    return any(bool(getattr(torch.cpu, name, lambda: False)()) for name in checks)
 
 
 def resolve_precision(precision: str, device: str = "cpu") -> str:

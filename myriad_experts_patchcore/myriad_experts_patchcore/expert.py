@@ -172,7 +172,11 @@ class PatchCoreExpert(Expert):
         if extractor.backbone.device.type == "cpu":
             batch = batch.contiguous(memory_format=torch.channels_last)
         try:
-            grid = extractor.grid_features(batch)
+            if self._bfloat16:
+                with torch.autocast(extractor.backbone.device.type, dtype=torch.bfloat16):
+                    grid = extractor.grid_features(batch).float()
+            else:
+                grid = extractor.grid_features(batch)
         except RuntimeError as exc:
             raise MyriadError(
                 f"backbone {self.config.backbone!r} (layers {list(self.layers)}) failed on a "
@@ -180,6 +184,16 @@ class PatchCoreExpert(Expert):
             ) from exc
         self.grid = (int(grid.shape[-2]), int(grid.shape[-1]))
         return grid
+
+    @property
+    def _bfloat16(self) -> bool:
+        """Whether the backbone runs in bfloat16 (``backbone_precision``; ``auto``: where the device computes it natively)."""
+        wanted = self.config.backbone_precision
+        if wanted == "auto":
+            from myriad.api import native_bfloat16
+
+            return native_bfloat16(self.device)
+        return wanted == "bfloat16"
 
     def _feature_settings(self) -> tuple:
         """What the patch features of an image depend on (the key of the feature cache)."""
@@ -190,7 +204,10 @@ class PatchCoreExpert(Expert):
         if cfg.weights is not None and os.path.isfile(cfg.weights):
             info = os.stat(cfg.weights)
             stamp = (os.path.abspath(cfg.weights), info.st_size, info.st_mtime_ns)
-        return (cfg.backbone, cfg.weights, stamp, tuple(self.layers), cfg.image_size, cfg.aggregation, cfg.embed_dim)
+        return (
+            cfg.backbone, cfg.weights, stamp, tuple(self.layers), cfg.image_size, cfg.aggregation, cfg.embed_dim,
+            self._bfloat16,
+        )
 
     def _patch_rows(self, chunk: list["np.ndarray"], store: bool) -> tuple["np.ndarray", tuple[int, int]]:
         """``(B*h*w) x D`` patch rows of ``chunk`` and the grid, through the process's feature cache.

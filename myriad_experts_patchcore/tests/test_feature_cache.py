@@ -87,3 +87,19 @@ def test_predictions_read_the_cache_but_never_fill_it(crops, fast):
     CACHE.clear()
     with pytest.raises(ConfigError, match="feature_cache_mb"):
         get_expert("patchcore", {**fast, "feature_cache_mb": -1})
+
+
+def test_a_bfloat16_backbone_gives_close_finite_scores_and_its_own_cache_entries(crops, fast):
+    """backbone_precision='bfloat16' changes the features a little (its own cache key, never float32's entries)."""
+    from myriad.plugins import get_expert
+    from myriad_experts_patchcore.feature_cache import CACHE
+
+    CACHE.clear()
+    normals, tests = crops(4, seed=1), crops(2, seed=2)
+    plain = get_expert("patchcore", {**fast, "feature_cache_mb": 64}).fit(normals).predict(tests)
+    half = get_expert("patchcore", {**fast, "feature_cache_mb": 64, "backbone_precision": "bfloat16"}).fit(normals)
+    assert len(CACHE) == 8  # the same images cached once per precision
+    for a, b in zip(plain, half.predict(tests)):
+        assert np.isfinite(b.score) and np.isfinite(b.anomaly_map).all()
+        assert abs(a.score - b.score) <= 0.25 * abs(a.score) + 1e-6
+    CACHE.clear()
