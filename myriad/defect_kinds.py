@@ -113,7 +113,9 @@ def estimate_kind(
     amap = np.nan_to_num(np.asarray(anomaly_map, dtype=np.float32), nan=0.0)
     if pixels.shape[:2] != amap.shape:
         raise ValueError(f"image {pixels.shape[:2]} and anomaly map {amap.shape} must have the same height and width")
-    region = _region(amap, threshold)
+    from myriad.findings import located_region
+
+    region = located_region(amap, threshold)
     if region is None or region.sum() < 3:
         return KindEstimate(None, "the map has no located region", {})
     area = float(region.mean())
@@ -137,25 +139,6 @@ def estimate_kind(
             "contamination / foreign particle", f"compact region, {shade} than its surroundings (contrast {contrast:.1f})", measured
         )
     return KindEstimate(None, f"compact region without a clear contrast (contrast {contrast:.1f})", measured)
-
-
-def _region(amap: "np.ndarray", threshold: float) -> "np.ndarray | None":
-    """The largest 8-connected region above ``threshold``; without one, the hot area around the peak."""
-    import numpy as np
-    from scipy import ndimage
-
-    above = amap > threshold
-    if not above.any():
-        low, high = float(amap.min()), float(amap.max())
-        if high - low <= 1e-6:
-            return None
-        above = amap >= low + 0.5 * (high - low)
-        peak = np.unravel_index(int(np.argmax(amap)), amap.shape)
-        labels, _ = ndimage.label(above, structure=np.ones((3, 3), dtype=bool))
-        return labels == labels[peak]
-    labels, n = ndimage.label(above, structure=np.ones((3, 3), dtype=bool))
-    sizes = np.bincount(labels.ravel(), minlength=n + 1)[1:]
-    return labels == int(np.argmax(sizes)) + 1
 
 
 def _elongation(region: "np.ndarray") -> float:

@@ -58,6 +58,7 @@ __all__ = [
     "WHOLE_IMAGE",
     "Findings",
     "extent_bucket",
+    "located_region",
     "measure_findings",
     "severity_of",
     "texture_wide_from_members",
@@ -226,16 +227,33 @@ def _from_defective_pixels(
 def _from_peak(amap: "np.ndarray", score: float, forced_wide: bool) -> Findings:
     """Findings of an anomalous image whose map stays below the threshold (an image-level score)."""
     import numpy as np
-    from scipy import ndimage
 
-    low, high = float(amap.min()), float(amap.max())
-    if forced_wide or high - low <= 1e-6:  # no location in the map
+    region = None if forced_wide else located_region(amap, threshold=float("inf"))
+    if region is None:  # no location in the map
         return _anomalous(WHOLE_IMAGE, 1.0, 1, True, score)
     peak = np.unravel_index(int(np.argmax(amap)), amap.shape)
-    hot = amap >= low + RELATIVE_LEVEL * (high - low)
-    labels, _ = ndimage.label(hot, structure=np.ones((3, 3), dtype=bool))
-    extent = float((labels == labels[peak]).mean())
-    return _anomalous(_cell(float(peak[0]), float(peak[1]), amap.shape), extent, 1, False, score)
+    return _anomalous(_cell(float(peak[0]), float(peak[1]), amap.shape), float(region.mean()), 1, False, score)
+
+
+def located_region(amap: "np.ndarray", threshold: float = 0.5) -> "np.ndarray | None":
+    """The region the findings locate, as a boolean H x W mask: the largest 8-connected region above
+    ``threshold``; without one, the connected area around the map's maximum where the map is at least
+    :data:`RELATIVE_LEVEL` of the way from its minimum to its maximum; None for a flat map (no location)."""
+    import numpy as np
+    from scipy import ndimage
+
+    structure = np.ones((3, 3), dtype=bool)
+    above = amap > threshold
+    if above.any():
+        labels, n = ndimage.label(above, structure=structure)
+        sizes = np.bincount(labels.ravel(), minlength=n + 1)[1:]
+        return labels == int(np.argmax(sizes)) + 1
+    low, high = float(amap.min()), float(amap.max())
+    if high - low <= 1e-6:
+        return None
+    peak = np.unravel_index(int(np.argmax(amap)), amap.shape)
+    labels, _ = ndimage.label(amap >= low + RELATIVE_LEVEL * (high - low), structure=structure)
+    return labels == labels[peak]
 
 
 def _cell(row: float, col: float, shape: tuple[int, ...]) -> str:
