@@ -137,7 +137,6 @@ VOCABULARY = frozenset(
 )
 
 
-
 def _table_words() -> frozenset[str]:
     """Words of the kind rules' reasons and of the curated causes table (answers quote both)."""
     from myriad.defect_causes import LIKELY_CAUSES

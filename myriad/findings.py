@@ -228,7 +228,7 @@ def _from_peak(amap: "np.ndarray", score: float, forced_wide: bool) -> Findings:
     """Findings of an anomalous image whose map stays below the threshold (an image-level score)."""
     import numpy as np
 
-    region = None if forced_wide else located_region(amap, threshold=float("inf"))
+    region = None if forced_wide else _peak_area(amap)
     if region is None:  # no location in the map
         return _anomalous(WHOLE_IMAGE, 1.0, 1, True, score)
     peak = np.unravel_index(int(np.argmax(amap)), amap.shape)
@@ -242,17 +242,24 @@ def located_region(amap: "np.ndarray", threshold: float = 0.5) -> "np.ndarray | 
     import numpy as np
     from scipy import ndimage
 
-    structure = np.ones((3, 3), dtype=bool)
     above = amap > threshold
     if above.any():
-        labels, n = ndimage.label(above, structure=structure)
+        labels, n = ndimage.label(above, structure=np.ones((3, 3), dtype=bool))
         sizes = np.bincount(labels.ravel(), minlength=n + 1)[1:]
         return labels == int(np.argmax(sizes)) + 1
+    return _peak_area(amap)
+
+
+def _peak_area(amap: "np.ndarray") -> "np.ndarray | None":
+    """The connected area around the map's maximum at least :data:`RELATIVE_LEVEL` of the way up; None for a flat map."""
+    import numpy as np
+    from scipy import ndimage
+
     low, high = float(amap.min()), float(amap.max())
     if high - low <= 1e-6:
         return None
     peak = np.unravel_index(int(np.argmax(amap)), amap.shape)
-    labels, _ = ndimage.label(amap >= low + RELATIVE_LEVEL * (high - low), structure=structure)
+    labels, _ = ndimage.label(amap >= low + RELATIVE_LEVEL * (high - low), structure=np.ones((3, 3), dtype=bool))
     return labels == labels[peak]
 
 
