@@ -250,7 +250,7 @@ class InspectionService:
         if not question:
             raise ServeError("a follow-up needs a question", status=422)
         session = self.store.get_session(session_id, owner)
-        if getattr(session.inspector, "answers", "lmm") == "lmm" and (not self.has_lmm or session.inspector.model is None):
+        if session.inspector.answers == "lmm" and (not self.has_lmm or session.inspector.model is None):
             raise ConflictError(
                 "follow-up questions of the 'lmm' answer route need the Myriad LMM; this server runs expert-only (--lmm none)"
             )

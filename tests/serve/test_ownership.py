@@ -117,6 +117,7 @@ def test_questions_and_turns_are_bounded():
 
     class Inspector:
         model = object()
+        answers = "lmm"
 
         def follow_up(self, result, question, conversation):
             return f"answer to {question}", conversation
