@@ -78,3 +78,30 @@ def test_grey_images_and_findings_carry_the_kind():
     assert measure_findings(map_of(spot), 0.8, True).kind is None  # no image: no kind
     assert measure_findings(map_of(spot), 0.2, False, image=grey).kind is None  # normal: no kind
     assert set(MEASURED_KINDS) >= {"hole", "scratch", "stain", "texture change"}
+
+
+def test_every_rule_s_reason_reads_as_a_clean_answer():
+    """Answers quote the reasons: each rule's wording must pass the degeneracy check (its words are in the vocabulary)."""
+    from dataclasses import replace
+
+    from myriad.answers_text import compose_answer, degeneracy_reasons
+
+    image, spot = texture(), (YY - 60) ** 2 + (XX - 70) ** 2 < 9
+    image[spot] = 30
+    line = (np.abs(YY - 0.5 * XX - 40) < 1.2) & (XX > 60) & (XX < 200)
+    bright = texture(2)
+    bright[spot] = 230
+    blob = (YY - 150) ** 2 + (XX - 150) ** 2 < 300
+    tinted = texture(3)
+    tinted[blob] = tinted[blob] * np.array((1.1, 0.95, 0.8))
+    faint = texture(3)
+    faint[blob] = faint[blob] * 0.93
+    guesses = [guess(image, spot), guess(texture(1), line, sigma=2.0), guess(bright, spot), guess(tinted, blob),
+               guess(faint, blob), guess(texture(10), (YY - 100) ** 2 + (XX - 100) ** 2 < 20)]
+    guesses.append(estimate_kind(texture().astype(np.uint8), np.full((256, 256), 0.9, np.float32), texture_wide=True))
+    located = measure_findings(map_of(spot), 0.8, True)
+    for result in guesses:
+        findings = replace(located, kind=result.kind, kind_reason=result.reason)
+        for qtype in ("kind", "describe", "cause"):
+            answer = compose_answer(findings, qtype)
+            assert degeneracy_reasons(answer) == [], (result.reason, answer)
