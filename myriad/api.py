@@ -23,7 +23,9 @@ else from the core.
 - weights and files: :func:`load_torch_checkpoint`, :data:`CHECKPOINT_WRAPPERS`,
   :func:`load_state_dict_strict`, :func:`load_tensors`, :func:`save_tensors`,
   :func:`atomic_path`;
-- the model cache: :func:`cached`, :func:`file_stamp`.
+- the model cache: :func:`cached`, :func:`file_stamp`;
+- the feature cache (features of fitted images reused across calibration folds):
+  :class:`FeatureCache`, :func:`image_digest`.
 
 Importing this module is cheap: each name is resolved on first use (a module-level
 ``__getattr__``), and none of the modules behind them imports torch at import time; torch
@@ -73,6 +75,8 @@ _SOURCES = {
     # the model cache
     "cached": "myriad.model_cache",
     "file_stamp": "myriad.model_cache",
+    "FeatureCache": "myriad.feature_cache",
+    "image_digest": "myriad.feature_cache",
 }
 
 __all__ = list(_SOURCES)
@@ -92,6 +96,7 @@ if TYPE_CHECKING:  # pragma: no cover
         load_torch_checkpoint,
         save_tensors,
     )
+    from myriad.feature_cache import FeatureCache, image_digest
     from myriad.model_cache import cached, file_stamp
     from myriad.vit_taps import resize_positional_embedding, vit_tokens
 

@@ -87,6 +87,45 @@ class GlobalStatsExpert(Expert):
             raise ConfigError(f"device={wanted!r} but no CUDA GPU is available to torch; use device='cpu' or 'auto'")
         return wanted
 
+    def _feature_settings(self) -> tuple:
+        """What an image's window statistics depend on (the key of the statistics cache)."""
+        from myriad.api import file_stamp
+
+        cfg = self.config
+        return (cfg.backbone, file_stamp(cfg.weights), tuple(cfg.layers), cfg.image_size, self.window,
+                cfg.window_stride, tuple(cfg.groups))
+
+    def _cached_statistics(self, images: list["np.ndarray"], store: bool) -> dict[str, "np.ndarray"]:
+        """:meth:`_statistics` through the process's statistics cache (fits store, predictions only read)."""
+        import numpy as np
+
+        from myriad.api import image_digest
+
+        from myriad_experts_global.statistics_cache import CACHE
+
+        limit = int(self.config.feature_cache_mb) * 2**20
+        if limit <= 0:
+            return self._statistics(images)
+        settings = self._feature_settings()
+        digests = [image_digest(image) for image in images]
+        found = [CACHE.get(settings, d) for d in digests]
+        missing = [i for i, hit in enumerate(found) if hit is None]
+        groups = tuple(self.config.groups)
+        if missing:
+            fresh = self._statistics([images[i] for i in missing])
+            for j, i in enumerate(missing):
+                # one array per image: the groups' W x D_g blocks side by side, the widths as payload
+                blocks = [fresh[group][j] for group in groups]
+                row = np.ascontiguousarray(np.concatenate(blocks, axis=-1))
+                widths = tuple(int(b.shape[-1]) for b in blocks)
+                found[i] = (row, widths)
+                if store:
+                    CACHE.put(settings, digests[i], row, widths, limit)
+        stacked = np.stack([hit[0] for hit in found])
+        widths = found[0][1]
+        edges = np.cumsum((0, *widths))
+        return {group: np.ascontiguousarray(stacked[..., edges[g] : edges[g + 1]]) for g, group in enumerate(groups)}
+
     def _statistics(self, images: list["np.ndarray"]) -> dict[str, "np.ndarray"]:
         """Per group, ``N x W x D`` window statistics of the images (float32 numpy)."""
         import numpy as np
@@ -132,7 +171,7 @@ class GlobalStatsExpert(Expert):
     def _fit(self, images: list["np.ndarray"]) -> None:
         from myriad_experts_global.statistics import GaussianModel, heldout_null
 
-        stats = self._statistics(images)
+        stats = self._cached_statistics(images, store=True)
         models = {}
         for group, samples in stats.items():
             flat = samples.reshape(-1, samples.shape[-1])
@@ -147,7 +186,7 @@ class GlobalStatsExpert(Expert):
     def _predict(self, images: list["np.ndarray"]) -> list[Prediction]:
         import numpy as np
 
-        stats = self._statistics(images)
+        stats = self._cached_statistics(images, store=False)
         per_group = []
         for group, samples in stats.items():
             n, windows, dim = samples.shape

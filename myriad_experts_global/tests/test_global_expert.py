@@ -109,3 +109,37 @@ def test_spectrum_shares_move_with_the_period_and_the_orientation_of_a_texture()
     assert torch.allclose(brighter, coarse, atol=1e-4)  # shares: contrast does not move them
     with pytest.raises(ValueError, match="too small"):
         spectrum_statistics(torch.zeros(1, 3, 12, 12), 1.0, 0.25)
+
+
+def test_calibrated_fit_computes_each_images_statistics_once_with_identical_results(monkeypatch):
+    """The statistics cache: k-fold calibration plus the final fit cost about one pass per image, same scores."""
+    from myriad.calibration import fit_calibrated
+    from myriad_experts_global.expert import GlobalStatsExpert
+    from myriad_experts_global.statistics_cache import CACHE
+
+    normals = [_rgb(c) for c in _brick_crops(9, 11, 64)]
+    tests = [_rgb(c) for c in _brick_crops(2, 12, 64)]
+    seen: list[int] = []
+    original = GlobalStatsExpert._statistics
+
+    def counting(self, images):
+        seen.append(len(images))
+        return original(self, images)
+
+    monkeypatch.setattr(GlobalStatsExpert, "_statistics", counting)
+    results = {}
+    for mb in (0, 8):
+        CACHE.clear()
+        seen.clear()
+        expert, calibrator = fit_calibrated(lambda: get_expert("global", {**FAST, "feature_cache_mb": mb}), normals)
+        passes = sum(seen)
+        results[mb] = (passes, [p.score for p in expert.predict(tests)], calibrator.to_dict())
+    (uncached, scores0, cal0), (cached, scores1, cal1) = results[0], results[8]
+    assert uncached == 3 * (6 + 3) + 9  # 3 folds fit 6 and score 3 each, then the final fit
+    assert cached == 9 + 3  # each normal once (fits store), plus the first fold's held-out third (scoring only reads)
+    # the same numbers up to float rounding (images meet the backbone in other batches)
+    assert np.allclose(scores0, scores1, rtol=1e-5, atol=1e-6)
+    assert np.isclose(cal0["threshold"], cal1["threshold"], rtol=1e-5, atol=1e-6)
+    expert.predict(tests)
+    assert len(CACHE) == 9  # predictions never fill it
+    CACHE.clear()
