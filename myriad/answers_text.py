@@ -255,11 +255,23 @@ _UNLOCATED = "Yes, there is an anomaly, but the expert's map does not {what} it:
 _UNLOCATED_WHAT = {"where": "locate", "how_large": "measure", "how_many": "count", "describe": "locate or measure"}
 
 
+#: Only an image-level member fired, on few references: it judges the image as a whole and cannot say where.
+_IMAGE_LEVEL = (
+    "Yes, there is an anomaly, but only the texture-wide expert flags it: it judges the image as a whole, and with "
+    "few references it cannot {what} it"
+)
+
+
 def _unlocated_answer(findings: "Findings", question_type: str) -> str:
+    from myriad.findings import IMAGE_LEVEL_ONLY
+
     score = f"calibrated score {findings.score:.2f}"
     if question_type in _UNLOCATED_WHAT:
-        return _UNLOCATED.format(what=_UNLOCATED_WHAT[question_type]) + f" ({score})."
+        template = _IMAGE_LEVEL if findings.unlocated_reason == IMAGE_LEVEL_ONLY else _UNLOCATED
+        return template.format(what=_UNLOCATED_WHAT[question_type]) + f" ({score})."
     if question_type == "severity":
+        if findings.unlocated_reason == IMAGE_LEVEL_ONLY:
+            return f"Yes, there is an anomaly; its severity is {findings.severity} ({score})."
         return f"Yes, there is an anomaly; its severity is {findings.severity} ({score}, under the expert's threshold)."
     if question_type == "kind":
         return "Yes, there is an anomaly, but I cannot tell its kind: the expert's map does not locate it."

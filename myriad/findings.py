@@ -32,10 +32,13 @@ The rules (documented for users in ``docs/findings.md``):
 - **kind** (only when the image is given): a measured guess from the located region's shape and the
   image's contrast there, :func:`myriad.defect_kinds.estimate_kind`; None when its rules cannot tell.
 - **not located** (``located=False``): the verdict is anomalous but the expert did not flag the image
-  (the LMM's Yes over a map the expert calls normal). The map then has no defect to measure: region,
-  extent bucket and kind are None, extent and count 0, ``located`` False; the severity still comes
-  from the (sub-threshold) score. Answers say the map does not locate it rather than name the map's
-  strongest area, which was wrong more often than right in that case (``docs/findings.md``).
+  (the LMM's Yes over a map the expert calls normal; ``unlocated_reason`` :data:`BELOW_THRESHOLD`). The
+  map then has no defect to measure: region, extent bucket and kind are None, extent and count 0,
+  ``located`` False; the severity still comes from the (sub-threshold) score. Answers say the map does
+  not locate it rather than name the map's strongest area, which was wrong more often than right in
+  that case (``docs/findings.md``). The caller also marks a few-shot fusion whose image-level member
+  fired alone as not located (:data:`IMAGE_LEVEL_ONLY`): with few references that member fires on
+  local defects and normal images too, so "across the whole image" would more often be wrong than right.
 """
 
 from __future__ import annotations
@@ -47,7 +50,9 @@ if TYPE_CHECKING:  # pragma: no cover
     import numpy as np
 
 __all__ = [
+    "BELOW_THRESHOLD",
     "HIGH_SEVERITY",
+    "IMAGE_LEVEL_ONLY",
     "IMAGE_LEVEL_MEMBERS",
     "LARGE_EXTENT",
     "MEDIUM_SEVERITY",
@@ -55,6 +60,7 @@ __all__ = [
     "RELATIVE_LEVEL",
     "SMALL_EXTENT",
     "TEXTURE_WIDE_FRACTION",
+    "UNLOCATED_REASONS",
     "WHOLE_IMAGE",
     "Findings",
     "extent_bucket",
@@ -80,6 +86,13 @@ HIGH_SEVERITY = 0.85
 RELATIVE_LEVEL = 0.5
 #: The region of a texture-wide defect.
 WHOLE_IMAGE = "across the whole image"
+#: ``unlocated_reason``: the verdict is anomalous but no area of the expert's map passes the threshold
+#: (the LMM's Yes over a map the expert calls normal).
+BELOW_THRESHOLD = "below_threshold"
+#: ``unlocated_reason``: only an image-level member fired, with few references (few-shot), where its
+#: "across the whole image" was wrong more often than right (``docs/findings.md``).
+IMAGE_LEVEL_ONLY = "image_level_only"
+UNLOCATED_REASONS = (BELOW_THRESHOLD, IMAGE_LEVEL_ONLY)
 #: Fused experts' members whose maps are image-level (one value over the whole image): when one of
 #: them fires and no other member does, the defect is texture-wide.
 IMAGE_LEVEL_MEMBERS = ("global",)
@@ -111,6 +124,8 @@ class Findings:
     kind_reason: str = ""
     #: False when the verdict is anomalous but the expert's map holds no defect to measure (see the module docstring)
     located: bool = True
+    #: why an anomalous finding is not located: :data:`BELOW_THRESHOLD` or :data:`IMAGE_LEVEL_ONLY`; '' when located
+    unlocated_reason: str = ""
 
     @property
     def anomalous(self) -> bool:
@@ -160,6 +175,7 @@ def measure_findings(
     texture_wide: bool | None = None,
     image: "np.ndarray | None" = None,
     located: bool = True,
+    unlocated_reason: str = BELOW_THRESHOLD,
 ) -> Findings:
     """Measure the findings of one image from its calibrated map, score and decision.
 
@@ -169,7 +185,9 @@ def measure_findings(
     finding (see :func:`texture_wide_from_members`), None or False leaves it to the map's extent;
     ``image``: the inspected image (H x W x 3, the map's H x W): when given, an anomalous finding also
     gets a measured ``kind`` (:func:`myriad.defect_kinds.estimate_kind`); ``located=False``: the verdict
-    is anomalous but the expert did not flag the image, so nothing is measured (see the module docstring).
+    is anomalous but nothing in the map locates it, so nothing is measured (see the module docstring), for
+    ``unlocated_reason`` (:data:`BELOW_THRESHOLD`: the expert did not flag the image; :data:`IMAGE_LEVEL_ONLY`:
+    only a few-shot image-level member did).
     """
     import numpy as np
 
@@ -180,7 +198,10 @@ def measure_findings(
     if not anomalous:
         return Findings("normal", None, 0.0, None, 0, None, False, score)
     if not located:
-        return Findings("anomalous", None, 0.0, None, 0, severity_of(score), False, score, located=False)
+        if unlocated_reason not in UNLOCATED_REASONS:
+            raise ValueError(f"unlocated_reason must be one of {UNLOCATED_REASONS}, got {unlocated_reason!r}")
+        return Findings("anomalous", None, 0.0, None, 0, severity_of(score), False, score, located=False,
+                        unlocated_reason=unlocated_reason)
     above = amap > threshold
     if above.any():
         findings = _from_defective_pixels(amap, above, score, threshold, bool(texture_wide))

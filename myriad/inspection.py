@@ -128,6 +128,13 @@ class Inspector:
             raise ConfigError("call fit() before inspecting")
         return self.detector.mode
 
+    @property
+    def _few_shot(self) -> bool:
+        """Whether the active expert (every member of a fusion) fits on a few references."""
+        from myriad.experts import Mode
+
+        return all(part == Mode.FEW_SHOT.value for part in self.mode.split("+"))
+
     def inspect(
         self, images: Sequence["np.ndarray | str | Path"], ask: str | None = None, names: Sequence[str] | None = None
     ) -> list[InspectionResult]:
@@ -180,7 +187,7 @@ class Inspector:
         for name, image, det, answer, decision, expert_decision in zip(
             names, pixels, detections, answers, decisions, expert_decisions
         ):
-            findings, located_map = _measure(det, image, decision if facts else None)
+            findings, located_map = _measure(det, image, decision if facts else None, few_shot=self._few_shot)
             grounded = _compose(findings, question_type)
             results.append(
                 InspectionResult(
@@ -285,7 +292,7 @@ class Inspector:
 
 
 def _measure(
-    detection: Any, image: "np.ndarray | None" = None, verdict: str | None = None
+    detection: Any, image: "np.ndarray | None" = None, verdict: str | None = None, few_shot: bool = False
 ) -> tuple["Findings", "np.ndarray"]:
     """The findings of one :class:`~myriad.detector.Detection`, and the map they were measured on.
 
@@ -296,10 +303,13 @@ def _measure(
     everywhere and hide where the local defect is. With ``image``, the findings hold a measured kind.
     ``verdict`` (``anomalous`` / ``normal``) replaces the expert's decision (the LMM's, route ``facts``); an
     anomalous verdict over an image the expert did not flag gives findings that are not located.
+    ``few_shot``: the fusion fits on a few references; an image-level member firing alone is then not
+    taken to mean texture-wide (it fires on local defects and normal images too): the findings are not
+    located, for that reason (:data:`myriad.findings.IMAGE_LEVEL_ONLY`).
     """
     import numpy as np
 
-    from myriad.findings import measure_findings
+    from myriad.findings import IMAGE_LEVEL_ONLY, measure_findings
 
     anomalous = detection.anomalous if verdict is None else verdict == "anomalous"
     members, maps = detection.members or {}, getattr(detection, "member_maps", None) or {}
@@ -312,6 +322,10 @@ def _measure(
     local_fired = sorted(fired - image_level)
     anomaly_map = np.maximum.reduce([maps[n] for n in local_fired]) if local_fired else detection.anomaly_map
     texture_wide = bool(fired & image_level) and not local_fired
+    if texture_wide and few_shot:
+        findings = measure_findings(anomaly_map, detection.score, anomalous, threshold=DECISION_THRESHOLD,
+                                    located=False, unlocated_reason=IMAGE_LEVEL_ONLY)
+        return findings, anomaly_map
     findings = measure_findings(
         anomaly_map, detection.score, anomalous, threshold=DECISION_THRESHOLD, texture_wide=texture_wide, image=image
     )

@@ -267,3 +267,38 @@ def test_an_anomaly_the_map_does_not_locate_is_not_given_a_place_size_count_or_k
         assert parse_answer(body) == "anomalous" and degeneracy_reasons(answer) == [], answer
         assert not any(word in answer for word in regions), answer
     assert "does not locate it" in compose_answer(unlocated, "where")
+
+
+def test_a_few_shot_image_level_alarm_is_not_placed_across_the_whole_image():
+    """Few-shot, the global member firing alone names no place: its 'whole image' claims were mostly wrong."""
+    from types import SimpleNamespace
+
+    from myriad.findings import BELOW_THRESHOLD, IMAGE_LEVEL_ONLY, WHOLE_IMAGE
+    from myriad.inspection import _measure
+
+    local = np.full((64, 64), 0.3, dtype=np.float32)
+    flat = np.full((64, 64), 0.8, dtype=np.float32)
+    detection = SimpleNamespace(
+        anomalous=True, score=0.8, anomaly_map=np.maximum(local, flat),
+        members={"patchcore": {"anomalous": False}, "global": {"anomalous": True}},
+        member_maps={"patchcore": local, "global": flat},
+    )
+    one_class, _ = _measure(detection, few_shot=False)
+    assert one_class.located and one_class.region == WHOLE_IMAGE and one_class.texture_wide
+    few, _ = _measure(detection, few_shot=True)
+    assert not few.located and few.unlocated_reason == IMAGE_LEVEL_ONLY and few.region is None and not few.texture_wide
+    assert few.severity == "medium" and few.kind is None
+    for qtype in QUESTION_TYPES:
+        answer = compose_answer(few, qtype)
+        body = answer[len(ONLY_ABOUT_THE_IMAGE):] if qtype == "unknown" else answer
+        assert parse_answer(body) == "anomalous" and degeneracy_reasons(answer) == [], answer
+        assert WHOLE_IMAGE not in answer and "under the expert's threshold" not in answer, answer
+    assert "only the texture-wide expert flags it" in compose_answer(few, "where")
+    # a local member that fired is located as before, few-shot too
+    local[10:20, 10:20] = 0.9
+    detection.members["patchcore"]["anomalous"] = True
+    located, _ = _measure(detection, few_shot=True)
+    assert located.located and located.region == "top left" and located.unlocated_reason == ""
+    assert measure_findings(local, 0.4, True, located=False).unlocated_reason == BELOW_THRESHOLD
+    with pytest.raises(ValueError, match="unlocated_reason"):
+        measure_findings(local, 0.4, True, located=False, unlocated_reason="because")

@@ -133,7 +133,7 @@ def test_as_dict_is_json_and_bad_maps_are_refused():
     record = json.loads(json.dumps(findings.as_dict()))
     assert record["region"] == "top left" and record["score"] == 0.912346 and set(record) == {
         "verdict", "region", "extent", "extent_bucket", "count", "severity", "texture_wide", "score", "kind",
-        "kind_reason", "located",
+        "kind_reason", "located", "unlocated_reason",
     }
     with pytest.raises(ValueError, match="H x W"):
         measure_findings(np.zeros((4, 4, 3)), 0.9, True)

@@ -86,7 +86,12 @@ class FindingsOut(BaseModel):
     kind_reason: str = Field("", description="the rule and measurement behind 'kind'")
     located: bool = Field(
         True, description="false when the verdict is anomalous but the expert's map holds no defect to measure (the "
-        "LMM's Yes over an image the expert calls normal): region, extent and count are then not given"
+        "LMM's Yes over an image the expert calls normal, or few-shot, only the image-level member fired): region, "
+        "extent and count are then not given"
+    )
+    unlocated_reason: str = Field(
+        "", description="why not located: 'below_threshold' (no area passes the expert's threshold) or "
+        "'image_level_only' (few-shot, only the texture-wide member fired); '' when located"
     )
 
 

@@ -16,7 +16,7 @@ import tomllib
 from pathlib import Path
 from typing import Literal
 
-from pydantic import BaseModel, ConfigDict, Field, ValidationError, model_validator
+from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator, model_validator
 
 from myriad.errors import ConfigError
 
@@ -60,6 +60,11 @@ class DataConfig(BaseModel):
     textures: list[str] = Field(default_factory=list)
     #: extra folders of normal images, one category each (the folder name is the category)
     folders: list[Path] = Field(default_factory=list)
+    #: real photos of the realistic preset that are reserved for training (``TRAIN_PHOTOS`` of
+    #: :mod:`myriad.synthetic.realistic_photos`: "moon", "stars"), one category each, added to the others:
+    #: native-resolution crops with a production line's variation; their painted anomalies are the
+    #: realistic *training* kinds (never the evaluation kinds or photos)
+    photos: list[str] = Field(default_factory=list)
     #: normal training images per category (synthetic anomalies are made from these)
     images_per_category: int = Field(64, ge=2)
     #: normal references per category given to a few-shot expert (held apart from the images)
@@ -67,6 +72,21 @@ class DataConfig(BaseModel):
     image_size: int = Field(256, ge=32)
     #: "nsa" (Poisson-blended patches, the reference) or "cutpaste"
     synthesis: Literal["nsa", "cutpaste"] = "nsa"
+
+    @field_validator("photos")
+    @classmethod
+    def _check_photos(cls, value: list[str]) -> list[str]:
+        from myriad.synthetic.realistic_photos import PHOTOS, TRAIN_PHOTOS
+
+        for name in value:
+            if name not in PHOTOS:
+                raise ValueError(f"unknown photo {name!r}; training photos: {', '.join(TRAIN_PHOTOS)}")
+            if name not in TRAIN_PHOTOS:
+                raise ValueError(f"photo {name!r} belongs to the realistic dev set (evaluation); training photos: "
+                                 f"{', '.join(TRAIN_PHOTOS)}")
+        if len(set(value)) != len(value):
+            raise ValueError(f"photos listed twice: {value}")
+        return list(value)
 
 
 class MapSource(BaseModel):
@@ -79,7 +99,10 @@ class MapSource(BaseModel):
 
     model_config = ConfigDict(extra="forbid")
 
-    #: changes to the top-level ``expert_config`` (e.g. ``{mode = "one_class"}``)
+    #: the expert of this source (one name or a fusion such as ``"patchcore+global"``); None: the top-level ``expert``
+    expert: str | None = None
+    #: changes to the top-level ``expert_config`` (e.g. ``{mode = "one_class"}``); with an ``expert`` of its own
+    #: that differs from the top-level one, the whole config of that expert
     expert_config: dict = Field(default_factory=dict)
     #: the expert fits on the first ``shots`` held-apart references; None: all ``data.reference_shots``
     shots: int | None = Field(None, ge=1)
@@ -133,10 +156,21 @@ class TrainConfig(BaseModel):
         return self
 
     def sources(self) -> list[MapSource]:
-        """The map sources with the top-level ``expert_config`` merged in (one if none are configured)."""
+        """The map sources, each naming its expert, with the top-level ``expert_config`` merged in where it applies.
+
+        One source if none are configured. A source of another expert than the top-level one keeps its own
+        ``expert_config`` alone (the top-level settings belong to the other expert).
+        """
         if not self.map_sources:
-            return [MapSource(expert_config=dict(self.expert_config))]
-        return [s.model_copy(update={"expert_config": {**self.expert_config, **s.expert_config}}) for s in self.map_sources]
+            return [MapSource(expert=self.expert, expert_config=dict(self.expert_config))]
+        out = []
+        for source in self.map_sources:
+            if source.expert is None or source.expert == self.expert:
+                update = {"expert": self.expert, "expert_config": {**self.expert_config, **source.expert_config}}
+            else:
+                update = {"expert_config": dict(source.expert_config)}
+            out.append(source.model_copy(update=update))
+        return out
 
     @property
     def total_steps(self) -> int:

@@ -10,6 +10,12 @@ Anomalies for training: NSA (Poisson-blended patches from another image of the s
 category, as the reference) and, with probability ``painted_fraction``, one of the
 *training* defect kinds of :mod:`myriad.synthetic.defects` (disjoint from the kinds
 the development benchmark evaluates).
+
+A category can also be one of the realistic preset's *training* photos (``data.photos``):
+native-resolution crops rendered as the realistic dev set renders its normals (pose,
+lighting, sensor noise). Their painted anomalies are the realistic *training* kinds
+(scuff, dent shade, texture contrast, texture warp), drawn on the very crop of the normal
+item; the realistic dev set's photos and kinds never appear in training.
 """
 
 from __future__ import annotations
@@ -40,6 +46,8 @@ TRAIN_OBJECTS: dict[str, tuple[str, tuple[float, float, float, float]]] = {
     "clock": ("clock", (0.0, 0.1, 1.0, 0.75)),
 }
 DEFAULT_CATEGORIES = TRAIN_TEXTURES + tuple(TRAIN_OBJECTS)
+#: prefix of the categories made from realistic training photos (``data.photos``)
+PHOTO_PREFIX = "photo-"
 #: objects tolerate smaller resizes of pasted patches than textures (the reference's bounds)
 OBJECT_RESIZE, TEXTURE_RESIZE = (0.7, 1.3), (0.5, 2.0)
 
@@ -72,7 +80,7 @@ class TrainCategory:
     """One category: a generator of normal images and the NSA settings that suit it."""
 
     name: str
-    kind: str  # "texture", "object" or "folder"
+    kind: str  # "texture", "object", "folder" or "photo"
     make: Callable[[np.random.Generator, int], np.ndarray]
     resize_bounds: tuple[float, float]
 
@@ -93,6 +101,17 @@ def _folder_category(folder: Path) -> TrainCategory:
     return TrainCategory(folder.name, "folder", make, OBJECT_RESIZE)
 
 
+def _photo_category(name: str) -> TrainCategory:
+    """A realistic training photo: its normal images are native-resolution crops from anywhere in the photo."""
+    from myriad.synthetic.realistic_devset import render_sample
+
+    def make(rng: np.random.Generator, size: int) -> np.ndarray:
+        return render_sample(name, "good", rng, size, zone="any").image
+
+    # "photo-" keeps it apart from the object categories cut from the same scikit-image photos (e.g. "moon")
+    return TrainCategory(f"{PHOTO_PREFIX}{name}", "photo", make, TEXTURE_RESIZE)
+
+
 def build_categories(data: DataConfig) -> list[TrainCategory]:
     """The categories named by the data config (defaults: :data:`DEFAULT_CATEGORIES`)."""
     from myriad.synthetic.textures import get_texture
@@ -106,6 +125,7 @@ def build_categories(data: DataConfig) -> list[TrainCategory]:
             texture = get_texture(name)
             categories.append(TrainCategory(name, "texture", texture.sample, TEXTURE_RESIZE))
     categories += [_folder_category(Path(f)) for f in data.folders]
+    categories += [_photo_category(name) for name in data.photos]
     if not categories:
         raise DatasetError("the training config names no categories (data.textures or data.folders)")
     return categories
@@ -134,10 +154,12 @@ class TrainingPool:
     def __len__(self) -> int:
         return len(self.categories) * self.data.images_per_category
 
+    def _normal_rng(self, category: int, index: int) -> np.random.Generator:
+        return np.random.default_rng([self.seed, category, index + 1_000_000])
+
     def normal(self, category: int, index: int) -> np.ndarray:
         """Normal image ``index`` of a category (negative indices are the held-apart references)."""
-        rng = np.random.default_rng([self.seed, category, index + 1_000_000])
-        return self.categories[category].make(rng, self.data.image_size)
+        return self.categories[category].make(self._normal_rng(category, index), self.data.image_size)
 
     def references(self, category: int) -> list[np.ndarray]:
         """The few-shot references of a category (never used as training images)."""
@@ -149,7 +171,10 @@ class TrainingPool:
         if not anomalous:
             return Item(category, index, False, image, None)
         rng = np.random.default_rng([self.seed, category, index, 7])
-        if rng.random() < self.painted_fraction:
+        painted = rng.random() < self.painted_fraction
+        if painted and self.categories[category].kind == "photo":
+            return self._realistic_item(category, index, rng)
+        if painted:
             from myriad.synthetic.defects import TRAIN_DEFECTS, applicable_defects, paint_defect
 
             kinds = applicable_defects(TRAIN_DEFECTS, oriented=self._oriented(category))
@@ -164,6 +189,21 @@ class TrainingPool:
         settings = NSASettings(resize_bounds=self.categories[category].resize_bounds, method=self.data.synthesis)
         made = synthesize(image, other, rng, settings)
         return Item(category, index, True, made.image, made.mask)
+
+    def _realistic_item(self, category: int, index: int, rng: np.random.Generator) -> Item:
+        """A realistic training kind painted on the normal item's own crop (same pose, lighting and noise)."""
+        from myriad.synthetic.realistic_defects import REALISTIC_KINDS, REALISTIC_TRAIN_KINDS
+        from myriad.synthetic.realistic_devset import render_sample
+        from myriad.synthetic.realistic_photos import get_photo_source
+
+        name = self.categories[category].name.removeprefix(PHOTO_PREFIX)
+        oriented = get_photo_source(name).oriented
+        kinds = [k for k in REALISTIC_TRAIN_KINDS if oriented or not REALISTIC_KINDS[k].needs_orientation]
+        kind = kinds[int(rng.integers(len(kinds)))]
+        # the normal's generator replays its pose and noise, then paints the defect on that crop
+        sample = render_sample(name, kind, self._normal_rng(category, index), self.data.image_size, zone="any",
+                               seed=self.seed)
+        return Item(category, index, True, sample.image, sample.mask)
 
     def _oriented(self, category: int) -> bool:
         from myriad.synthetic.textures import TEXTURES

@@ -1,6 +1,7 @@
 """Expert maps for training items: a frozen, calibrated expert per category.
 
-Each category gets a :class:`~myriad.detector.Detector` fitted on its held-apart
+Each category gets a calibrated detector (one expert, or a fusion such as
+``patchcore+global``: :func:`myriad.fusion.make_detector`) fitted on its held-apart
 references (few-shot) or on its references as a small training set (one-class).
 Maps are the *calibrated* maps (the documented [0, 1] scale, threshold 0.5) resized
 to the VPG input size, so the LMM never depends on an expert's raw scale.
@@ -25,15 +26,24 @@ from myriad.training.data import Item, TrainingPool
 def cache_key(pool: TrainingPool, expert: str, expert_config: dict, map_size: int, shots: int | None = None) -> str:
     """Hash of every setting that changes the maps (``shots``: references the expert fits on)."""
     from myriad import __version__
+    from myriad.fusion import is_fused, member_configs
     from myriad.plugins import get_expert_info
 
-    info = get_expert_info(expert)
-    full_config = info.config.model_validate(expert_config).model_dump(mode="json")
+    members = {}
+    for name, config in member_configs(expert, expert_config).items():
+        info = get_expert_info(name)
+        members[name] = {
+            "distribution": info.distribution,
+            "expert_version": info.version,
+            "config": info.config.model_validate(config).model_dump(mode="json"),
+        }
+    if is_fused(expert):
+        described = {"members": members}
+    else:  # one expert: the payload of earlier versions, so their caches stay valid
+        described = next(iter(members.values()))
     payload = {
         "expert": expert,
-        "distribution": info.distribution,
-        "expert_version": info.version,
-        "config": full_config,
+        **described,
         "data": pool.data.model_dump(mode="json"),
         "seed": pool.seed,
         "painted_fraction": pool.painted_fraction,
@@ -73,9 +83,9 @@ class ExpertMaps:
     def detector(self, category: int) -> Any:
         """The calibrated detector of a category (fitted on first use)."""
         if category not in self._detectors:
-            from myriad.detector import Detector
+            from myriad.fusion import make_detector
 
-            detector = Detector(self.expert, self.expert_config)
+            detector = make_detector(self.expert, self.expert_config)
             detector.fit(self.pool.references(category)[: self.shots])
             self._detectors[category] = detector
         return self._detectors[category]
@@ -143,14 +153,17 @@ class MapMixture:
             raise ValueError("a map mixture needs at least one source")
         self.sources = list(sources)
         self.members = [
-            ExpertMaps(pool, expert, s.expert_config, map_size=map_size, cache_dir=cache_dir, shots=s.shots) for s in self.sources
+            ExpertMaps(pool, getattr(s, "expert", None) or expert, s.expert_config, map_size=map_size,
+                       cache_dir=cache_dir, shots=s.shots)
+            for s in self.sources
         ]
 
     def prepare(self, progress: bool = True) -> None:
         """Fill every source's cache (one progress bar per source)."""
         for n, (source, member) in enumerate(zip(self.sources, self.members)):
             shots = "all" if source.shots is None else source.shots
-            label = "expert maps" if len(self.members) == 1 else f"expert maps {n + 1}/{len(self.members)} (shots={shots})"
+            label = ("expert maps" if len(self.members) == 1
+                     else f"expert maps {n + 1}/{len(self.members)} ({member.expert}, shots={shots})")
             member.prepare(progress=progress, label=label)
 
     def maps(self, items: Sequence[Item], sources: Sequence[int] | None = None) -> "Any":

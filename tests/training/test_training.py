@@ -128,6 +128,66 @@ def test_map_sources_mix_expert_settings_reproducibly(tmp_path):
     assert torch.equal(mixture.maps(items[:1]), maps[:1])  # default: the first source
 
 
+def test_map_sources_may_name_their_own_expert_or_a_fusion(tmp_path):
+    """A source of another expert keeps its own config; fused sources key their caches by every member's config."""
+    from myriad.training.data import TrainingPool
+    from myriad.training.maps import MapMixture, cache_key
+
+    fused = {"colour-stats": {"size": 32, "mode": "few_shot"}, "global": {"image_size": 64, "device": "cpu", "mode": "few_shot"}}
+    config = tiny_config(
+        tmp_path,
+        map_sources=[{}, {"expert": "colour-stats+global", "expert_config": fused}, {"expert": "colour-stats", "shots": 1}],
+    )
+    sources = config.sources()
+    assert [s.expert for s in sources] == ["colour-stats", "colour-stats+global", "colour-stats"]
+    assert sources[1].expert_config == fused  # another expert: the top-level settings do not leak in
+    assert sources[2].expert_config == {"size": 32, "mode": "few_shot"}  # the top-level expert: merged
+
+    pool = TrainingPool(config.data, config.seed)
+    key = cache_key(pool, "colour-stats+global", fused, 224)
+    assert key != cache_key(pool, "colour-stats", {"size": 32}, 224)
+    assert key != cache_key(pool, "colour-stats+global", {**fused, "global": {"image_size": 96}}, 224)
+    assert key == cache_key(pool, "colour-stats+global", {**fused, "global": {**fused["global"], "window_stride": 0.25}}, 224)
+    mixture = MapMixture(pool, config.expert, sources, map_size=32, cache_dir=tmp_path / "cache")
+    mixture.prepare(progress=False)
+    assert len({m.cache_dir for m in mixture.members}) == 3
+    maps = mixture.maps([pool.item(0, 1, True)] * 3, [0, 1, 2])
+    assert maps.shape == (3, 1, 32, 32) and bool(torch.isfinite(maps).all())
+
+
+def test_realistic_training_photos_are_categories_with_training_kinds_only():
+    """data.photos: the realistic preset's training photos, never its evaluation photos; their painted anomalies are
+    training kinds drawn on the normal item's own crop."""
+    import numpy as np
+    from pydantic import ValidationError
+
+    from myriad.synthetic.realistic_defects import REALISTIC_TRAIN_KINDS
+    from myriad.training.data import TrainingPool
+
+    with pytest.raises(ValidationError, match="evaluation"):
+        DataConfig(photos=["grass"])
+    with pytest.raises(ValidationError, match="unknown photo"):
+        DataConfig(photos=["nowhere"])
+    pool = TrainingPool(DataConfig(textures=["tissue"], photos=["moon", "stars"], images_per_category=4, image_size=64), 3)
+    assert [c.name for c in pool.categories] == ["tissue", "photo-moon", "photo-stars"]
+    assert [c.kind for c in pool.categories] == ["texture", "photo", "photo"]
+    for category in (1, 2):
+        normal = pool.normal(category, 0)
+        assert normal.shape == (64, 64, 3) and normal.dtype == np.uint8
+        assert not np.array_equal(normal, pool.normal(category, 1))  # each item its own crop
+        kinds = set()
+        for index in range(4):
+            rng = np.random.default_rng([index, 7])
+            item = pool._realistic_item(category, index, rng)
+            assert item.anomalous and item.mask is not None and item.mask.any()
+            base = pool.normal(category, index)
+            if not item.mask.all():  # a local kind: the crop is the normal item's, changed only under the mask
+                assert np.array_equal(item.image[~item.mask], base[~item.mask])
+            kinds.add(pool._realistic_item(category, index, np.random.default_rng([index, 7])).image.tobytes())
+        assert len(kinds) == 4
+    assert set(REALISTIC_TRAIN_KINDS) == {"scuff", "dent_shade", "texture_contrast", "texture_warp"}
+
+
 def test_map_sources_are_checked_and_train(tmp_path):
     from pydantic import ValidationError
 
