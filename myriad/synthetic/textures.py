@@ -285,6 +285,8 @@ class TextureSource:
     oriented: bool
     description: str
     generate: Callable[["np.random.Generator", int], "np.ndarray"]
+    #: the ``skimage.data`` photo a photo texture is cut from (None: procedural)
+    photo: str | None = None
 
     def sample(self, rng: object = None, size: int = 256) -> "np.ndarray":
         """One normal image (RGB uint8 ``size x size x 3``) from ``rng`` (a Generator or a seed)."""
@@ -299,10 +301,10 @@ class TextureSource:
 
 def _registry() -> dict[str, TextureSource]:
     photos = [
-        TextureSource("brick", "photo", True, "scikit-image 'brick' photo, tinted red", _photo_texture("brick", _TINTS["brick"], False)),
-        TextureSource("grass", "photo", False, "scikit-image 'grass' photo, tinted green", _photo_texture("grass", _TINTS["grass"], True)),
-        TextureSource("gravel", "photo", False, "scikit-image 'gravel' photo, tinted warm grey", _photo_texture("gravel", _TINTS["gravel"], True)),
-        TextureSource("tissue", "photo", False, "scikit-image 'immunohistochemistry' slide (RGB)", _photo_texture("immunohistochemistry", None, True)),
+        TextureSource("brick", "photo", True, "scikit-image 'brick' photo, tinted red", _photo_texture("brick", _TINTS["brick"], False), photo="brick"),
+        TextureSource("grass", "photo", False, "scikit-image 'grass' photo, tinted green", _photo_texture("grass", _TINTS["grass"], True), photo="grass"),
+        TextureSource("gravel", "photo", False, "scikit-image 'gravel' photo, tinted warm grey", _photo_texture("gravel", _TINTS["gravel"], True), photo="gravel"),
+        TextureSource("tissue", "photo", False, "scikit-image 'immunohistochemistry' slide (RGB)", _photo_texture("immunohistochemistry", None, True), photo="immunohistochemistry"),
     ]
     procedural = [
         TextureSource("wood", "procedural", True, "growth rings with fibres, near-horizontal grain", _wood),

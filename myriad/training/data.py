@@ -83,6 +83,8 @@ class TrainCategory:
     kind: str  # "texture", "object", "folder" or "photo"
     make: Callable[[np.random.Generator, int], np.ndarray]
     resize_bounds: tuple[float, float]
+    #: the ``skimage.data`` photo the images are cut from (None: procedural texture or a folder)
+    photo: str | None = None
 
 
 def _folder_category(folder: Path) -> TrainCategory:
@@ -109,7 +111,9 @@ def _photo_category(name: str) -> TrainCategory:
         return render_sample(name, "good", rng, size, zone="any").image
 
     # "photo-" keeps it apart from the object categories cut from the same scikit-image photos (e.g. "moon")
-    return TrainCategory(f"{PHOTO_PREFIX}{name}", "photo", make, TEXTURE_RESIZE)
+    from myriad.synthetic.realistic_photos import get_photo_source
+
+    return TrainCategory(f"{PHOTO_PREFIX}{name}", "photo", make, TEXTURE_RESIZE, get_photo_source(name).loader)
 
 
 def build_categories(data: DataConfig) -> list[TrainCategory]:
@@ -120,15 +124,26 @@ def build_categories(data: DataConfig) -> list[TrainCategory]:
     categories = []
     for name in names:
         if name in TRAIN_OBJECTS:
-            categories.append(TrainCategory(name, "object", lambda rng, size, n=name: _object_image(n, rng, size), OBJECT_RESIZE))
+            categories.append(TrainCategory(
+                name, "object", lambda rng, size, n=name: _object_image(n, rng, size), OBJECT_RESIZE, TRAIN_OBJECTS[name][0]
+            ))
         else:
             texture = get_texture(name)
-            categories.append(TrainCategory(name, "texture", texture.sample, TEXTURE_RESIZE))
+            categories.append(TrainCategory(name, "texture", texture.sample, TEXTURE_RESIZE, texture.photo))
     categories += [_folder_category(Path(f)) for f in data.folders]
     categories += [_photo_category(name) for name in data.photos]
     if not categories:
         raise DatasetError("the training config names no categories (data.textures or data.folders)")
     return categories
+
+
+def realistic_eval_overlap(categories: list[TrainCategory]) -> list[str]:
+    """The categories cut from a photo that the realistic dev set evaluates on (``EVAL_PHOTOS``), as
+    ``"name (skimage.data.photo)"``: an LMM trained on them must not be measured on that dev set."""
+    from myriad.synthetic.realistic_photos import EVAL_PHOTOS, get_photo_source
+
+    evaluated = {get_photo_source(name).loader for name in EVAL_PHOTOS}
+    return [f"{c.name} (skimage.data.{c.photo})" for c in categories if c.photo in evaluated]
 
 
 @dataclass(frozen=True)
