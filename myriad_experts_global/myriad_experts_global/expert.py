@@ -158,7 +158,7 @@ class GlobalStatsExpert(Expert):
                 native = {"energy": energy_statistics, "spectrum": spectrum_statistics}
                 for group in [g for g in native if g in out]:  # native resolution: one image at a time (sizes may differ)
                     for image in images:
-                        # a float copy: torch refuses read-only arrays, and inputs may be read-only
+                        # a float copy: inputs may be read-only, which torch.from_numpy warns about
                         pixels = torch.from_numpy(np.array(image, dtype=np.float32)).permute(2, 0, 1)[None]
                         try:
                             out[group].append(native[group](pixels, window, stride).numpy())
