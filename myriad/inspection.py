@@ -132,8 +132,9 @@ class Inspector:
     def _few_shot(self) -> bool:
         """Whether the active expert (every member of a fusion) fits on a few references."""
         from myriad.experts import Mode
+        from myriad.fusion import SEPARATOR
 
-        return all(part == Mode.FEW_SHOT.value for part in self.mode.split("+"))
+        return all(part == Mode.FEW_SHOT.value for part in self.mode.split(SEPARATOR))
 
     def inspect(
         self, images: Sequence["np.ndarray | str | Path"], ask: str | None = None, names: Sequence[str] | None = None
@@ -184,10 +185,11 @@ class Inspector:
                 decisions = [e if d == "unknown" else d for d, e in zip(decisions, expert_decisions)]
             lmm_ms = (time.perf_counter() - t1) * 1000 / len(pixels)
         results = []
+        few_shot = self._few_shot
         for name, image, det, answer, decision, expert_decision in zip(
             names, pixels, detections, answers, decisions, expert_decisions
         ):
-            findings, located_map = _measure(det, image, decision if facts else None, few_shot=self._few_shot)
+            findings, located_map = _measure(det, image, decision if facts else None, few_shot=few_shot)
             grounded = _compose(findings, question_type)
             results.append(
                 InspectionResult(
