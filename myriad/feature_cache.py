@@ -21,7 +21,7 @@ import hashlib
 import threading
 import time
 from collections import OrderedDict
-from typing import TYPE_CHECKING, Hashable
+from typing import TYPE_CHECKING, Callable, Hashable, Sequence
 
 if TYPE_CHECKING:  # pragma: no cover
     import numpy as np
@@ -95,6 +95,29 @@ class FeatureCache:
                 self._bytes -= int(evicted.nbytes)
             self._entries[(settings, digest)] = (array, payload, now)
             self._bytes += size
+
+    def fetch(
+        self,
+        settings: Hashable,
+        images: "Sequence[np.ndarray]",
+        compute: "Callable[[list[np.ndarray]], list[tuple[np.ndarray, Hashable]]]",
+        max_bytes: int,
+        store: bool,
+    ) -> "list[tuple[np.ndarray, Hashable]]":
+        """Each image's ``(array, payload)``: cached ones are read, the others computed by one call of
+        ``compute(missing_images)`` (one pair per image, in order) and, when ``store``, kept (fits store;
+        predictions only read, so scoring a stream of images never fills the cache)."""
+        import numpy as np
+
+        digests = [image_digest(image) for image in images]
+        found = [self.get(settings, d) for d in digests]
+        missing = [i for i, hit in enumerate(found) if hit is None]
+        if missing:
+            for i, (array, payload) in zip(missing, compute([images[i] for i in missing])):
+                found[i] = (array, payload)
+                if store:
+                    self.put(settings, digests[i], np.ascontiguousarray(array), payload, max_bytes)
+        return found  # type: ignore[return-value]
 
     def clear(self) -> None:
         """Drop every entry."""

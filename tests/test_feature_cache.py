@@ -35,3 +35,20 @@ def test_cache_is_bounded_by_bytes_least_recently_used_first_and_by_age(monkeypa
     assert cache.get("s", b"big") is None and cache.nbytes <= 100
     clock[0] += 11.0
     assert cache.get("s", bytes([0])) is None and len(cache) == 0 and cache.nbytes == 0
+
+
+def test_fetch_reads_cached_images_computes_the_rest_in_one_call_and_stores_only_when_asked():
+    cache = FeatureCache()
+    images = [np.full((4, 4, 3), k, np.uint8) for k in range(3)]
+    calls: list[int] = []
+
+    def compute(missing):
+        calls.append(len(missing))
+        return [(np.full(2, float(m[0, 0, 0]), np.float32), ("p", int(m[0, 0, 0]))) for m in missing]
+
+    first = cache.fetch("s", images[:2], compute, max_bytes=1000, store=False)
+    assert calls == [2] and len(cache) == 0 and [p for _, p in first] == [("p", 0), ("p", 1)]
+    cache.fetch("s", images[:2], compute, max_bytes=1000, store=True)
+    found = cache.fetch("s", images, compute, max_bytes=1000, store=True)
+    assert calls == [2, 2, 1] and len(cache) == 3  # only the third image was computed
+    assert [float(a[0]) for a, _ in found] == [0.0, 1.0, 2.0] and [p for _, p in found] == [("p", 0), ("p", 1), ("p", 2)]

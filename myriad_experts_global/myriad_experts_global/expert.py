@@ -99,28 +99,23 @@ class GlobalStatsExpert(Expert):
         """:meth:`_statistics` through the process's statistics cache (fits store, predictions only read)."""
         import numpy as np
 
-        from myriad.api import image_digest
-
         from myriad_experts_global.statistics_cache import CACHE
 
         limit = int(self.config.feature_cache_mb) * 2**20
         if limit <= 0:
             return self._statistics(images)
-        settings = self._feature_settings()
-        digests = [image_digest(image) for image in images]
-        found = [CACHE.get(settings, d) for d in digests]
-        missing = [i for i, hit in enumerate(found) if hit is None]
         groups = tuple(self.config.groups)
-        if missing:
-            fresh = self._statistics([images[i] for i in missing])
-            for j, i in enumerate(missing):
+
+        def compute(missing: list["np.ndarray"]) -> list[tuple["np.ndarray", tuple[int, ...]]]:
+            fresh = self._statistics(missing)
+            out = []
+            for j in range(len(missing)):
                 # one array per image: the groups' W x D_g blocks side by side, the widths as payload
                 blocks = [fresh[group][j] for group in groups]
-                row = np.ascontiguousarray(np.concatenate(blocks, axis=-1))
-                widths = tuple(int(b.shape[-1]) for b in blocks)
-                found[i] = (row, widths)
-                if store:
-                    CACHE.put(settings, digests[i], row, widths, limit)
+                out.append((np.concatenate(blocks, axis=-1), tuple(int(b.shape[-1]) for b in blocks)))
+            return out
+
+        found = CACHE.fetch(self._feature_settings(), images, compute, limit, store)
         stacked = np.stack([hit[0] for hit in found])
         widths = found[0][1]
         edges = np.cumsum((0, *widths))

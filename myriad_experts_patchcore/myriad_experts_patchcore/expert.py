@@ -217,25 +217,21 @@ class PatchCoreExpert(Expert):
         """
         import numpy as np
 
-        from myriad_experts_patchcore.feature_cache import CACHE, image_digest
+        from myriad_experts_patchcore.feature_cache import CACHE
         from myriad_experts_patchcore.features import to_patch_rows
 
         limit = int(self.config.feature_cache_mb) * 2**20
         if limit <= 0:
             grid = self._grid_features(chunk)
             return to_patch_rows(grid), (int(grid.shape[-2]), int(grid.shape[-1]))
-        settings = self._feature_settings()
-        digests = [image_digest(image) for image in chunk]
-        found = [CACHE.get(settings, d) for d in digests]
-        missing = [i for i, hit in enumerate(found) if hit is None]
-        if missing:
-            grid = self._grid_features([chunk[i] for i in missing])
+
+        def compute(missing: list["np.ndarray"]) -> list[tuple["np.ndarray", tuple[int, int]]]:
+            grid = self._grid_features(missing)
             shape = (int(grid.shape[-2]), int(grid.shape[-1]))
             rows = to_patch_rows(grid).reshape(len(missing), shape[0] * shape[1], -1)
-            for j, i in enumerate(missing):
-                found[i] = (rows[j], shape)
-                if store:
-                    CACHE.put(settings, digests[i], np.ascontiguousarray(rows[j]), shape, limit)
+            return [(rows[j], shape) for j in range(len(missing))]
+
+        found = CACHE.fetch(self._feature_settings(), chunk, compute, limit, store)
         shape = found[0][1]  # every image is resized to image_size: one grid for the settings key
         self.grid = shape
         return np.concatenate([hit[0] for hit in found], axis=0), shape
