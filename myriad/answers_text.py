@@ -3,8 +3,8 @@
 Three pure functions, no model involved:
 
 - :func:`classify_question` sorts an English question into a :data:`QUESTION_TYPES` entry by
-  keywords (:data:`QUESTION_KEYWORDS`, tried in that order); anything else (another language,
-  an unrelated request) is ``unknown``.
+  keywords (:data:`QUESTION_KEYWORDS`, tried in that order, then a few weaker cues); anything
+  else (another language, an unrelated request) is ``unknown``.
 - :func:`compose_answer` answers one question type from the findings, in the documented
   vocabulary (``docs/findings.md``): the verdict first ("Yes, ..." / "No, ...", so
   :func:`myriad.lmm.prompting.parse_answer` reads it), then the fact asked for. A kind is named
@@ -57,48 +57,86 @@ MAX_QUESTION_CHARS = 1000
 ONLY_ABOUT_THE_IMAGE = "I can only answer about the inspected image: "
 
 #: Keywords (whole words or phrases, lower case) of each question type, tried in this order: the first
-#: type with a match wins, so "How severe is the defect?" is ``severity``, not ``verdict``.
+#: type with a match wins, so "How severe is the defect?" is ``severity``, not ``verdict``. A type may
+#: appear twice ("how many percent" is a size, found before ``how_many``'s "how many").
 QUESTION_KEYWORDS: tuple[tuple[str, tuple[str, ...]], ...] = (
     ("cause", (
         "cause", "causes", "caused", "causing", "why", "reason", "reasons", "origin", "originate", "originated",
         "root", "led to", "lead to", "leads to", "come from", "came from", "comes from", "due to", "responsible",
         "source of", "how did this happen", "how could this happen", "what happened", "explanation for",
+        "produce", "produces", "produced", "create", "creates", "created", "come about", "came about",
+        "result in", "results in", "resulted in", "what is behind", "what's behind",
     )),
     ("kind", (
         "kind", "kinds", "type", "types", "sort of", "category", "categories", "categorize", "categorise",
         "classify", "classification", "what defect", "which defect", "what anomaly", "which anomaly",
-        "identify the defect", "name the defect", "what is the defect called",
+        "identify the defect", "name the defect", "what is the defect called", "call", "called", "nature of",
+        "class of", "which class", "what class",
     )),
     ("severity", (
         "severe", "severity", "serious", "seriously", "critical", "how bad", "badly", "grave", "significant",
-        "major", "minor", "dangerous", "intensity", "how strong", "how strongly",
+        "major", "minor", "dangerous", "intensity", "how strong", "how strongly", "intense", "mild", "heavy",
+        "score", "grade", "rating", "urgent", "worry", "worrying", "how high",
     )),
+    ("how_large", ("how many percent", "how many per cent")),
     ("how_many", (
         "how many", "number of", "count", "counted", "several", "multiple", "more than one", "single",
-        "separate", "just one", "only one", "one or more",
+        "separate", "just one", "only one", "one or more", "distinct", "or more",
     )),
     ("how_large", (
         "how large", "how big", "how much", "how small", "how extensive", "how wide", "how long", "size",
         "sized", "extent", "large", "big", "small", "tiny", "fraction", "percentage", "percent", "proportion",
-        "cover", "covers", "covered", "coverage", "dimension", "dimensions", "area of", "share of",
+        "cover", "covers", "covered", "coverage", "dimension", "dimensions", "share of", "how far", "spread",
+        "spreads", "take up", "takes up", "occupy", "occupies", "measure", "estimate", "is the area",
     )),
     ("where", (
-        "where", "location", "located", "locate", "localize", "localise", "position", "positioned",
+        "where", "where's", "location", "located", "locate", "localize", "localise", "position", "positioned",
         "which part", "which area", "which region", "which side", "which corner", "what part", "what area",
-        "what region", "whereabouts", "point out", "point to", "show me",
+        "what region", "whereabouts", "point out", "point to", "point me", "show me", "pinpoint", "mark",
+        "indicate", "which portion", "what portion", "which section", "what section",
     )),
     ("describe", (
         "describe", "description", "detail", "details", "detailed", "explain", "summarize", "summarise",
         "summary", "tell me about", "tell me more", "what do you see", "what can you see", "what is wrong",
         "what's wrong", "report", "characterize", "characterise", "overview", "analyze", "analyse",
-        "everything", "findings",
+        "everything", "findings", "analysis", "walk me through", "say about", "the matter", "result", "results",
     )),
     ("verdict", (
         "anomaly", "anomalies", "anomalous", "abnormal", "abnormality", "defect", "defects", "defective",
-        "flaw", "flaws", "flawed", "normal", "ok", "okay", "good", "fine", "damage", "damaged", "broken",
-        "faulty", "fault", "faults", "problem", "problems", "issue", "issues", "wrong", "pass", "fail",
-        "reject", "accept", "acceptable", "intact", "perfect", "irregular", "irregularity", "error",
+        "flaw", "flaws", "flawed", "damage", "damaged", "broken", "faulty", "fault", "faults", "problem",
+        "problems", "issue", "issues", "irregular", "irregularity", "error", "reject", "rejected", "scrap",
+        "discard", "unusual", "out of place", "something off", "anything off", "look off", "looks off",
     )),
+)
+
+#: Words a ``describe`` request may use only as an open question ("What did the inspection find?"); after an
+#: auxiliary verb the question asks for a verdict ("Did you find a flaw?").
+_OPEN_DESCRIBE = ("find", "found", "see", "observe", "notice", "spot")
+#: How-questions about an event ("How could this have occurred?") ask ``cause``.
+_EVENTS = ("happen", "happened", "occur", "occurred", "arise", "arisen", "arose", "form", "formed", "develop", "developed")
+#: Places in the image (words, or phrases for "right"): a question naming one asks ``where`` unless a keyword of
+#: another type than ``verdict`` decided first ("Is the defect near the edge?").
+_PLACES = ("top", "bottom", "left", "middle", "center", "centre", "edge", "edges", "corner", "corners", "side", "sides")
+_PLACE_PHRASES = (" on the right ", " to the right ", " at the right ")
+#: Defect kinds by name: a question naming one and none of the keywords above asks ``kind`` ("Is this a stain?").
+_KIND_NAMES = (
+    "scratch", "scratches", "crack", "cracks", "stain", "stains", "hole", "holes", "pinhole", "pinholes", "dent",
+    "dents", "contamination", "particle", "particles", "deformation", "discoloration", "discolouration", "chip",
+    "burr", "smudge", "tear", "rust", "corrosion",
+)
+#: Verdict words that are too common to decide alone ("Recommend a good book."): they need a word naming the
+#: inspected thing ("Is this part good?", "Can we use it?").
+_JUDGEMENT = (
+    "normal", "ok", "okay", "good", "bad", "fine", "wrong", "pass", "fail", "accept", "accepted", "acceptable",
+    "intact", "perfect", "flawless", "clean", "use", "usable", "ship", "release", "approve", "qc", "flag",
+)
+_INSPECTED = frozenset(
+    "this it that these those part piece sample item image picture photo product unit component panel surface "
+    "object one material".split()
+)
+_VERDICT_KEYWORDS = dict(QUESTION_KEYWORDS)["verdict"]
+_AUXILIARIES = frozenset(
+    "is are was were do does did can could would should will has have had may might must".split()
 )
 
 #: English function words: a question of three or more words needs one of them, so that a foreign
@@ -178,10 +216,15 @@ def check_question(question: str | None, what: str = "question") -> str:
 
 
 def classify_question(text: str | None) -> QuestionType:
-    """The question type of an English question, by :data:`QUESTION_KEYWORDS` (first type that matches).
+    """The question type of an English question, by keywords.
 
-    ``unknown``: empty text, letters outside ASCII (another language), a sentence of three or more
-    words without an English function word, or no keyword at all.
+    In order: "how" with an event (``happen``, ``occur``, ...) asks ``cause``; then
+    :data:`QUESTION_KEYWORDS` up to ``verdict`` (first type that matches); words of an open question
+    (``find``, ``see``, ... after a question word or as a request) ask ``describe``; a place in
+    the image (``top``, ``edge``, ...) asks ``where``; a defect kind by name asks ``kind``;
+    ``verdict``'s keywords; a judgement (``good``, ``OK``, ``pass``, ...) about the inspected thing
+    (``this``, ``part``, ...) asks ``verdict``. ``unknown``: empty text, letters outside ASCII (another language),
+    a sentence of three or more words without an English function word, or none of these.
     """
     t = (text or "").translate(_TYPOGRAPHIC).lower().strip()
     if not t or any(ord(ch) > 127 for ch in t):
@@ -190,9 +233,24 @@ def classify_question(text: str | None) -> QuestionType:
     if len(words) >= 3 and not _ENGLISH.intersection(words):
         return "unknown"
     padded = " " + " ".join(words) + " "
+    present = set(words)
+    if words[0] == "how" and present.intersection(_EVENTS):
+        return "cause"
     for qtype, keywords in QUESTION_KEYWORDS:
+        if qtype == "verdict":
+            break
         if any(f" {k} " in padded for k in keywords):
             return qtype  # type: ignore[return-value]
+    if words[0] not in _AUXILIARIES and present.intersection(_OPEN_DESCRIBE):
+        return "describe"
+    if present.intersection(_PLACES) or any(p in padded for p in _PLACE_PHRASES):
+        return "where"
+    if present.intersection(_KIND_NAMES):
+        return "kind"
+    if any(f" {k} " in padded for k in _VERDICT_KEYWORDS):
+        return "verdict"
+    if present.intersection(_JUDGEMENT) and present.intersection(_INSPECTED):
+        return "verdict"
     return "unknown"
 
 

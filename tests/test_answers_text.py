@@ -2,7 +2,9 @@
 
 from __future__ import annotations
 
+import json
 from dataclasses import replace
+from pathlib import Path
 
 import numpy as np
 import pytest
@@ -88,6 +90,50 @@ def test_at_least_ten_paraphrases_of_each_type_are_classified(qtype):
     assert len(questions) >= 10
     wrong = {q: classify_question(q) for q in questions if classify_question(q) != qtype}
     assert not wrong, wrong
+
+
+def development_questions() -> list[tuple[str, str]]:
+    """(type, question) of the paraphrase sets read while developing the classifier (session 9)."""
+    lmm = Path(__file__).resolve().parents[1] / "benchmarks" / "lmm"
+    pairs = []
+    for name in ("heldout_questions.json", "dev_questions.json"):
+        data = json.loads((lmm / name).read_text(encoding="utf-8"))
+        pairs += [(qtype, q) for qtype in QUESTION_TYPES for q in data[qtype]]
+    return pairs
+
+
+def test_the_development_paraphrases_are_classified():
+    pairs = development_questions()
+    assert len(pairs) == 2 * 12 * len(QUESTION_TYPES)
+    wrong = {q: (qtype, classify_question(q)) for qtype, q in pairs if classify_question(q) != qtype}
+    assert not wrong, wrong
+
+
+def test_the_held_out_paraphrases_are_new():
+    """The held-out set shares no question with the ones the classifier was developed on."""
+    held = json.loads((Path(__file__).resolve().parents[1] / "benchmarks" / "lmm" / "heldout_questions_v3.json").read_text(encoding="utf-8"))
+    seen = {q.lower() for qs in PARAPHRASES.values() for q in qs} | {q.lower() for _, q in development_questions()}
+    assert all(len(held[t]) >= 10 for t in QUESTION_TYPES)
+    assert not [q for t in QUESTION_TYPES for q in held[t] if q.lower() in seen]
+
+
+@pytest.mark.parametrize(
+    ("question", "expected"),
+    [
+        ("How many scratches are there?", "how_many"),  # a kind's name does not outrank the question asked
+        ("Where is the crack?", "where"),
+        ("Is this a dent?", "kind"),
+        ("Did you find a flaw?", "verdict"),  # an auxiliary first: a yes / no question
+        ("What did you find?", "describe"),
+        ("How did this scratch occur?", "cause"),
+        ("How many percent of the part is damaged?", "how_large"),
+        ("Is the defect in the top left?", "where"),
+        ("Recommend a good book.", "unknown"),  # a judgement word about nothing inspected
+        ("Is this part good?", "verdict"),
+    ],
+)
+def test_weaker_cues_decide_only_when_no_keyword_does(question, expected):
+    assert classify_question(question) == expected
 
 
 def findings_of(anomalous: bool) -> Findings:

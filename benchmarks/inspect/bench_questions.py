@@ -4,7 +4,7 @@
 
 Generates the sample set (``make-devset --preset samples``) in a temporary folder, fits the
 Inspector (the default fused expert) on ``--normals`` normal references, warms up once, then for
-each question type of ``benchmarks/lmm/heldout_questions.json`` (its first paraphrase) times
+each question type of ``benchmarks/lmm/heldout_questions_v3.json`` (its first paraphrase) times
 ``inspect`` over the test images in batches (expert + LMM verdict + the answer), and one follow-up
 per image. The issue's targets: every question type <= 1.5 s per image, the yes/no answer <= 0.3 s
 (the LMM's share). Writes ``benchmarks/results/question_speed.{json,md}``.
@@ -22,7 +22,7 @@ from pathlib import Path
 
 os.environ.setdefault("OMP_WAIT_POLICY", "PASSIVE")
 RESULTS = Path(__file__).resolve().parents[1] / "results"
-QUESTIONS = Path(__file__).resolve().parents[1] / "lmm" / "heldout_questions.json"
+QUESTIONS = Path(__file__).resolve().parents[1] / "lmm" / "heldout_questions_v3.json"
 
 
 def main() -> None:
