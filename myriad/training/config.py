@@ -137,6 +137,12 @@ class TrainConfig(BaseModel):
     #: share of training pairs asked "Where is the defect in the image?" (answered from the anomaly's mask,
     #: :mod:`myriad.training.answers`) instead of the paper's question; 0 = the paper's question only
     location_fraction: float = Field(0.0, ge=0.0, le=1.0)
+    #: synthetic anomalies the pair's expert map does not show (calibrated map below ``unseen_below`` everywhere):
+    #: "yes" trains them on the mask's truth (the paper, versions 1-4), "skip" leaves them out of the loss, so the
+    #: LMM is never taught to answer Yes over a map that shows nothing (the Yes bias of the v4 candidate)
+    unseen_anomalies: Literal["yes", "skip"] = "yes"
+    #: the calibrated map maximum below which a synthetic anomaly counts as unseen (0.5: the expert's threshold)
+    unseen_below: float = Field(0.5, gt=0.0, le=1.0)
     #: expert maps: "cache" (computed once, saved as safetensors keyed by the expert config) or "online"
     maps: Literal["cache", "online"] = "cache"
     cache_dir: Path | None = None

@@ -82,6 +82,13 @@ def _step_plan(
     return route, [(c, i, k, q) for (c, i), k, q in zip(pairs, sources, locate)]
 
 
+def seen_items(items: list[Any], answer_maps: torch.Tensor, below: float) -> list[bool]:
+    """Which training items to keep when unseen anomalies are skipped: every normal item, and each anomalous
+    item whose calibrated map (``B x 1 x S x S``) reaches ``below`` somewhere (the expert shows it)."""
+    peaks = answer_maps.flatten(1).amax(dim=1)
+    return [not it.anomalous or float(p) >= below for it, p in zip(items, peaks)]
+
+
 def set_phase_parts(model: Any, parts: list[str] | None) -> None:
     """Train only ``parts`` (all the model's trainable parts when None); the rest get no gradient."""
     for name, part in model.parts().items():
@@ -195,9 +202,15 @@ def train(
         for m in range(config.grad_accum):
             chunk = mine[m * micro : (m + 1) * micro]
             items = [pool.item(c, i, anomalous) for c, i, _, _ in chunk for anomalous in (False, True)]
-            pixels = model.preprocess([it.image for it in items]).to(device)
-            answer_maps = maps.maps(items, [k for _, _, k, _ in chunk for _ in (False, True)]).to(device)
+            answer_maps = maps.maps(items, [k for _, _, k, _ in chunk for _ in (False, True)])
             locate = [q for _, _, _, q in chunk for _ in (False, True)]
+            if config.unseen_anomalies == "skip":
+                keep = seen_items(items, answer_maps, config.unseen_below)
+                items = [it for it, k in zip(items, keep) if k]
+                answer_maps = answer_maps[torch.as_tensor(keep)]
+                locate = [q for q, k in zip(locate, keep) if k]
+            pixels = model.preprocess([it.image for it in items]).to(device)
+            answer_maps = answer_maps.to(device)
             answers = [answer_for(it.anomalous, it.mask, q) for it, q in zip(items, locate)]
             instructions = [LOCATION_QUESTION if q else model.config.question for q in locate] if any(locate) else None
             sync = world > 1 and m < config.grad_accum - 1

@@ -404,3 +404,35 @@ def test_the_v4_recipe_trains_on_no_photo_the_realistic_dev_set_evaluates():
     shipped = ["tissue (skimage.data.immunohistochemistry)", "retina (skimage.data.retina)"]
     assert realistic_eval_overlap(build_categories(TrainConfig.from_file(recipes / "mini.toml").data)) == shipped
     assert realistic_eval_overlap(build_categories(DataConfig())) == shipped
+
+
+def test_unseen_anomalies_are_left_out_of_the_loss_when_asked(tmp_path, monkeypatch):
+    """``unseen_anomalies = "skip"``: an anomalous item whose calibrated map stays below ``unseen_below`` is dropped
+    from the step; normal items and anomalies the map shows stay, and a run trains with it."""
+    from types import SimpleNamespace
+
+    from myriad.training import loop
+
+    items = [SimpleNamespace(anomalous=a) for a in (False, True, False, True, True)]
+    maps = torch.zeros(5, 1, 4, 4)
+    maps[1, 0, 2, 2] = 0.9  # shown
+    maps[3, 0, 0, 0] = 0.49  # just below the threshold: unseen
+    maps[4, 0, 3, 3] = 0.5  # at the threshold: shown
+    maps[0, 0, 1, 1] = 0.0  # a normal item with a dark map stays
+    assert loop.seen_items(items, maps, 0.5) == [True, True, True, False, True]
+    assert loop.seen_items(items, maps, 0.4) == [True, True, True, True, True]
+
+    seen_calls: list[int] = []
+    original = loop.seen_items
+
+    def counting(items, maps, below):
+        keep = original(items, maps, below)
+        seen_calls.append(len(keep) - sum(keep))
+        return keep
+
+    monkeypatch.setattr(loop, "seen_items", counting)
+    result, _ = run(tiny_config(tmp_path, steps=3, unseen_anomalies="skip", unseen_below=1.0))
+    # at unseen_below 1.0 no calibrated map counts as showing an anomaly: every anomalous item is dropped
+    assert seen_calls == [2, 2, 2]
+    assert len(result.losses) == 3 and all(v == v for v in result.losses)
+    assert TrainConfig().unseen_anomalies == "yes"  # the paper's labels stay the default
