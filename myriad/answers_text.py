@@ -223,14 +223,14 @@ def classify_question(text: str | None) -> QuestionType:
     (``find``, ``see``, ... after a question word or as a request) ask ``describe``; a place in
     the image (``top``, ``edge``, ...) asks ``where``; a defect kind by name asks ``kind``;
     ``verdict``'s keywords; a judgement (``good``, ``OK``, ``pass``, ...) about the inspected thing
-    (``this``, ``part``, ...) asks ``verdict``. ``unknown``: empty text, letters outside ASCII (another language),
-    a sentence of three or more words without an English function word, or none of these.
+    (``this``, ``part``, ...) asks ``verdict``. ``unknown``: empty text, text without a letter, letters outside
+    ASCII (another language), a sentence of three or more words without an English function word, or none of these.
     """
     t = (text or "").translate(_TYPOGRAPHIC).lower().strip()
     if not t or any(ord(ch) > 127 for ch in t):
         return "unknown"
     words = _WORD.findall(t)
-    if len(words) >= 3 and not _ENGLISH.intersection(words):
+    if not words or (len(words) >= 3 and not _ENGLISH.intersection(words)):
         return "unknown"
     padded = " " + " ".join(words) + " "
     present = set(words)

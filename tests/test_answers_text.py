@@ -130,6 +130,8 @@ def test_the_held_out_paraphrases_are_new():
         ("Is the defect in the top left?", "where"),
         ("Recommend a good book.", "unknown"),  # a judgement word about nothing inspected
         ("Is this part good?", "verdict"),
+        ("???", "unknown"),  # no word at all
+        ("42", "unknown"),
     ],
 )
 def test_weaker_cues_decide_only_when_no_keyword_does(question, expected):
