@@ -170,7 +170,7 @@ def main(argv: list[str] | None = None) -> None:
         rows += evaluate_category(args.data, manifest, category, args.normals, args.expert)
         print(f"{category}: {summarise([r for r in rows if r['image'].startswith(category + '/')], None)['all']}", flush=True)
     report = {
-        "data": str(args.data), "expert": args.expert, "normals": args.normals,
+        "data": manifest.get("command", str(args.data)), "expert": args.expert, "normals": args.normals,
         "machine": f"{platform.machine()}, {args.threads} threads", "seconds": round(time.perf_counter() - started, 1),
         "all": summarise(rows, None), "family": summarise(rows, "family"), "kind": summarise(rows, "kind"), "rows": rows,
     }

@@ -221,7 +221,7 @@ def main(argv: list[str] | None = None) -> None:
         all_rows[setting] = rows
         print(json.dumps({setting: {k: v for k, v in settings[setting].items() if k != "kind_by_kind"}}), flush=True)
     report = {
-        "data": str(args.data), "expert": args.expert, "config": json.loads(args.config), "lmm": args.lmm, "answers": args.answers, "normals": args.normals,
+        "data": manifest.get("command", str(args.data)), "expert": args.expert, "config": json.loads(args.config), "lmm": args.lmm, "answers": args.answers, "normals": args.normals,
         "categories": categories, "machine": f"{platform.machine()}, {args.threads} threads",
         "seconds": round(time.perf_counter() - started, 1), "settings": settings, "rows": all_rows,
     }

@@ -1,5 +1,5 @@
 #!/usr/bin/env bash
-# Myriad-mini (shipped weights, trained on PatchCore maps only) fed by the other experts, without retraining:
+# Myriad-mini (shipped weights, trained on PatchCore and patchcore+global maps only) fed by the other experts, without retraining:
 # does the calibrated-map contract let a researcher swap the expert? Same held-out devset and expert settings as
 # benchmarks/experts/devset_compare.sh; LMM accuracy from the parsed text answers next to each expert alone.
 #   benchmarks/train/eval_mini_experts.sh [WEIGHTS]      (default: the shipped weights)
@@ -37,7 +37,7 @@ for report in sorted(out.glob("*/report.json")):
     f = lambda k: "-" if mean.get(k) is None else f"{mean[k]:.3f}"
     rows.append(f"| {name} | {setting} | {f('accuracy')} | {f('expert_accuracy')} | {unknown} | {len(preds)} | {f('image_auroc')} |")
 (out / "summary.json").write_text(json.dumps(summary, indent=2))
-title = f"# Myriad-mini (trained on PatchCore maps; LLM precision {sys.argv[2]}) with each expert, held-out development benchmark\n\n"
+title = f"# Myriad-mini (LLM precision {sys.argv[2]}) with each expert, held-out development benchmark\n\n"
 (out / "summary.md").write_text(title + "\n".join(rows) + "\n")
 print("\n".join(rows))
 PY
