@@ -21,7 +21,7 @@ def test_shipped_weights_are_in_the_package_as_float16():
     with safe_open(str(SHIPPED_MINI_WEIGHTS), "pt") as handle:
         meta = handle.metadata()
         dtypes = {handle.get_slice(k).get_dtype() for k in handle.keys()}
-    assert meta["preset"] == "mini" and meta["expert"] == "patchcore" and dtypes == {"F16"}
+    assert meta["preset"] == "mini" and meta["expert"] == "patchcore+global" and dtypes == {"F16"}  # v4: the fused default's maps
     import json
 
     assert json.loads(meta["myriad_config"])["template"] == "chat"  # trained with the mini defaults
