@@ -397,7 +397,8 @@ def degeneracy_reasons(answer: str) -> list[str]:
     The checks: ``empty``; ``characters`` outside plain English text (letters, digits, spaces and
     ``. , ; : % ( ) ' ? ! / -``); ``no verdict`` (the answer, after :data:`ONLY_ABOUT_THE_IMAGE`,
     does not start with Yes / No by :func:`myriad.lmm.prompting.parse_answer`); ``repeated n-grams``
-    (a 4-word sequence twice or a 3-word sequence three times); ``outside the vocabulary`` (more
+    (a 4-word sequence twice, a 3-word sequence three times, or one word three times in a row, as in
+    "No, no, no."); ``outside the vocabulary`` (more
     than 15 % of its words not in :data:`VOCABULARY`).
     """
     from myriad.lmm.prompting import parse_answer
@@ -413,7 +414,7 @@ def degeneracy_reasons(answer: str) -> list[str]:
     if parse_answer(body) == "unknown":
         reasons.append("no verdict")
     tokens = _TOKEN.findall(text.lower())
-    if _repeats(tokens, _REPEAT_LONG, 2) or _repeats(tokens, _REPEAT_SHORT, 3):
+    if _repeats(tokens, _REPEAT_LONG, 2) or _repeats(tokens, _REPEAT_SHORT, 3) or _stutters(tokens):
         reasons.append("repeated n-grams")
     words = _WORD.findall(text.lower())
     outside = sum(w not in VOCABULARY for w in words)
@@ -425,6 +426,11 @@ def degeneracy_reasons(answer: str) -> list[str]:
 def is_degenerate(answer: str) -> bool:
     """Whether ``answer`` is junk by any check of :func:`degeneracy_reasons`."""
     return bool(degeneracy_reasons(answer))
+
+
+def _stutters(tokens: list[str]) -> bool:
+    """Whether one token occurs three times in a row."""
+    return any(tokens[i] == tokens[i + 1] == tokens[i + 2] for i in range(len(tokens) - 2))
 
 
 def _repeats(tokens: list[str], n: int, times: int) -> bool:

@@ -183,6 +183,11 @@ class Inspector:
             decisions = [parse_answer(a) for a in answers]
             if facts:  # an LMM answer without a verdict leaves the expert's
                 decisions = [e if d == "unknown" else d for d, e in zip(decisions, expert_decisions)]
+            else:  # a junk text ("No, no, no.") is withheld, and so is the verdict it seems to give
+                from myriad.answers_text import is_degenerate
+
+                decisions = [e if d != "unknown" and is_degenerate(a) else d
+                             for d, a, e in zip(decisions, answers, expert_decisions)]
             lmm_ms = (time.perf_counter() - t1) * 1000 / len(pixels)
         results = []
         few_shot = self._few_shot

@@ -214,6 +214,7 @@ JUNK = [
     "Yes, durable variable components article following transformers.",
     "the the the the the",
     "Maybe.",
+    "No, no, no.",  # Myriad-mini v4's own text for an untrained question on the demo's scratched brick
 ]
 GOOD = [
     "Yes, there exists anomalies in the image.",
@@ -239,6 +240,7 @@ def test_degeneracy_names_its_reasons():
     assert "characters" in degeneracy_reasons('A:durable: "')
     assert "no verdict" in degeneracy_reasons(JUNK[0]) and "outside the vocabulary" in degeneracy_reasons(JUNK[0])
     assert degeneracy_reasons(JUNK[4]) == ["repeated n-grams", "outside the vocabulary"]
+    assert degeneracy_reasons("No, no, no.") == ["repeated n-grams"]
 
 
 def test_empty_and_overlong_questions_are_refused_in_one_line():

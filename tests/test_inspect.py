@@ -171,6 +171,31 @@ def test_the_facts_route_takes_the_lmm_verdict_and_states_the_map_facts(folders,
         Inspector("colour-stats", lmm="none", answers="poem")
 
 
+def test_the_lmm_route_takes_no_verdict_from_a_junk_answer(folders, monkeypatch):
+    """Route ``lmm``: the verdict is parsed from the LMM's own text, except from a degenerate text ("No, no, no."),
+    which is withheld: the expert's decision stands there. An honest answer's verdict still wins over the expert's."""
+    torch = pytest.importorskip("torch")
+    from myriad.inspection import Inspector
+    from myriad.lmm.model import MyriadLMM
+    from myriad.lmm.prompting import ANSWER_NORMAL
+    from myriad.lmm.tiny import build_tiny_tokenizer, tiny_paper_config
+
+    tokenizer = build_tiny_tokenizer()
+    torch.manual_seed(0)
+    model = MyriadLMM(tiny_paper_config(len(tokenizer), max_new_tokens=6), tokenizer).eval()
+    reply = {"text": "No, no, no."}
+    monkeypatch.setattr(model, "generate", lambda images, maps, question=None: [reply["text"]] * len(images))
+    normal, test = folders
+    inspector = Inspector("colour-stats", {"size": 32}, model=model, answers="lmm").fit(sorted(normal.glob("*.png")))
+    images = [str(p) for p in sorted(test.glob("t*.png"))]
+    junk = inspector.inspect(images, ask="Describe the defect.")
+    assert any(r.expert_decision == "anomalous" for r in junk)
+    assert all(r.decision == r.expert_decision and r.answer_problems == ["repeated n-grams"] for r in junk)
+    reply["text"] = ANSWER_NORMAL
+    honest = inspector.inspect(images)
+    assert all(r.decision == "normal" and not r.answer_problems for r in honest)
+
+
 def test_zero_shot_expert_without_normals_warns_that_it_is_uncalibrated(folders, tmp_path, capsys, myriad_plugin):
     """A zero-shot expert inspects without --normal, but nothing calibrates it then: the CLI says so."""
     from myriad.testing import constant_expert_plugin
