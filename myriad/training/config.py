@@ -141,7 +141,11 @@ class TrainConfig(BaseModel):
     #: "yes" trains them on the mask's truth (the paper, versions 1-4), "skip" leaves them out of the loss, so the
     #: LMM is never taught to answer Yes over a map that shows nothing (the Yes bias of the v4 candidate)
     unseen_anomalies: Literal["yes", "skip"] = "yes"
-    #: the calibrated map maximum below which a synthetic anomaly counts as unseen (0.5: the expert's threshold)
+    #: normal items whose expert map flags them (calibrated map at or above ``unseen_below`` somewhere): "no"
+    #: trains them as normal (the paper), "skip" leaves them out too, so every trained pair agrees with its map
+    alarmed_normals: Literal["no", "skip"] = "no"
+    #: the calibrated map maximum below which a synthetic anomaly counts as unseen, and at or above which a normal
+    #: item counts as alarmed (0.5: the expert's threshold)
     unseen_below: float = Field(0.5, gt=0.0, le=1.0)
     #: expert maps: "cache" (computed once, saved as safetensors keyed by the expert config) or "online"
     maps: Literal["cache", "online"] = "cache"

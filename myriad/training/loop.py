@@ -82,11 +82,17 @@ def _step_plan(
     return route, [(c, i, k, q) for (c, i), k, q in zip(pairs, sources, locate)]
 
 
-def seen_items(items: list[Any], answer_maps: torch.Tensor, below: float) -> list[bool]:
-    """Which training items to keep when unseen anomalies are skipped: every normal item, and each anomalous
-    item whose calibrated map (``B x 1 x S x S``) reaches ``below`` somewhere (the expert shows it)."""
-    peaks = answer_maps.flatten(1).amax(dim=1)
-    return [not it.anomalous or float(p) >= below for it, p in zip(items, peaks)]
+def seen_items(
+    items: list[Any], answer_maps: torch.Tensor, below: float, unseen: bool = True, alarmed: bool = False
+) -> list[bool]:
+    """Which training items to keep: with ``unseen``, an anomalous item only where its calibrated map
+    (``B x 1 x S x S``) reaches ``below`` somewhere (the expert shows it); with ``alarmed``, a normal item only
+    where its map stays below ``below`` everywhere (the expert calls it normal). Other items are kept."""
+    shown = [float(p) >= below for p in answer_maps.flatten(1).amax(dim=1)]
+    return [
+        (shown_k or not unseen) if it.anomalous else (not shown_k or not alarmed)
+        for it, shown_k in zip(items, shown)
+    ]
 
 
 def set_phase_parts(model: Any, parts: list[str] | None) -> None:
@@ -204,8 +210,9 @@ def train(
             items = [pool.item(c, i, anomalous) for c, i, _, _ in chunk for anomalous in (False, True)]
             answer_maps = maps.maps(items, [k for _, _, k, _ in chunk for _ in (False, True)])
             locate = [q for _, _, _, q in chunk for _ in (False, True)]
-            if config.unseen_anomalies == "skip":
-                keep = seen_items(items, answer_maps, config.unseen_below)
+            if config.unseen_anomalies == "skip" or config.alarmed_normals == "skip":
+                keep = seen_items(items, answer_maps, config.unseen_below, config.unseen_anomalies == "skip",
+                                  config.alarmed_normals == "skip")
                 items = [it for it, k in zip(items, keep) if k]
                 answer_maps = answer_maps[torch.as_tensor(keep)]
                 locate = [q for q, k in zip(locate, keep) if k]

@@ -423,12 +423,16 @@ def test_unseen_anomalies_are_left_out_of_the_loss_when_asked(tmp_path, monkeypa
     maps[0, 0, 1, 1] = 0.0  # a normal item with a dark map stays
     assert loop.seen_items(items, maps, 0.5) == [True, True, True, False, True]
     assert loop.seen_items(items, maps, 0.4) == [True, True, True, True, True]
+    maps[2, 0, 0, 0] = 0.7  # a normal item the expert flags: kept unless alarmed normals are skipped too
+    assert loop.seen_items(items, maps, 0.5) == [True, True, True, False, True]
+    assert loop.seen_items(items, maps, 0.5, unseen=False, alarmed=True) == [True, True, False, True, True]
+    assert loop.seen_items(items, maps, 0.5, unseen=True, alarmed=True) == [True, True, False, False, True]
 
     seen_calls: list[int] = []
     original = loop.seen_items
 
-    def counting(items, maps, below):
-        keep = original(items, maps, below)
+    def counting(items, maps, below, *flags):
+        keep = original(items, maps, below, *flags)
         seen_calls.append(len(keep) - sum(keep))
         return keep
 
