@@ -12,10 +12,15 @@ check any answer against the map and the photo:
 3. **hole**: a compact, small region (under :data:`SMALL_REGION` of the image) clearly darker than
    its surroundings (contrast at most ``-`` :data:`CLEAR_CONTRAST`).
 4. **stain**: a compact region whose colour differs from its surroundings (chroma contrast at least
-   :data:`CLEAR_CONTRAST`) more than its brightness does, or a faint one (brightness contrast under
-   :data:`CLEAR_CONTRAST`) covering at least :data:`SMALL_REGION` of the image.
-5. **contamination / foreign particle**: any other compact region of clear brightness contrast.
-6. otherwise None: the map shows where, but not what.
+   :data:`CLEAR_CONTRAST`) more than its brightness does.
+5. a *faint* compact region (brightness contrast under :data:`CLEAR_CONTRAST`) covering at least
+   :data:`SMALL_REGION` of the image: **texture change** when it is clearly smoother than its
+   surroundings (its fine detail, the mean absolute Laplacian of L*, at most :data:`SMOOTHER` times
+   theirs: a blur, smear or polished spot), else **stain** when its tone (median L* or chroma) is
+   shifted by at least :data:`TONE_SHIFT` times the surroundings' spread, else None (neither tone nor
+   sharpness changed measurably: the map shows where, not what).
+6. **contamination / foreign particle**: any other compact region of clear brightness contrast.
+7. otherwise None: the map shows where, but not what.
 
 *Contrast* is measured on the image's luminance (CIELAB L*; for colour, on its chroma): the mean
 signed deviation of the region's *core* (its :data:`CORE_SHARE` most deviating pixels) from the
@@ -44,6 +49,8 @@ __all__ = [
     "KINDS",
     "MEASURED_KINDS",
     "SMALL_REGION",
+    "SMOOTHER",
+    "TONE_SHIFT",
     "KindEstimate",
     "estimate_kind",
 ]
@@ -70,6 +77,10 @@ SMALL_REGION = 0.005
 CLEAR_CONTRAST = 1.5
 #: Share of the region's pixels (the most deviating ones) whose mean deviation is its contrast.
 CORE_SHARE = 0.1
+#: A faint region with at most this share of its surroundings' fine detail is smoother than them (a texture change).
+SMOOTHER = 0.6
+#: A faint region whose median tone moved by this many times its surroundings' spread is a stain.
+TONE_SHIFT = 0.5
 #: Ring around the region: this many times the region's equivalent radius, at least 3 pixels wide.
 _RING_FACTOR = 0.75
 
@@ -132,13 +143,49 @@ def estimate_kind(
     if chroma_contrast >= CLEAR_CONTRAST and chroma_contrast > abs(contrast):
         return KindEstimate("stain", f"compact region of another colour (colour contrast {chroma_contrast:.1f})", measured)
     if abs(contrast) < CLEAR_CONTRAST and area >= SMALL_REGION:
-        return KindEstimate("stain", f"faint compact region (contrast {contrast:.1f}) over {100 * area:.1f} % of the image", measured)
+        return _faint_kind(lum, chroma, region, ring, contrast, area, measured)
     if abs(contrast) >= CLEAR_CONTRAST:
         shade = "darker" if contrast < 0 else "brighter"
         return KindEstimate(
             "contamination / foreign particle", f"compact region, {shade} than its surroundings (contrast {contrast:.1f})", measured
         )
     return KindEstimate(None, f"compact region without a clear contrast (contrast {contrast:.1f})", measured)
+
+
+def _faint_kind(
+    lum: "np.ndarray", chroma: "np.ndarray | None", region: "np.ndarray", ring: "np.ndarray", contrast: float, area: float,
+    measured: dict[str, float],
+) -> KindEstimate:
+    """Rule 5: a faint compact region is a texture change (smoother), a stain (tone shifted) or cannot tell."""
+    from scipy import ndimage
+
+    detail = _fine_detail(ndimage.laplace(lum), region, ring)
+    shift = max(_tone_shift(lum, region, ring), _tone_shift(chroma, region, ring) if chroma is not None else 0.0)
+    measured.update({"fine_detail": detail, "tone_shift": shift})
+    faint = f"faint compact region (contrast {contrast:.1f}) over {100 * area:.1f} % of the image"
+    if detail <= SMOOTHER:
+        return KindEstimate("texture change", f"{faint}, smoother than its surroundings (fine detail {detail:.2f} x theirs)", measured)
+    if shift >= TONE_SHIFT:
+        return KindEstimate("stain", f"{faint}, its tone shifted by {shift:.1f} x the surroundings' spread", measured)
+    return KindEstimate(None, f"{faint}, with no clear change of tone (shift {shift:.1f}) or sharpness", measured)
+
+
+def _fine_detail(laplacian: "np.ndarray", region: "np.ndarray", ring: "np.ndarray") -> float:
+    """Mean absolute Laplacian inside the region over the same around it (1: as detailed as the surroundings)."""
+    import numpy as np
+
+    around = float(np.abs(laplacian[ring]).mean()) if ring.any() else 0.0
+    return float(np.abs(laplacian[region]).mean() / max(around, 1e-6))
+
+
+def _tone_shift(channel: "np.ndarray", region: "np.ndarray", ring: "np.ndarray") -> float:
+    """|median inside - median around| over the surroundings' standard deviation (at least half a level)."""
+    import numpy as np
+
+    around = channel[ring]
+    if around.size == 0:
+        return 0.0
+    return float(abs(np.median(channel[region]) - np.median(around)) / max(float(around.std()), 0.5))
 
 
 def _elongation(region: "np.ndarray") -> float:

@@ -55,6 +55,22 @@ def test_a_coloured_or_faint_blob_is_a_stain(tint):
     assert guess(image, blob).kind == "stain"
 
 
+def test_a_faint_blurred_blob_is_a_texture_change_not_a_stain():
+    image, blob = texture(4), (YY - 120) ** 2 + (XX - 90) ** 2 < 400
+    blurred = ndimage.gaussian_filter(image, sigma=(2, 2, 0))
+    image[blob] = blurred[blob]
+    result = guess(image, blob)
+    assert result.kind == "texture change" and result.measurements["fine_detail"] <= 0.6 and "smoother" in result.reason
+
+
+@pytest.mark.parametrize("seed", range(3))
+def test_a_large_blob_over_unchanged_texture_is_cannot_tell_not_a_stain(seed):
+    """A map blob over 0.5 % of the image where neither tone nor sharpness changed: the map shows where, not what
+    (the rule before session 10 called every faint region over 0.5 % a stain)."""
+    result = guess(texture(20 + seed), (YY - 128) ** 2 + (XX - 128) ** 2 < 400)
+    assert result.kind is None and result.measurements["tone_shift"] < 0.5 and result.measurements["fine_detail"] > 0.6
+
+
 @pytest.mark.parametrize("seed", range(5))
 def test_plain_texture_under_a_small_blob_is_cannot_tell(seed):
     result = guess(texture(10 + seed), (YY - 100) ** 2 + (XX - 100) ** 2 < 20)
