@@ -189,6 +189,7 @@ _REASON_WORDS = """
 elongated region longer than wide small compact darker brighter surroundings contrast another colour
 faint without clear the map has no located spreads over whole image measured guess certainty not a
 likely usually caused general causes kind diagnosis cannot tell name which these this is of x
+smoother fine detail theirs tone shifted shift spread sharpness with change
 """
 VOCABULARY = VOCABULARY | _table_words()
 #: Largest share of an answer's words that may lie outside :data:`VOCABULARY`.

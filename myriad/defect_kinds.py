@@ -93,7 +93,8 @@ class KindEstimate:
     kind: str | None
     #: the rule that decided, in words ("elongated region, 5.1 x longer than wide", ...)
     reason: str
-    #: the measurements: ``elongation``, ``area`` (share of the image), ``contrast`` and ``chroma_contrast``
+    #: the measurements: ``elongation``, ``area`` (share of the image), ``contrast`` and ``chroma_contrast``; for a
+    #: faint region also ``fine_detail`` and ``tone_shift`` (rule 5)
     measurements: dict[str, float] = field(default_factory=dict)
 
     def as_dict(self) -> dict[str, Any]:

@@ -112,8 +112,12 @@ def test_every_rule_s_reason_reads_as_a_clean_answer():
     tinted[blob] = tinted[blob] * np.array((1.1, 0.95, 0.8))
     faint = texture(3)
     faint[blob] = faint[blob] * 0.93
+    smooth = texture(4)
+    smooth[blob] = ndimage.gaussian_filter(smooth, sigma=(2, 2, 0))[blob]
     guesses = [guess(image, spot), guess(texture(1), line, sigma=2.0), guess(bright, spot), guess(tinted, blob),
-               guess(faint, blob), guess(texture(10), (YY - 100) ** 2 + (XX - 100) ** 2 < 20)]
+               guess(faint, blob), guess(smooth, blob), guess(texture(20), blob),
+               guess(texture(10), (YY - 100) ** 2 + (XX - 100) ** 2 < 20)]
+    assert [g.kind for g in guesses[4:7]] == ["stain", "texture change", None]  # rule 5's three outcomes
     guesses.append(estimate_kind(texture().astype(np.uint8), np.full((256, 256), 0.9, np.float32), texture_wide=True))
     located = measure_findings(map_of(spot), 0.8, True)
     for result in guesses:
