@@ -98,6 +98,19 @@ TAIL_FRACTION = 0.2
 TAIL_MIN = 5
 
 
+def paper_false_alarm_rate(num_normals: int) -> float:
+    """Expected false-alarm rate of the paper's threshold (the maximum of ``num_normals`` held-out normal
+    scores): a new normal image scores above all of them with probability ``1 / (num_normals + 1)``."""
+    return 1.0 / (max(int(num_normals), 1) + 1)
+
+
+def combined_false_alarm_rate(rates: Sequence[float]) -> float:
+    """False-alarm rate of a fusion that alarms when any member does, members taken as independent."""
+    import math
+
+    return 1.0 - math.prod(1.0 - r for r in rates)
+
+
 def check_false_alarm_rate(rate: float | None) -> float | None:
     """Validate a target false-alarm rate (None: the paper's maximum rule); returns it."""
     import math
@@ -175,6 +188,20 @@ class Calibrator:
             return self.apply(values)  # type: ignore[return-value]
         span = _positive_span(self.map_floor, self.map_threshold)
         return _affine(values, self.map_floor, span)  # type: ignore[return-value]
+
+    @property
+    def false_alarm_rate(self) -> float | None:
+        """The expected share of normal images this calibration flags (None for ``identity``: unknown).
+
+        The paper's threshold over ``n`` held-out normals (k folds, in-batch controls, a zero-shot
+        expert's normals): ``1 / (n + 1)``; a single reference calibrated on its mirror images counts
+        as one normal (1/2); a target rate (``false-alarm-rate=`` in ``method``): that rate.
+        """
+        if self.method == "identity" or self.num_normals <= 0:
+            return None
+        if "false-alarm-rate=" in self.method:
+            return float(self.method.rsplit("false-alarm-rate=", 1)[1].split(",")[0].rstrip(")"))
+        return paper_false_alarm_rate(1 if self.method.startswith("mirror") else self.num_normals)
 
     def is_anomalous(self, raw_score: float) -> bool:
         """Decision on a raw image score (same as ``apply(score) > 0.5``)."""

@@ -39,6 +39,7 @@ from myriad.calibration import (
     Calibrator,
     check_false_alarm_rate,
     fit_calibrated,
+    paper_false_alarm_rate,
 )
 from myriad.errors import ConfigError, ExpertStateError, WeightsError
 from myriad.tiling import DEFAULT_OVERLAP, Tiling, TiledExpert, plan_tiling
@@ -68,6 +69,9 @@ class Detection:
     members: dict[str, dict[str, Any]] | None = None
     #: fused detections: each member's calibrated map (None for one expert)
     member_maps: dict[str, "np.ndarray"] | None = field(default=None, repr=False)
+    #: the expected share of normal images the calibration flags (:attr:`Calibrator.false_alarm_rate`;
+    #: combined over a fusion's members); None where unknown
+    false_alarm_rate: float | None = None
 
 
 class Detector:
@@ -132,6 +136,14 @@ class Detector:
     def uses_controls(self) -> bool:
         """Whether :meth:`detect` calibrates each batch with control normals (see the module docstring)."""
         return bool(self.controls)
+
+    @property
+    def false_alarm_rate(self) -> float | None:
+        """The expected share of normal images flagged: ``1 / (n + 1)`` for the paper's threshold over ``n``
+        held-out normals (or control normals), the target rate when one was set; None before fit or unknown."""
+        if self.controls:
+            return paper_false_alarm_rate(len(self.controls))
+        return None if self.calibrator is None else self.calibrator.false_alarm_rate
 
     def fit(
         self,
@@ -255,6 +267,7 @@ class Detector:
             anomaly_map=calibrator.apply_map(pred.anomaly_map),
             score=float(calibrator.apply(pred.score)),
             anomalous=bool(calibrator.is_anomalous(pred.score)),
+            false_alarm_rate=calibrator.false_alarm_rate,
         )
 
     def save(self, directory: str | Path) -> Path:

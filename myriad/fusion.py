@@ -113,6 +113,15 @@ class FusedDetector:
         return any(m.uses_controls for m in self.members)
 
     @property
+    def false_alarm_rate(self) -> float | None:
+        """Expected share of normal images the fusion flags (any member alarming, members taken as
+        independent); None when a member's rate is unknown."""
+        from myriad.calibration import combined_false_alarm_rate
+
+        rates = [m.false_alarm_rate for m in self.members]
+        return None if any(r is None for r in rates) else combined_false_alarm_rate(rates)  # type: ignore[arg-type]
+
+    @property
     def calibrator(self) -> Any:
         """The fused scale needs no calibrator of its own (its threshold is 0.5 by construction); None before fit."""
         return None
@@ -156,6 +165,7 @@ class FusedDetector:
         """Score images with every member and fuse (see the module docstring)."""
         import numpy as np
 
+        from myriad.calibration import combined_false_alarm_rate
         from myriad.images import check_batch
 
         batch = check_batch(images)
@@ -178,6 +188,7 @@ class FusedDetector:
                     "mode": member.mode,
                 }
             raw_score = max(scores)
+            rates = [d[i].false_alarm_rate for _, d, _ in per_member]
             fused.append(
                 Detection(
                     raw_map=np.maximum.reduce(raw_maps),
@@ -187,6 +198,7 @@ class FusedDetector:
                     anomalous=any(m["anomalous"] for m in members.values()),
                     members=members,
                     member_maps={member.expert_name: d[i].anomaly_map for member, d, _ in per_member},
+                    false_alarm_rate=None if None in rates else combined_false_alarm_rate(rates),  # type: ignore[arg-type]
                 )
             )
         return fused

@@ -179,7 +179,8 @@ class Inspector:
             maps = torch.from_numpy(np.stack([resize_map(d.anomaly_map, size, size) for d in detections]))[:, None]
             batch = self.model.preprocess(pixels).to(self.device)
             with torch.inference_mode():
-                answers = self.model.generate(batch, maps.to(self.device), None if facts else ask)
+                answers = self.model.generate(batch, maps.to(self.device), None if facts else ask,
+                                              false_alarm_rates=[d.false_alarm_rate for d in detections])
             decisions = [parse_answer(a) for a in answers]
             if facts:  # an LMM answer without a verdict leaves the expert's
                 decisions = [e if d == "unknown" else d for d, e in zip(decisions, expert_decisions)]
@@ -258,7 +259,10 @@ class Inspector:
         if conversation is None:
             size = self.model.config.prompt_generators.map_size
             amap = torch.from_numpy(resize_map(np.asarray(result.anomaly_map), size, size))[None, None]
-            conversation = self.model.start_conversation(self.model.preprocess([result.pixels]).to(self.device), amap.to(self.device))
+            conversation = self.model.start_conversation(
+                self.model.preprocess([result.pixels]).to(self.device), amap.to(self.device),
+                false_alarm_rate=getattr(self.detector, "false_alarm_rate", None),
+            )
         return self.model.chat(conversation, question), conversation
 
     def _detect_naming_failures(self, pixels: list["np.ndarray"], names: Sequence[str]) -> list[Any]:

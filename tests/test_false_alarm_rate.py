@@ -62,3 +62,33 @@ def test_transductive_zero_shot_experts_keep_their_control_rule(myriad_plugin):
     myriad_plugin(types.SimpleNamespace(register_experts=register_experts), name="batch-toy")
     with pytest.raises(ConfigError, match="control normals"):
         Detector("constant-batch").fit(synthetic_images(12, 32), false_alarm_rate=0.01)
+
+
+def test_expected_false_alarm_rate_of_each_calibration():
+    """What ``Calibrator.false_alarm_rate`` reports: 1/(n+1) for the paper's maximum over n held-out normals,
+    one normal for a mirror calibration, the target where one was set, unknown for the identity."""
+    from myriad.calibration import combined_false_alarm_rate, paper_false_alarm_rate
+
+    scores = list(np.random.default_rng(3).normal(1.0, 0.1, 99))
+    maps = [np.full((4, 4), s, np.float32) for s in scores]
+    assert Calibrator.from_normal_outputs(scores, maps).false_alarm_rate == pytest.approx(0.01)
+    assert Calibrator.from_normal_outputs(scores[:2], maps[:2], "mirror").false_alarm_rate == pytest.approx(0.5)
+    assert Calibrator.from_normal_outputs(scores, maps, false_alarm_rate=0.05).false_alarm_rate == pytest.approx(0.05)
+    assert Calibrator.from_controls(scores[:16], maps[:16]).false_alarm_rate == pytest.approx(1 / 17)
+    assert Calibrator.identity().false_alarm_rate is None
+    assert paper_false_alarm_rate(4) == pytest.approx(0.2)
+    assert combined_false_alarm_rate([0.2, 0.2]) == pytest.approx(0.36)
+    restored = Calibrator.from_dict(Calibrator.from_normal_outputs(scores[:7], maps[:7]).to_dict())
+    assert restored.false_alarm_rate == pytest.approx(1 / 8)
+
+
+def test_detections_carry_their_calibrations_rate(myriad_plugin):
+    """A detector fitted on n normals reports 1/(n+1) on every detection (k folds hold each normal out once)."""
+    from myriad.detector import Detector
+    from myriad.testing import synthetic_images
+
+    images = synthetic_images(9, 32)
+    detector = Detector("patchcore", {"mode": "one_class"}).fit(images)
+    assert detector.false_alarm_rate == pytest.approx(0.1)
+    assert [d.false_alarm_rate for d in detector.detect(images[:2])] == pytest.approx([0.1, 0.1])
+    assert Detector("patchcore", {"mode": "few_shot"}).false_alarm_rate is None  # not fitted: unknown

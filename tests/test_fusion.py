@@ -260,3 +260,10 @@ def test_findings_locate_a_local_defect_even_when_the_image_level_member_fires_t
     # the fused map is above the threshold everywhere (whole-toy's constant map), yet the spot is found
     assert (results[2].anomaly_map > 0.5).all()
     assert results[2].findings.region == "top" and results[2].findings.count >= 1
+
+
+def test_a_fusion_reports_the_rate_of_any_member_alarming(toys):
+    """Members fitted on 9 normals alarm on about 1 in 10 normals each; the fusion on 1 - 0.9^2."""
+    detector = make_detector("local-toy+whole-toy").fit(_images(9, seed=2))
+    assert detector.false_alarm_rate == pytest.approx(0.19)
+    assert detector.detect(_images(1, seed=3))[0].false_alarm_rate == pytest.approx(0.19)

@@ -134,8 +134,11 @@ def test_the_facts_route_takes_the_lmm_verdict_and_states_the_map_facts(folders,
     model = MyriadLMM(tiny_paper_config(len(tokenizer), max_new_tokens=6), tokenizer).eval()
     asked = []
 
-    def says_yes(images, maps, question=None):
+    rates = []
+
+    def says_yes(images, maps, question=None, **generation):
         asked.append(question)
+        rates.append(generation.get("false_alarm_rates"))
         return [ANSWER_ANOMALOUS] * len(images)
 
     monkeypatch.setattr(model, "generate", says_yes)
@@ -144,6 +147,8 @@ def test_the_facts_route_takes_the_lmm_verdict_and_states_the_map_facts(folders,
     assert inspector.answers == "facts"
     results = inspector.inspect([str(p) for p in sorted(test.glob("t*.png"))], ask="Where is the defect?")
     assert asked == [None]  # the question it was trained on, not the one asked
+    # each map goes with how often its expert's alarms are false (1/(n+1) for n normals held out in calibration)
+    assert rates == [[pytest.approx(1 / (len(list(normal.glob("*.png"))) + 1))] * len(results)]
     for r in results:
         assert r.decision == "anomalous" and r.findings.verdict == "anomalous" and r.lmm_answer == ANSWER_ANOMALOUS
         assert r.answer == r.grounded_answer and parse_answer(r.answer) == "anomalous" and not degeneracy_reasons(r.answer)
@@ -184,7 +189,7 @@ def test_the_lmm_route_takes_no_verdict_from_a_junk_answer(folders, monkeypatch)
     torch.manual_seed(0)
     model = MyriadLMM(tiny_paper_config(len(tokenizer), max_new_tokens=6), tokenizer).eval()
     reply = {"text": "No, no, no."}
-    monkeypatch.setattr(model, "generate", lambda images, maps, question=None: [reply["text"]] * len(images))
+    monkeypatch.setattr(model, "generate", lambda images, maps, question=None, **generation: [reply["text"]] * len(images))
     normal, test = folders
     inspector = Inspector("colour-stats", {"size": 32}, model=model, answers="lmm").fit(sorted(normal.glob("*.png")))
     images = [str(p) for p in sorted(test.glob("t*.png"))]

@@ -55,7 +55,10 @@ class LMMStep:
         pixels = self.model.preprocess(list(images)).to(self.device)
         kwargs = {} if self.max_new_tokens is None else {"max_new_tokens": self.max_new_tokens}
         with torch.inference_mode():
-            answers = self.model.generate(pixels, maps.to(self.device), self.instruction, **kwargs)
+            answers = self.model.generate(
+                pixels, maps.to(self.device), self.instruction,
+                false_alarm_rates=[d.false_alarm_rate for d in detections], **kwargs,
+            )
         for record, answer in zip(records, answers):
             record.extra["lmm_answer"] = answer
             record.extra["lmm_decision"] = parse_answer(answer)

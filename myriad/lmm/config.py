@@ -133,6 +133,10 @@ class PromptGeneratorSettings(_Strict):
     #: Unbounded, training grew the mini model's to ~550-1500 vs ~3.2 for SmolLM2's words,
     #: which broke answers to other instructions and int8 inference.
     tpg_token_norm: float | None = Field(None, gt=0)
+    #: Condition the TPG on the expert's expected false-alarm rate (``Detector.false_alarm_rate``: about
+    #: 1 / (n + 1) per member for the paper's threshold over n held-out normals): a FiLM of the trunk's
+    #: features by ``log10(rate) + 1``, zero-initialised (not in the paper or the published code).
+    tpg_rate_film: bool = False
 
 
 class LoRRASettings(_Strict):

@@ -292,8 +292,14 @@ class MyriadLMM(nn.Module):
         anomaly_maps: Any = None,
         use_vpg: bool | None = None,
         use_tpg: bool | None = None,
+        false_alarm_rates: Sequence[float | None] | None = None,
     ) -> torch.Tensor:
-        """The image's LLM tokens ``B x K x H``: projected Q-Former outputs, then TPG tokens."""
+        """The image's LLM tokens ``B x K x H``: projected Q-Former outputs, then TPG tokens.
+
+        ``false_alarm_rates``: the map's expert's expected false-alarm rate per image
+        (:attr:`myriad.detector.Detector.false_alarm_rate`; None where unknown), read by a TPG built
+        with ``tpg_rate_film`` and ignored otherwise.
+        """
         use_vpg, use_tpg = self._switches(use_vpg, use_tpg)
         pixels = check_pixels(pixel_values, self.config.vision.image_size, self.device)
         maps = None
@@ -302,7 +308,7 @@ class MyriadLMM(nn.Module):
         visual = self.vision_encoder(pixels, maps, use_vpg=use_vpg)
         pieces = [visual]
         if use_tpg:
-            pieces.append(self.tpg(maps).to(visual.dtype))
+            pieces.append(self.tpg(maps, _rates(false_alarm_rates, pixels.shape[0], self.device)).to(visual.dtype))
         embeds = torch.cat(pieces, dim=1)
         return embeds.to(module_dtype(self.language_model))
 
@@ -316,6 +322,7 @@ class MyriadLMM(nn.Module):
         use_vpg: bool | None = None,
         use_tpg: bool | None = None,
         decision_weight: float = 1.0,
+        false_alarm_rates: Sequence[float | None] | None = None,
     ) -> MyriadOutput:
         """Causal-LM loss on the answers (+ end symbol); prompt, image and padding positions are ignored.
 
@@ -324,7 +331,7 @@ class MyriadLMM(nn.Module):
         """
         if self.llm_quantization is not None and torch.is_grad_enabled():
             raise ConfigError(f"the language model is quantised ({self.llm_quantization}) for inference; train a float model")
-        image = self.encode_image(pixel_values, anomaly_maps, use_vpg, use_tpg)
+        image = self.encode_image(pixel_values, anomaly_maps, use_vpg, use_tpg, false_alarm_rates)
         return answer_loss(self, image, answers, instructions, decision_weight)
 
     # ------------------------------------------------------------------ inference
@@ -338,6 +345,7 @@ class MyriadLMM(nn.Module):
         use_vpg: bool | None = None,
         use_tpg: bool | None = None,
         return_result: bool = False,
+        false_alarm_rates: Sequence[float | None] | None = None,
         **generation: Any,
     ) -> list[str] | GenerationResult:
         """Answer one instruction per image (default: the reference question); greedy unless ``do_sample``.
@@ -345,7 +353,7 @@ class MyriadLMM(nn.Module):
         ``generation``: ``max_new_tokens``, ``min_new_tokens``, ``do_sample``, ``temperature``,
         ``top_p``, ``generator``, ``stop_fn`` (see :func:`~myriad.lmm.generation.generate_from_embeds`).
         """
-        image = self.encode_image(pixel_values, anomaly_maps, use_vpg, use_tpg)
+        image = self.encode_image(pixel_values, anomaly_maps, use_vpg, use_tpg, false_alarm_rates)
         questions = instructions_for(self, instructions, image.shape[0])
         result = generate_answers(self, image, [[Turn(q)] for q in questions], **generation)
         return result if return_result else result.texts
@@ -373,10 +381,16 @@ class MyriadLMM(nn.Module):
 
     @torch.no_grad()
     def start_conversation(
-        self, pixel_values: torch.Tensor, anomaly_map: Any = None, *, use_vpg: bool | None = None, use_tpg: bool | None = None
+        self,
+        pixel_values: torch.Tensor,
+        anomaly_map: Any = None,
+        *,
+        use_vpg: bool | None = None,
+        use_tpg: bool | None = None,
+        false_alarm_rate: float | None = None,
     ) -> Conversation:
         """Encode one image (and its map) once; ask questions with :meth:`chat`."""
-        image = self.encode_image(pixel_values, anomaly_map, use_vpg, use_tpg)
+        image = self.encode_image(pixel_values, anomaly_map, use_vpg, use_tpg, [false_alarm_rate])
         if image.shape[0] != 1:
             raise InputError(f"a conversation is about one image, got a batch of {image.shape[0]}")
         return Conversation(image_embeds=image)
@@ -396,3 +410,15 @@ class MyriadLMM(nn.Module):
             raise
         conversation.answer(result.texts[0])
         return result.texts[0]
+
+
+def _rates(rates: Sequence[float | None] | None, batch: int, device: torch.device) -> torch.Tensor | None:
+    """Per-image false-alarm rates as a float tensor (NaN where unknown); None when none are given."""
+    if rates is None:
+        return None
+    rates = list(rates)
+    if len(rates) == 1 and batch > 1:
+        rates = rates * batch
+    if len(rates) != batch:
+        raise InputError(f"false_alarm_rates: expected {batch} (one per image), got {len(rates)}")
+    return torch.tensor([float("nan") if r is None else float(r) for r in rates], dtype=torch.float32, device=device)

@@ -72,7 +72,7 @@ class MapPromptGenerator(nn.Module):
         if maps.ndim != 4 or tuple(maps.shape[1:]) != expected:
             raise ValueError(f"{type(self).__name__} expects B x 1 x {self.map_size} x {self.map_size} maps, got {tuple(maps.shape)}")
 
-    def _run(self, maps: torch.Tensor) -> torch.Tensor:
+    def _run(self, maps: torch.Tensor, rates: torch.Tensor | None = None) -> torch.Tensor:
         self._check(maps)
         dtype = next(self.net.parameters()).dtype
         maps = maps.to(dtype=dtype)
@@ -80,9 +80,13 @@ class MapPromptGenerator(nn.Module):
             # Centred input: with [0, 1] maps every feature shares a large common part, which
             # swamps the normal-vs-anomalous difference in Adam's step sizes.
             maps = (maps - self.map_shift) * self.map_scale
-        out = self._head(self.net[:-1](maps))
+        out = self._head(self._modulate(self.net[:-1](maps), rates))
         # B x D x h x w -> B x (h*w) x D, tokens in row-major order over the grid.
         return out.flatten(2).transpose(1, 2)
+
+    def _modulate(self, features: torch.Tensor, rates: torch.Tensor | None) -> torch.Tensor:
+        """The trunk's features conditioned on per-image false-alarm rates (none here: unchanged)."""
+        return features
 
     def _head(self, features: torch.Tensor) -> torch.Tensor:
         return self.net[-1](features)

@@ -17,7 +17,7 @@ from myriad.lmm.prompt_generator import MapPromptGenerator, trunk_layers
 if TYPE_CHECKING:  # pragma: no cover
     from myriad.lmm.config import MyriadConfig
 
-__all__ = ["TextualPromptGenerator", "build_tpg"]
+__all__ = ["TextualPromptGenerator", "build_tpg", "rate_feature"]
 
 
 class TextualPromptGenerator(MapPromptGenerator):
@@ -45,6 +45,7 @@ class TextualPromptGenerator(MapPromptGenerator):
         map_shift: float = 0.0,
         map_scale: float = 1.0,
         token_norm: float | None = None,
+        rate_film: bool = False,
     ) -> None:
         super().__init__(channels, map_size, init, head_bias_std, head_gain, map_shift, map_scale)
         self.out_dim = out_dim
@@ -60,6 +61,11 @@ class TextualPromptGenerator(MapPromptGenerator):
         self.base_prompt_std = base_prompt_std
         self.base_prompts = nn.Parameter(torch.randn(self.num_map_tokens, out_dim) * base_prompt_std) if base_prompts else None
         self.num_tokens = self.num_map_tokens * (2 if base_prompts else 1)
+        # FiLM of the trunk's features by the expert's false-alarm rate: scale and shift per channel,
+        # linear in log10(rate) + 1 and zero at the start, so a model without it is the same function.
+        self.rate_film = nn.Linear(1, 2 * self.channels[-1], bias=False) if rate_film else None
+        if self.rate_film is not None:
+            nn.init.zeros_(self.rate_film.weight)
 
     def _head(self, features: torch.Tensor) -> torch.Tensor:
         """The 5 x 5 head conv as one matrix product over unfolded patches: the same numbers, ~3x
@@ -71,13 +77,24 @@ class TextualPromptGenerator(MapPromptGenerator):
         out = head.weight.flatten(1) @ cols + head.bias[:, None]
         return out.view(features.shape[0], -1, grid, grid)
 
+    def _modulate(self, features: torch.Tensor, rates: torch.Tensor | None) -> torch.Tensor:
+        """``features * (1 + gamma) + beta`` with ``[gamma, beta] = W (log10(rate) + 1)`` (unchanged without FiLM)."""
+        if self.rate_film is None:
+            return features
+        x = rate_feature(rates, features.shape[0], features.device).to(features.dtype)
+        gamma, beta = self.rate_film(x[:, None]).chunk(2, dim=-1)
+        return features * (1 + gamma[:, :, None, None]) + beta[:, :, None, None]
+
     def reset_base_prompts(self) -> None:
         if self.base_prompts is not None:
             nn.init.normal_(self.base_prompts, std=self.base_prompt_std)
 
-    def forward(self, maps: torch.Tensor) -> torch.Tensor:
-        """``B x 1 x S x S`` maps -> ``B x num_tokens x out_dim`` (base prompts first)."""
-        tokens = self._run(maps)
+    def forward(self, maps: torch.Tensor, rates: torch.Tensor | None = None) -> torch.Tensor:
+        """``B x 1 x S x S`` maps -> ``B x num_tokens x out_dim`` (base prompts first).
+
+        ``rates``: the expert's expected false-alarm rate per image (``B``; NaN where unknown), read
+        only with ``rate_film``."""
+        tokens = self._run(maps, rates)
         if self.token_norm is not None:
             # A free norm grows in training (to ~100x a word embedding's on the mini model),
             # and such tokens swamp the frozen LLM's residual stream: bound it.
@@ -88,10 +105,21 @@ class TextualPromptGenerator(MapPromptGenerator):
         return torch.cat([base, tokens], dim=1)
 
 
+def rate_feature(rates: torch.Tensor | None, batch: int, device: torch.device) -> torch.Tensor:
+    """``log10(rate) + 1`` clipped to [-2, 1] per image (1 % -> -1, 10 % -> 0, 100 % -> 1); 0 where unknown."""
+    if rates is None:
+        return torch.zeros(batch, device=device)
+    rates = torch.as_tensor(rates, dtype=torch.float32, device=device).reshape(-1)
+    if rates.shape[0] != batch:
+        raise ValueError(f"expected {batch} false-alarm rates (one per map), got {rates.shape[0]}")
+    x = torch.log10(rates.clamp(1e-3, 1.0)) + 1
+    return torch.where(torch.isnan(rates), torch.zeros_like(x), x.clamp(-2.0, 1.0))
+
+
 def build_tpg(config: "MyriadConfig") -> TextualPromptGenerator:
     """The TPG of ``config`` (tokens as wide as the LLM's embeddings), freshly initialised."""
     pg = config.prompt_generators
     return TextualPromptGenerator(
         config.llm.hidden_size, pg.trunk_channels, pg.map_size, pg.tpg_kernel, pg.tpg_base_prompts, pg.tpg_base_prompt_std, pg.init,
-        pg.tpg_head_bias_std, pg.head_gain, pg.map_shift, pg.map_scale, pg.tpg_token_norm,
+        pg.tpg_head_bias_std, pg.head_gain, pg.map_shift, pg.map_scale, pg.tpg_token_norm, pg.tpg_rate_film,
     )

@@ -208,7 +208,9 @@ def train(
         for m in range(config.grad_accum):
             chunk = mine[m * micro : (m + 1) * micro]
             items = [pool.item(c, i, anomalous) for c, i, _, _ in chunk for anomalous in (False, True)]
-            answer_maps = maps.maps(items, [k for _, _, k, _ in chunk for _ in (False, True)])
+            item_sources = [k for _, _, k, _ in chunk for _ in (False, True)]
+            answer_maps = maps.maps(items, item_sources)
+            rates = maps.false_alarm_rates(item_sources, len(items))
             locate = [q for _, _, _, q in chunk for _ in (False, True)]
             if config.unseen_anomalies == "skip" or config.alarmed_normals == "skip":
                 keep = seen_items(items, answer_maps, config.unseen_below, config.unseen_anomalies == "skip",
@@ -216,6 +218,7 @@ def train(
                 items = [it for it, k in zip(items, keep) if k]
                 answer_maps = answer_maps[torch.as_tensor(keep)]
                 locate = [q for q, k in zip(locate, keep) if k]
+                rates = [r for r, k in zip(rates, keep) if k]
             pixels = model.preprocess([it.image for it in items]).to(device)
             answer_maps = answer_maps.to(device)
             answers = [answer_for(it.anomalous, it.mask, q) for it, q in zip(items, locate)]
@@ -231,6 +234,7 @@ def train(
                     use_vpg=use_vpg,
                     use_tpg=use_tpg,
                     decision_weight=config.decision_weight,
+                    false_alarm_rates=rates if model.config.prompt_generators.tpg_rate_film else None,
                 ).loss / config.grad_accum
                 loss.backward()
             step_loss += loss.detach()

@@ -41,17 +41,20 @@ def cache_key(pool: TrainingPool, expert: str, expert_config: dict, map_size: in
         described = {"members": members}
     else:  # one expert: the payload of earlier versions, so their caches stay valid
         described = next(iter(members.values()))
+    # The maps depend on the references the expert fits on (the first ``shots`` of a fixed sequence), not on
+    # how many the data config holds: raising ``reference_shots`` for one source keeps the others' caches.
+    data = pool.data.model_dump(mode="json")
+    data.pop("reference_shots")
     payload = {
         "expert": expert,
         **described,
-        "data": pool.data.model_dump(mode="json"),
+        "data": data,
         "seed": pool.seed,
         "painted_fraction": pool.painted_fraction,
         "map_size": map_size,
         "myriad": __version__,
+        "shots": pool.data.reference_shots if shots is None else min(shots, pool.data.reference_shots),
     }
-    if shots is not None and shots != pool.data.reference_shots:  # all references: the key of earlier versions
-        payload["shots"] = shots
     return hashlib.sha256(json.dumps(payload, sort_keys=True).encode()).hexdigest()[:16]
 
 
@@ -79,6 +82,18 @@ class ExpertMaps:
             self.cache_dir = Path(cache_dir) / cache_key(pool, expert, expert_config, map_size, shots)
         self._detectors: dict[int, Any] = {}
         self._cached: dict[int, dict[str, Any]] = {}
+
+    @property
+    def false_alarm_rate(self) -> float:
+        """The expected share of normal images this source's expert flags, as ``Detector.false_alarm_rate``
+        gives it after fitting on the source's references: ``1 / (n + 1)`` per member for the paper's
+        threshold over ``n`` held-out references (one reference: its mirror images, counted as 1),
+        combined over a fusion's members (computed from the config: cached maps need no fitted expert)."""
+        from myriad.calibration import combined_false_alarm_rate, paper_false_alarm_rate
+        from myriad.fusion import member_names
+
+        n = self.pool.data.reference_shots if self.shots is None else min(self.shots, self.pool.data.reference_shots)
+        return combined_false_alarm_rate([paper_false_alarm_rate(n)] * len(member_names(self.expert)))
 
     def detector(self, category: int) -> Any:
         """The calibrated detector of a category (fitted on first use)."""
@@ -165,6 +180,12 @@ class MapMixture:
             label = ("expert maps" if len(self.members) == 1
                      else f"expert maps {n + 1}/{len(self.members)} ({member.expert}, shots={shots})")
             member.prepare(progress=progress, label=label)
+
+    def false_alarm_rates(self, sources: Sequence[int] | None, count: int) -> list[float]:
+        """Each item's expected false-alarm rate of its source's expert (:attr:`ExpertMaps.false_alarm_rate`)."""
+        if sources is None:
+            return [self.members[0].false_alarm_rate] * count
+        return [self.members[s].false_alarm_rate for s in sources]
 
     def maps(self, items: Sequence[Item], sources: Sequence[int] | None = None) -> "Any":
         """``B x 1 x S x S`` maps of ``items``; ``sources[k]`` picks item k's source (default: the first)."""

@@ -206,3 +206,26 @@ def test_tpg_head_matches_the_conv_it_replaces():
     features.grad = None
     conv.sum().backward()
     torch.testing.assert_close(grad_fast, features.grad)
+
+
+def test_tpg_rate_film_starts_as_the_identity_and_then_reads_the_rate():
+    """``rate_film``: zero-initialised, so a model gains the input without changing; once trained, the tokens
+    depend on log10(rate) + 1 (unknown rates read as 10 %)."""
+    from myriad.lmm.tpg import rate_feature
+
+    torch.manual_seed(0)
+    tpg = TextualPromptGenerator(out_dim=32, channels=SMALL, init="kaiming", rate_film=True, token_norm=3.2)
+    maps = torch.rand(3, 1, 224, 224)
+    rates = torch.tensor([0.01, 0.5, float("nan")])
+    with torch.no_grad():
+        torch.testing.assert_close(tpg(maps, rates), tpg(maps))
+        torch.nn.init.normal_(tpg.rate_film.weight, std=0.5)
+        moved = tpg(maps, rates)
+        assert not torch.allclose(moved[:2, 9:], tpg(maps)[:2, 9:])
+        torch.testing.assert_close(moved[2], tpg(maps)[2])  # unknown: the 10 % point
+        torch.testing.assert_close(moved[:, :9], tpg(maps)[:, :9])  # base prompts untouched
+    torch.testing.assert_close(rate_feature(torch.tensor([0.01, 0.1, 1.0, 1e-6, float("nan")]), 5, torch.device("cpu")),
+                               torch.tensor([-1.0, 0.0, 1.0, -2.0, 0.0]))
+    assert TextualPromptGenerator(out_dim=8, channels=SMALL).rate_film is None  # off by default (the paper's TPG)
+    with pytest.raises(ValueError, match="false-alarm rates"):
+        rate_feature(torch.tensor([0.1]), 2, torch.device("cpu"))

@@ -89,9 +89,50 @@ def test_maps_cache_is_keyed_by_expert_config(tmp_path):
 
 
 
+def test_a_maps_cache_key_depends_on_the_references_used_not_on_how_many_are_held(tmp_path):
+    """Raising ``reference_shots`` (for a one-class source on more normals) keeps the caches of k-shot sources."""
+    from myriad.training.data import TrainingPool
+    from myriad.training.maps import cache_key
+
+    few = TrainingPool(DataConfig(textures=["tissue"], images_per_category=4, reference_shots=2, image_size=64), 0)
+    many = TrainingPool(DataConfig(textures=["tissue"], images_per_category=4, reference_shots=8, image_size=64), 0)
+    assert cache_key(few, "colour-stats", {}, 224, shots=1) == cache_key(many, "colour-stats", {}, 224, shots=1)
+    assert cache_key(few, "colour-stats", {}, 224) == cache_key(many, "colour-stats", {}, 224, shots=2)
+    assert cache_key(few, "colour-stats", {}, 224) != cache_key(many, "colour-stats", {}, 224)  # all 2 vs all 8
+    assert few.references(0)[1].tobytes() == many.references(0)[1].tobytes()  # the same first references
+
+
+def test_each_map_source_states_its_experts_false_alarm_rate(tmp_path):
+    """The rate a source's maps are trained with is the one its fitted expert reports at inference."""
+    from myriad.detector import Detector
+    from myriad.training.data import TrainingPool
+    from myriad.training.maps import MapMixture
+
+    config = tiny_config(tmp_path, map_sources=[{}, {"shots": 1}])
+    pool = TrainingPool(config.data, config.seed)
+    mixture = MapMixture(pool, config.expert, config.sources(), map_size=32)
+    assert mixture.false_alarm_rates([0, 1, 0], 3) == pytest.approx([1 / 3, 1 / 2, 1 / 3])
+    fitted = Detector(config.expert, config.sources()[0].expert_config).fit(pool.references(0))
+    assert fitted.false_alarm_rate == pytest.approx(mixture.members[0].false_alarm_rate)
+    fused = MapMixture(pool, "colour-stats", [config.sources()[0].model_copy(update={"expert": "colour-stats+global", "expert_config": {}})])
+    assert fused.members[0].false_alarm_rate == pytest.approx(1 - (2 / 3) ** 2)
+
+
+def test_a_rate_conditioned_tpg_learns_from_the_rates(tmp_path):
+    """With ``tpg_rate_film`` the loop feeds each pair's rate: the zero-initialised FiLM gets trained."""
+    from myriad.training import loop
+
+    config = tiny_config(tmp_path, steps=2, model={"qformer": {"dropout": 0.0}, "prompt_generators": {"tpg_rate_film": True}},
+                         map_sources=[{}, {"shots": 1}], phases=[Phase(steps=2, lr=1e-3, routes={"tpg": 1.0})])
+    model = loop.build_model(config)
+    assert float(model.tpg.rate_film.weight.abs().sum()) == 0.0
+    loop.train(config, progress=False, model=model)
+    assert float(model.tpg.rate_film.weight.abs().sum()) > 0.0
+
+
 def test_map_sources_mix_expert_settings_reproducibly(tmp_path):
     """Each training pair draws a map source (shots / expert config); plans are reproducible and single-source
-    runs keep the plans (and cache keys) of earlier versions."""
+    runs keep the plans of earlier versions."""
     from myriad.training.data import TrainingPool
     from myriad.training.loop import _step_plan
     from myriad.training.maps import MapMixture, cache_key
