@@ -216,6 +216,7 @@ class Inspector:
                     located_map=located_map,
                     answer_route=self.answers,
                     lmm_answer=answer,
+                    false_alarm_rate=getattr(det, "false_alarm_rate", None),
                 )
             )
         return results

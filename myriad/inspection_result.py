@@ -46,6 +46,9 @@ class InspectionResult:
     answer_route: str = "facts"
     #: the LMM's own text (route ``facts``: its answer to the paper's question, which gave the verdict); '' without LMM
     lmm_answer: str = ""
+    #: the share of normal images the expert's calibration is expected to flag (``Detection.false_alarm_rate``:
+    #: 1/(n+1) for n held-out normals, combined over a fusion's members); None when unknown
+    false_alarm_rate: float | None = None
 
     @property
     def answer_problems(self) -> list[str]:
@@ -83,6 +86,8 @@ class InspectionResult:
             extra["findings"] = self.findings.as_dict()
             extra["grounded_answer"] = self.grounded_answer
             extra["answer_degenerate"] = self.answer_problems
+        if self.false_alarm_rate is not None:
+            extra["false_alarm_rate"] = round(self.false_alarm_rate, 4)
         if self.lmm_answer:
             extra["answer_route"] = self.answer_route
             extra["lmm_answer"] = self.lmm_answer

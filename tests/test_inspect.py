@@ -48,6 +48,10 @@ def test_inspect_expert_only_writes_records_and_overlays(folders, tmp_path, caps
     for r in records:
         assert (out / r["overlay"]).is_file()
     assert len([line for line in stdout.splitlines() if line.startswith("t")]) == 4
+    # how often the expert's alarms are false, in the records and in the run's last line (n normals: 1/(n+1))
+    n = len(list(normal.glob("*.png")))
+    assert all(r["false_alarm_rate"] == round(1 / (n + 1), 4) for r in records)
+    assert stdout.splitlines()[-1].startswith(f"calibrated on {n} normal images, colour-stats is expected to flag about")
 
 
 def test_overlay_and_shown_names_follow_the_folder_layout(folders, tmp_path, capsys):

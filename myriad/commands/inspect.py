@@ -84,8 +84,15 @@ def inspect_command(
         expert, config, lmm=lmm, device=device, precision=precision, false_alarm_rate=false_alarm_rate, tile=tile,
         answers=answers,
     )
+    calibration_note = ""
     if normal_paths:
         inspector.fit(normal_paths)
+        rate = getattr(inspector.detector, "false_alarm_rate", None)
+        if rate is not None:
+            calibration_note = (
+                f"calibrated on {len(normal_paths)} normal images, {expert} is expected to flag about "
+                f"{_percent(rate)} of good images (more normal images lower it; --false-alarm-rate sets it)"
+            )
     elif normal:
         raise click.ClickException(f"no readable normal images in {', '.join(map(str, normal))}")
     elif inspector.zero_shot_only:
@@ -111,6 +118,8 @@ def inspect_command(
     finally:
         shutil.rmtree(staging, ignore_errors=True)
     click.echo(f"wrote {output / 'results.jsonl'} ({len(records)} images) and overlays in {output}")
+    if calibration_note:
+        click.echo(calibration_note)
 
 
 def _inspect_all(inspector: Any, test_paths: list[Path], batch_size: int, ask: str | None, folder: Path) -> list[dict]:
@@ -182,3 +191,9 @@ def _parse_config(value: str | None) -> dict:
     if not isinstance(data, dict):
         raise click.BadParameter("must be a JSON object", param_hint="--config")
     return data
+
+
+def _percent(rate: float) -> str:
+    """A rate as a short percentage: ``2 %``, ``0.5 %``."""
+    value = 100 * rate
+    return f"{value:.0f} %" if value >= 1.5 else f"{value:.1g} %"

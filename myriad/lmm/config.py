@@ -302,6 +302,8 @@ def mini_config(**changes: object) -> MyriadConfig:
             map_scale=2.0,
             # Map tokens at a word embedding's norm (SmolLM2: mean 3.2), whatever training does.
             tpg_token_norm=3.2,
+            # The expert's expected false-alarm rate conditions the TPG (version 5 on; docs/lmm.md, item 11).
+            tpg_rate_film=True,
         ),
         llm=SMOLLM2_135M,
         # SmolLM2's own chat template: held-out accuracy 0.93 vs 0.46 for the reference

@@ -128,6 +128,10 @@ class InspectionOut(BaseModel):
         None, description="the LMM's own text (on the 'facts' route: its answer to the paper's question, which gave the verdict)"
     )
     timings_ms: dict[str, float]
+    false_alarm_rate: Optional[float] = Field(
+        None, description="the share of normal images the expert's calibration is expected to flag: 1/(n+1) for the "
+        "paper's threshold over n held-out normals, combined over a fused expert's members; null when unknown"
+    )
     members: Optional[dict[str, MemberOut]] = Field(
         None, description="a fused expert: each member's calibrated score and decision, by member name (the fused "
         "score is their maximum, anomalous when any member is); null for one expert"
