@@ -104,11 +104,14 @@ def paper_false_alarm_rate(num_normals: int) -> float:
     return 1.0 / (max(int(num_normals), 1) + 1)
 
 
-def combined_false_alarm_rate(rates: Sequence[float]) -> float:
-    """False-alarm rate of a fusion that alarms when any member does, members taken as independent."""
+def combined_false_alarm_rate(rates: Sequence[float | None]) -> float | None:
+    """False-alarm rate of a fusion that alarms when any member does, members taken as independent;
+    None when a member's rate is unknown."""
     import math
 
-    return 1.0 - math.prod(1.0 - r for r in rates)
+    if any(r is None for r in rates):
+        return None
+    return 1.0 - math.prod(1.0 - r for r in rates)  # type: ignore[operator]
 
 
 def check_false_alarm_rate(rate: float | None) -> float | None:

@@ -118,8 +118,7 @@ class FusedDetector:
         independent); None when a member's rate is unknown."""
         from myriad.calibration import combined_false_alarm_rate
 
-        rates = [m.false_alarm_rate for m in self.members]
-        return None if any(r is None for r in rates) else combined_false_alarm_rate(rates)  # type: ignore[arg-type]
+        return combined_false_alarm_rate([m.false_alarm_rate for m in self.members])
 
     @property
     def calibrator(self) -> Any:
@@ -188,7 +187,6 @@ class FusedDetector:
                     "mode": member.mode,
                 }
             raw_score = max(scores)
-            rates = [d[i].false_alarm_rate for _, d, _ in per_member]
             fused.append(
                 Detection(
                     raw_map=np.maximum.reduce(raw_maps),
@@ -198,7 +196,7 @@ class FusedDetector:
                     anomalous=any(m["anomalous"] for m in members.values()),
                     members=members,
                     member_maps={member.expert_name: d[i].anomaly_map for member, d, _ in per_member},
-                    false_alarm_rate=None if None in rates else combined_false_alarm_rate(rates),  # type: ignore[arg-type]
+                    false_alarm_rate=combined_false_alarm_rate([d[i].false_alarm_rate for _, d, _ in per_member]),
                 )
             )
         return fused

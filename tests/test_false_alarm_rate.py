@@ -78,6 +78,7 @@ def test_expected_false_alarm_rate_of_each_calibration():
     assert Calibrator.identity().false_alarm_rate is None
     assert paper_false_alarm_rate(4) == pytest.approx(0.2)
     assert combined_false_alarm_rate([0.2, 0.2]) == pytest.approx(0.36)
+    assert combined_false_alarm_rate([0.2, None]) is None  # a member of unknown rate
     restored = Calibrator.from_dict(Calibrator.from_normal_outputs(scores[:7], maps[:7]).to_dict())
     assert restored.false_alarm_rate == pytest.approx(1 / 8)
 

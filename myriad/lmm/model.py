@@ -417,8 +417,6 @@ def _rates(rates: Sequence[float | None] | None, batch: int, device: torch.devic
     if rates is None:
         return None
     rates = list(rates)
-    if len(rates) == 1 and batch > 1:
-        rates = rates * batch
     if len(rates) != batch:
         raise InputError(f"false_alarm_rates: expected {batch} (one per image), got {len(rates)}")
     return torch.tensor([float("nan") if r is None else float(r) for r in rates], dtype=torch.float32, device=device)

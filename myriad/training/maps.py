@@ -93,7 +93,9 @@ class ExpertMaps:
         from myriad.fusion import member_names
 
         n = self.pool.data.reference_shots if self.shots is None else min(self.shots, self.pool.data.reference_shots)
-        return combined_false_alarm_rate([paper_false_alarm_rate(n)] * len(member_names(self.expert)))
+        rate = combined_false_alarm_rate([paper_false_alarm_rate(n)] * len(member_names(self.expert)))
+        assert rate is not None
+        return rate
 
     def detector(self, category: int) -> Any:
         """The calibrated detector of a category (fitted on first use)."""
