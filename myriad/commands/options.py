@@ -13,7 +13,8 @@ precision_option = click.option(
     default=DEFAULT_PRECISION,
     show_default=True,
     help="LMM inference precision: auto = bfloat16 LLM where the hardware computes bf16 (e.g. AVX512-BF16 CPUs), "
-    "else float32; int8 quantises the LLM's linear layers (CPU; less accurate).",
+    "else float32; int8 quantises the LLM's linear layers (CPU only; with the shipped weights its verdicts fall "
+    "below the expert's, so use it only to measure).",
 )
 
 
