@@ -234,7 +234,7 @@ def train(
                     use_vpg=use_vpg,
                     use_tpg=use_tpg,
                     decision_weight=config.decision_weight,
-                    false_alarm_rates=rates if model.config.prompt_generators.tpg_rate_film else None,
+                    false_alarm_rates=rates,  # read only by a TPG built with tpg_rate_film
                 ).loss / config.grad_accum
                 loss.backward()
             step_loss += loss.detach()

@@ -23,6 +23,11 @@ import numpy as np
 from myriad.training.data import Item, TrainingPool
 
 
+def references_used(pool: TrainingPool, shots: int | None) -> int:
+    """How many held-apart references a source's expert fits on: the first ``shots`` (None: all of them)."""
+    return pool.data.reference_shots if shots is None else min(shots, pool.data.reference_shots)
+
+
 def cache_key(pool: TrainingPool, expert: str, expert_config: dict, map_size: int, shots: int | None = None) -> str:
     """Hash of every setting that changes the maps (``shots``: references the expert fits on)."""
     from myriad import __version__
@@ -39,7 +44,7 @@ def cache_key(pool: TrainingPool, expert: str, expert_config: dict, map_size: in
         }
     if is_fused(expert):
         described = {"members": members}
-    else:  # one expert: the payload of earlier versions, so their caches stay valid
+    else:  # one expert: its description at the top level
         described = next(iter(members.values()))
     # The maps depend on the references the expert fits on (the first ``shots`` of a fixed sequence), not on
     # how many the data config holds: raising ``reference_shots`` for one source keeps the others' caches.
@@ -53,7 +58,7 @@ def cache_key(pool: TrainingPool, expert: str, expert_config: dict, map_size: in
         "painted_fraction": pool.painted_fraction,
         "map_size": map_size,
         "myriad": __version__,
-        "shots": pool.data.reference_shots if shots is None else min(shots, pool.data.reference_shots),
+        "shots": references_used(pool, shots),
     }
     return hashlib.sha256(json.dumps(payload, sort_keys=True).encode()).hexdigest()[:16]
 
@@ -92,7 +97,7 @@ class ExpertMaps:
         from myriad.calibration import combined_false_alarm_rate, paper_false_alarm_rate
         from myriad.fusion import member_names
 
-        n = self.pool.data.reference_shots if self.shots is None else min(self.shots, self.pool.data.reference_shots)
+        n = references_used(self.pool, self.shots)
         rate = combined_false_alarm_rate([paper_false_alarm_rate(n)] * len(member_names(self.expert)))
         assert rate is not None
         return rate
@@ -103,7 +108,7 @@ class ExpertMaps:
             from myriad.fusion import make_detector
 
             detector = make_detector(self.expert, self.expert_config)
-            detector.fit(self.pool.references(category)[: self.shots])
+            detector.fit(self.pool.references(category)[: references_used(self.pool, self.shots)])
             self._detectors[category] = detector
         return self._detectors[category]
 
