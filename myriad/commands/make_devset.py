@@ -8,7 +8,7 @@ from typing import Callable
 import click
 
 # Kept in sync with myriad.synthetic.devset.PRESET_NAMES (not imported here: --help stays instant).
-_PRESETS = ("default", "benchmark", "samples", "realistic")
+_PRESETS = ("default", "benchmark", "samples", "realistic", "visible")
 
 
 def _names(values: tuple[str, ...]) -> tuple[str, ...] | None:
@@ -21,18 +21,19 @@ def _names(values: tuple[str, ...]) -> tuple[str, ...] | None:
 @click.argument("out", type=click.Path(file_okay=False, path_type=Path), required=False)
 @click.option("--preset", type=click.Choice(_PRESETS), default="default", show_default=True,
               help="Starting point: default (fast, ~190 images), benchmark (~2,150 images), samples (12 images), "
-                   "realistic (real photos, subtle real-sized defects, ~1,740 images; docs/realistic-devset.md).")
+                   "realistic (real photos, subtle real-sized defects, ~1,740 images; docs/realistic-devset.md), "
+                   "visible (the realistic photos, small defects plain to see, ~2,400 images).")
 @click.option("--seed", type=int, default=None, help="Random seed (same seed = identical files). [default: 0]")
 @click.option("--categories", "-c", multiple=True, metavar="NAMES",
               help="Texture categories, comma-separated or repeated (see --list).")
 @click.option("--train", type=click.IntRange(1), default=None, help="Normal training images per category.")
 @click.option("--test-good", type=click.IntRange(0), default=None, help="Normal test images per category.")
-@click.option("--test-defect", type=click.IntRange(0), default=None, help="Defective test images per defect kind and category.")
+@click.option("--test-defect", type=click.IntRange(0), default=None, help="Defective test images per defect kind and category (visible preset: per family and category).")
 @click.option("--size", type=click.IntRange(32, 4096), default=None, help="Image side in pixels. [default: 256]")
 @click.option("--defects", multiple=True, metavar="KINDS",
               help="Defect kinds, comma-separated or repeated. [default: the evaluation kinds]")
 @click.option("--crops", type=click.Choice(("shared", "zoned")), default=None,
-              help="realistic preset: train and test crops from one range of each photo (shared, the default) "
+              help="realistic / visible presets: train and test crops from one range of each photo (shared, the default) "
                    "or test crops from a separate zone (zoned).")
 @click.option("--overwrite", is_flag=True, help="Replace an existing dev set at OUT.")
 @click.option("--list", "list_only", is_flag=True, help="List textures and defect kinds, then exit.")
@@ -65,11 +66,11 @@ def make_devset_command(
     from myriad.synthetic.devset import PRESETS, make_devset
     from myriad.synthetic.textures import TEXTURES
 
-    if preset == "realistic":
-        _realistic(out, seed, categories, train, test_good, test_defect, size, defects, crops, overwrite, list_only, quiet)
+    if preset in ("realistic", "visible"):
+        _realistic(out, preset, seed, categories, train, test_good, test_defect, size, defects, crops, overwrite, list_only, quiet)
         return
     if crops is not None:
-        raise click.UsageError("--crops applies to --preset realistic only")
+        raise click.UsageError("--crops applies to --preset realistic and visible only")
     if list_only:
         click.echo("textures:")
         for t in TEXTURES.values():
@@ -133,6 +134,7 @@ def _summary(manifest: dict, out: Path, start: float) -> None:
 
 def _realistic(
     out: Path | None,
+    preset: str,
     seed: int | None,
     categories: tuple[str, ...],
     train: int | None,
@@ -145,12 +147,11 @@ def _realistic(
     list_only: bool,
     quiet: bool,
 ) -> None:
-    """``--preset realistic``: real photos and subtle defects (myriad.synthetic.realistic_devset)."""
+    """``--preset realistic`` (subtle defects) or ``visible`` (plain to see) on real photos (myriad.synthetic.realistic_devset)."""
     import time
     from dataclasses import replace
 
-    from myriad.synthetic.realistic_defects import REALISTIC_KINDS
-    from myriad.synthetic.realistic_devset import REALISTIC, make_realistic_devset
+    from myriad.synthetic.realistic_devset import REALISTIC, catalogue, make_realistic_devset, visible_spec
     from myriad.synthetic.realistic_photos import PHOTOS
 
     if list_only:
@@ -158,8 +159,9 @@ def _realistic(
         for p in PHOTOS.values():
             tag = "E" if p.split == "eval" else "T"
             click.echo(f"  {tag} {p.name:<8} {'oriented ' if p.oriented else 'isotropic'}  {p.description}")
-        click.echo("realistic defect kinds (E = evaluation, T = training):")
-        for k in REALISTIC_KINDS.values():
+        kinds = catalogue(preset)
+        click.echo(f"{preset} defect kinds (E = evaluation, T = training):")
+        for k in (kinds.get(name) for name in kinds.eval + kinds.train):
             click.echo(f"  {'E' if k.split == 'eval' else 'T'} {k.name:<20} {k.family:<13} {k.description}")
         return
     if out is None:
@@ -174,7 +176,8 @@ def _realistic(
         "defects": _names(defects),
         "crops": crops,
     }
-    spec = replace(REALISTIC, **{k: v for k, v in overrides.items() if v is not None})
+    base = visible_spec() if preset == "visible" else REALISTIC
+    spec = replace(base, **{k: v for k, v in overrides.items() if v is not None})
     start = time.perf_counter()
     manifest = _with_progress(lambda progress: make_realistic_devset(out, spec, overwrite=overwrite, progress=progress), quiet)
     _summary(manifest, out, start)

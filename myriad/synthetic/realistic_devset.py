@@ -28,7 +28,7 @@ from __future__ import annotations
 import json
 import shutil
 import zlib
-from dataclasses import asdict, dataclass
+from dataclasses import asdict, dataclass, field
 from functools import lru_cache
 from pathlib import Path
 from typing import TYPE_CHECKING, Callable
@@ -39,9 +39,14 @@ from myriad.synthetic.realistic_defects import REALISTIC_EVAL_KINDS, REALISTIC_T
 if TYPE_CHECKING:  # pragma: no cover
     import numpy as np
 
+    from myriad.synthetic.realistic_defects import RealisticKind
+
 __all__ = [
     "RealisticSpec",
     "REALISTIC",
+    "visible_spec",
+    "KindCatalogue",
+    "catalogue",
     "REALISTIC_CATEGORIES",
     "RealisticSample",
     "render_sample",
@@ -59,6 +64,8 @@ AREA_RANGE = (0.0005, 0.05)
 #: Normal images used to measure the spread of whole-image statistics (texture-wide visibility).
 SPREAD_IMAGES = 32
 _ATTEMPTS = 12
+#: Draws a visible defect gets to reach its area range and least visibility.
+_VISIBLE_ATTEMPTS = 60
 #: How train and test crop centres are drawn (see :class:`RealisticSpec`).
 CROP_MODES = ("shared", "zoned")
 
@@ -77,6 +84,13 @@ class RealisticSpec:
     preset: str = "realistic"
     #: "shared": train and test crop centres from one range; "zoned": test crops from a separate zone
     crops: str = "shared"
+    #: False: ``test_defect`` images per kind; True: per family (local, texture-wide), spread evenly over its kinds
+    per_family: bool = False
+
+    @property
+    def kinds(self) -> "KindCatalogue":
+        """The defect kinds of this spec's preset (``realistic`` or ``visible``)."""
+        return catalogue(self.preset)
 
     def validate(self) -> "RealisticSpec":
         """Check names, counts and that only evaluation photos and kinds are used; returns self."""
@@ -91,10 +105,11 @@ class RealisticSpec:
         for name in self.categories:
             if get_photo_source(name).split != "eval":
                 raise ConfigError(f"--categories: {name!r} is a training-only photo; the realistic preset uses evaluation photos only")
+        kinds = self.kinds
         for kind in self.defects:
-            get_realistic_kind(kind)
-            if kind in REALISTIC_TRAIN_KINDS:
-                raise ConfigError(f"--defects: {kind!r} is a training kind; the realistic preset writes evaluation kinds only")
+            kinds.get(kind)
+            if kind in kinds.train:
+                raise ConfigError(f"--defects: {kind!r} is a training kind; the {self.preset} preset writes evaluation kinds only")
         if self.train < 1:
             raise ConfigError(f"--train must be at least 1, got {self.train}")
         if self.test_good < 0 or self.test_defect < 0:
@@ -111,6 +126,52 @@ class RealisticSpec:
 
 
 REALISTIC = RealisticSpec()
+
+
+@dataclass(frozen=True)
+class KindCatalogue:
+    """One preset's defect kinds and the rules every defect of it must meet."""
+
+    name: str
+    lookup: Callable[[str], "RealisticKind"]
+    eval: tuple[str, ...]
+    train: tuple[str, ...]
+    #: area fraction every local defect must have
+    area_range: tuple[float, float]
+    #: least (local, texture-wide) visibility a defect must reach; None: any
+    min_visibility: tuple[float, float] | None
+    attempts: int
+    #: kind -> photos it is not drawn on
+    not_on: dict[str, tuple[str, ...]] = field(default_factory=dict)
+
+    def get(self, name: str) -> "RealisticKind":
+        """The kind ``name`` (ConfigError naming the available ones)."""
+        return self.lookup(name)
+
+
+def catalogue(preset: str) -> KindCatalogue:
+    """The kinds and rules of ``preset``: ``realistic`` (subtle) or ``visible`` (flagged at a glance)."""
+    if preset == "visible":
+        from myriad.synthetic.visible_defects import (
+            VISIBLE_AREA_RANGE,
+            VISIBLE_EVAL_KINDS,
+            VISIBLE_MIN_VISIBILITY,
+            VISIBLE_NOT_ON,
+            VISIBLE_TRAIN_KINDS,
+            get_visible_kind,
+        )
+
+        return KindCatalogue("visible", get_visible_kind, VISIBLE_EVAL_KINDS, VISIBLE_TRAIN_KINDS, VISIBLE_AREA_RANGE,
+                             VISIBLE_MIN_VISIBILITY, _VISIBLE_ATTEMPTS, VISIBLE_NOT_ON)
+    return KindCatalogue("realistic", get_realistic_kind, REALISTIC_EVAL_KINDS, REALISTIC_TRAIN_KINDS, AREA_RANGE, None, _ATTEMPTS)
+
+
+#: The visible preset (``myriad make-devset --preset visible``): the realistic photos and crops, defects an
+#: inspector flags at a glance (:mod:`myriad.synthetic.visible_defects`), 40 per family and category.
+def visible_spec() -> RealisticSpec:
+    from myriad.synthetic.visible_defects import VISIBLE_EVAL_KINDS
+
+    return RealisticSpec(train=200, test_good=200, test_defect=40, per_family=True, preset="visible", defects=VISIBLE_EVAL_KINDS)
 
 
 def _stream(seed: int, *parts: str | int) -> "np.random.Generator":
@@ -176,13 +237,22 @@ def normal_spread(seed: int, category: str, size: int) -> "np.ndarray":
     return np.asarray(rows).std(axis=0)
 
 
-def render_sample(category: str, kind: str, rng: "np.random.Generator", size: int, zone: str = "test", seed: int = 0) -> RealisticSample:
+def render_sample(
+    category: str,
+    kind: str,
+    rng: "np.random.Generator",
+    size: int,
+    zone: str = "test",
+    seed: int = 0,
+    kinds: KindCatalogue | None = None,
+) -> RealisticSample:
     """Render one image of ``category`` with defect ``kind`` (``"good"`` for a normal image) from ``rng``.
 
     ``zone`` is the photo zone the crop is centred in (``"train"``, ``"test"`` or ``"any"``). Works
-    for every registered photo and kind (training kinds included, for LMM data made from
-    training photos); ``seed`` only selects the normal images that texture-wide
-    visibility is measured against.
+    for every registered photo and kind of the catalogue ``kinds`` (default: the realistic
+    preset's; training kinds included, for LMM data made from training photos); ``seed`` only
+    selects the normal images that texture-wide visibility is measured against. A defect is
+    redrawn until its area (local kinds) and visibility meet the catalogue's rules.
     """
     import numpy as np
 
@@ -190,6 +260,7 @@ def render_sample(category: str, kind: str, rng: "np.random.Generator", size: in
     from myriad.synthetic.realistic_defects import Scene, global_visibility, local_visibility
     from myriad.synthetic.realistic_photos import draw_pose, finish, get_photo_source, render_material, zones_for
 
+    kinds = kinds or catalogue("realistic")
     source = get_photo_source(category)
     zones = zones_for(category, size)
     pose = draw_pose(rng, zones, zone)
@@ -200,30 +271,34 @@ def render_sample(category: str, kind: str, rng: "np.random.Generator", size: in
     if kind == "good":
         return RealisticSample(clean, clean, None, info)
 
-    spec = get_realistic_kind(kind)
+    spec = kinds.get(kind)
     if spec.needs_orientation and not source.oriented:
         raise ConfigError(f"defect kind {kind!r} needs an oriented photo; {category!r} is not")
     scene = Scene(category, material, pose, size, source.colour, source.oriented,
                   render=lambda p: render_material(category, p, size), donor=_donor(category))
-    for _ in range(_ATTEMPTS):
+    least = None if kinds.min_visibility is None else kinds.min_visibility[1 if spec.is_global else 0]
+    for _ in range(kinds.attempts):
         alteration = spec.paint(scene, rng)
         if spec.is_global:
             mask = np.ones((size, size), dtype=bool)
-            break
-        mask = alteration.alpha > 0
-        if AREA_RANGE[0] <= float(mask.mean()) <= AREA_RANGE[1]:
+        else:
+            mask = alteration.alpha > 0
+            if not kinds.area_range[0] <= float(mask.mean()) <= kinds.area_range[1]:
+                continue
+        extra = None
+        if alteration.extra_noise:
+            extra = rng.standard_normal(material.shape).astype(np.float32) * alteration.extra_noise
+        image = finish(alteration.material, pose, noise, extra)
+        if spec.is_global:
+            visibility, contrast = global_visibility(clean, image, normal_spread(seed, category, size)), None
+        else:
+            visibility, contrast = local_visibility(clean, image, mask)
+        if least is None or visibility >= least:
             break
     else:
-        raise RuntimeError(f"defect kind {kind!r}: no draw within the area range {AREA_RANGE} in {_ATTEMPTS} attempts")
-    extra = None
-    if alteration.extra_noise:
-        extra = rng.standard_normal(material.shape).astype(np.float32) * alteration.extra_noise
-    image = finish(alteration.material, pose, noise, extra)
+        rule = f"the area range {kinds.area_range}" + ("" if least is None else f" and visibility >= {least}")
+        raise RuntimeError(f"defect kind {kind!r} on {category!r}: no draw met {rule} in {kinds.attempts} attempts")
     area = float(mask.mean())
-    if spec.is_global:
-        visibility, contrast = global_visibility(clean, image, normal_spread(seed, category, size)), None
-    else:
-        visibility, contrast = local_visibility(clean, image, mask)
     info.update({
         "kind": kind,
         "family": spec.family,
@@ -255,11 +330,28 @@ class _Planned:
 
 
 def applicable_kinds(spec: RealisticSpec, category: str) -> list[str]:
-    """The spec's defect kinds that make sense on ``category`` (rotation kinds need an oriented photo)."""
+    """The spec's defect kinds that make sense on ``category`` (rotation kinds need an oriented photo; a
+    catalogue may leave a kind off a photo, :attr:`KindCatalogue.not_on`)."""
     from myriad.synthetic.realistic_photos import get_photo_source
 
     oriented = get_photo_source(category).oriented
-    return [k for k in spec.defects if oriented or not get_realistic_kind(k).needs_orientation]
+    kinds = spec.kinds
+    return [k for k in spec.defects
+            if (oriented or not kinds.get(k).needs_orientation) and category not in kinds.not_on.get(k, ())]
+
+
+def defect_counts(spec: RealisticSpec, category: str) -> dict[str, int]:
+    """Defective test images per kind of ``category``: ``test_defect`` each, or (``per_family``)
+    ``test_defect`` per family spread evenly over its applicable kinds (the first kinds get one more)."""
+    kinds = applicable_kinds(spec, category) if spec.test_defect else []
+    if not spec.per_family:
+        return {k: spec.test_defect for k in kinds}
+    counts: dict[str, int] = {}
+    for family in dict.fromkeys(spec.kinds.get(k).family for k in kinds):
+        members = [k for k in kinds if spec.kinds.get(k).family == family]
+        share, extra = divmod(spec.test_defect, len(members))
+        counts.update({k: share + (i < extra) for i, k in enumerate(members)})
+    return {k: counts[k] for k in kinds}
 
 
 def _plan(spec: RealisticSpec) -> list[_Planned]:
@@ -267,15 +359,16 @@ def _plan(spec: RealisticSpec) -> list[_Planned]:
     for category in spec.categories:
         plan += [_Planned(category, "train", "good", i) for i in range(spec.train)]
         plan += [_Planned(category, "test", "good", i) for i in range(spec.test_good)]
-        for kind in applicable_kinds(spec, category) if spec.test_defect else []:
-            plan += [_Planned(category, "test", kind, i) for i in range(spec.test_defect)]
+        for kind, count in defect_counts(spec, category).items():
+            plan += [_Planned(category, "test", kind, i) for i in range(count)]
     return plan
 
 
 def render_planned(spec: RealisticSpec, item: _Planned) -> RealisticSample:
     """The sample of one planned file; deterministic for ``spec.seed``."""
     rng = _stream(spec.seed, item.category, item.split, item.defect, item.index)
-    return render_sample(item.category, item.defect, rng, spec.size, zone=item.split if spec.crops == "zoned" else "any", seed=spec.seed)
+    zone = item.split if spec.crops == "zoned" else "any"
+    return render_sample(item.category, item.defect, rng, spec.size, zone=zone, seed=spec.seed, kinds=spec.kinds)
 
 
 def _save_png(array: "np.ndarray", path: Path) -> None:
@@ -360,7 +453,6 @@ def _counts(files: list[dict], field: str) -> dict[str, int]:
 
 def _manifest(spec: RealisticSpec, files: list[dict], version: str) -> dict:
     from myriad.synthetic import realistic_buckets as buckets
-    from myriad.synthetic.realistic_defects import REALISTIC_KINDS
     from myriad.synthetic.realistic_photos import EVAL_PHOTOS, TRAIN_PHOTOS, get_photo_source, photo, window_overlap, zones_for
 
     categories = {}
@@ -384,11 +476,13 @@ def _manifest(spec: RealisticSpec, files: list[dict], version: str) -> dict:
         "command": _command(spec),
         "crop_size": spec.size,
         "split": {
-            "eval_kinds": list(REALISTIC_EVAL_KINDS),
-            "train_kinds": list(REALISTIC_TRAIN_KINDS),
+            "eval_kinds": list(spec.kinds.eval),
+            "train_kinds": list(spec.kinds.train),
             "eval_photos": list(EVAL_PHOTOS),
             "train_photos": list(TRAIN_PHOTOS),
             "rule": "evaluation kinds and photos are never used to train Myriad's LMM; this preset writes only evaluation kinds on evaluation photos",
+            "area_range": list(spec.kinds.area_range),
+            "min_visibility": None if spec.kinds.min_visibility is None else list(spec.kinds.min_visibility),
         },
         "buckets": {
             "size": list(buckets.SIZE_BUCKETS),
@@ -400,13 +494,13 @@ def _manifest(spec: RealisticSpec, files: list[dict], version: str) -> dict:
         },
         "counts": {field: _counts(files, field) for field in ("size_bucket", "visibility_bucket", "family", "kind")},
         "categories": categories,
-        "defect_kinds": {k: REALISTIC_KINDS[k].as_dict() for k in used},
+        "defect_kinds": {k: spec.kinds.get(k).as_dict() for k in used},
         "files": files,
     }
 
 
 def _command(spec: RealisticSpec) -> str:
-    parts = ["myriad make-devset OUT --preset realistic", f"--seed {spec.seed}", f"--categories {','.join(spec.categories)}"]
+    parts = [f"myriad make-devset OUT --preset {spec.preset}", f"--seed {spec.seed}", f"--categories {','.join(spec.categories)}"]
     parts += [f"--train {spec.train}", f"--test-good {spec.test_good}", f"--test-defect {spec.test_defect}", f"--size {spec.size}"]
     parts.append(f"--defects {','.join(spec.defects)}")
     parts.append(f"--crops {spec.crops}")
@@ -416,11 +510,13 @@ def _command(spec: RealisticSpec) -> str:
 def _readme(manifest: dict) -> str:
     spec = manifest["spec"]
     lines = [
-        "# Realistic development set",
+        f"# {spec['preset'].capitalize()} development set",
         "",
-        f"Generated by {manifest['generator']} (preset `realistic`, seed {spec['seed']}, {spec['size']} px crops).",
+        f"Generated by {manifest['generator']} (preset `{spec['preset']}`, seed {spec['seed']}, {spec['size']} px crops).",
         "Normal images are native-resolution crops of real photos (scikit-image's bundled samples); defects are",
-        "small, low-contrast, real-sized (0.05-5 % of the image) or texture-wide. See docs/realistic-devset.md.",
+        *(["small (0.1-3 % of the image) but plain to see (every one at least `medium` visibility), or texture-wide.",
+           "See docs/realistic-devset.md, 'The visible preset'."] if spec["preset"] == "visible" else
+          ["small, low-contrast, real-sized (0.05-5 % of the image) or texture-wide. See docs/realistic-devset.md."]),
         "",
         "Regenerate byte-identically with:",
         "",
