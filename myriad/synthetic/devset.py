@@ -54,7 +54,7 @@ MANIFEST = "devset.json"
 FORMAT = "myriad-devset/1"
 DEFAULT_CATEGORIES = ("brick", "grass", "gravel", "wood", "weave")
 #: Every ``--preset`` of ``myriad make-devset``; ``realistic`` is made by :mod:`myriad.synthetic.realistic_devset`.
-PRESET_NAMES = ("default", "benchmark", "samples", "realistic")
+PRESET_NAMES = ("default", "benchmark", "samples", "realistic", "visible")
 
 
 @dataclass(frozen=True)
