@@ -163,6 +163,9 @@ class Calibrator:
     #: Separate affine map for anomaly maps (in-batch control calibration); None: maps use floor/threshold.
     map_floor: float | None = None
     map_threshold: float | None = None
+    #: the held-out normals' raw scores, one per normal image in image order (None where not kept):
+    #: what a fusion normalises its members by (:mod:`myriad.fusion`)
+    heldout: tuple[float, ...] | None = None
 
     def __post_init__(self) -> None:
         import math
@@ -215,14 +218,27 @@ class Calibrator:
         data = asdict(self)
         if self.map_floor is None:
             del data["map_floor"], data["map_threshold"]
+        if self.heldout is None:
+            del data["heldout"]
+        else:
+            data["heldout"] = list(self.heldout)
+        return data
+
+    def summary(self) -> dict:
+        """:meth:`to_dict` without the held-out scores (for records written per image)."""
+        data = self.to_dict()
+        data.pop("heldout", None)
         return data
 
     @classmethod
     def from_dict(cls, data: dict) -> "Calibrator":
         """Inverse of :meth:`to_dict`."""
         try:
+            data = dict(data)
+            if data.get("heldout") is not None:
+                data["heldout"] = tuple(float(v) for v in data["heldout"])
             return cls(**data)
-        except TypeError as exc:
+        except (TypeError, ValueError) as exc:
             raise MyriadError(f"invalid calibration record {data!r}: {exc}") from exc
 
     def save(self, path: str | Path) -> None:
@@ -267,11 +283,13 @@ class Calibrator:
         maps: Sequence["np.ndarray"],
         method: str = "kfold-max",
         false_alarm_rate: float | None = None,
+        keep_scores: bool = True,
     ) -> "Calibrator":
         """Build from held-out normal image scores and maps (see the module docstring).
 
         ``false_alarm_rate``: None for the paper's threshold (maximum held-out score), else the
-        threshold of :func:`tail_threshold` (and ``method`` records the rate).
+        threshold of :func:`tail_threshold` (and ``method`` records the rate). ``keep_scores``:
+        keep the scores (:attr:`heldout`).
         """
         import numpy as np
 
@@ -284,7 +302,8 @@ class Calibrator:
         else:
             threshold = tail_threshold(scores, false_alarm_rate)
             method = f"{method},false-alarm-rate={false_alarm_rate:g}"
-        return cls(floor=min(floor, threshold), threshold=threshold, method=method, num_normals=len(scores))
+        heldout = tuple(float(v) for v in scores) if keep_scores else None
+        return cls(floor=min(floor, threshold), threshold=threshold, method=method, num_normals=len(scores), heldout=heldout)
 
     @classmethod
     def from_controls(
@@ -346,25 +365,50 @@ def heldout_splits(n: int, folds: int = 3, seed: int = 0) -> list[tuple[list[int
     ]
 
 
+#: How fitted experts are calibrated: ``auto`` (leave-one-out where the expert can, else k folds),
+#: ``leave-one-out`` (refused for an expert that cannot) or ``kfold`` (the authors' and earlier releases').
+CALIBRATION_METHODS = ("auto", "leave-one-out", "kfold")
+
+
+def check_calibration_method(method: str) -> str:
+    """Validate a calibration method name (one of :data:`CALIBRATION_METHODS`); returns it."""
+    if method not in CALIBRATION_METHODS:
+        raise ConfigError(f"calibration must be one of {', '.join(CALIBRATION_METHODS)}, got {method!r}")
+    return method
+
+
 def fit_calibrated(
     make_expert: Callable[[], "Expert"],
     normal_images: Sequence["np.ndarray"],
     folds: int = 3,
     seed: int = 0,
     false_alarm_rate: float | None = None,
+    method: str = "auto",
+    name: str = "",
 ) -> tuple["Expert", Calibrator]:
     """Fit an expert on all normal images and calibrate it on held-out normals.
 
     ``make_expert`` builds a fresh, unfitted expert with the wanted config. For
     zero-shot experts the normal images are scored directly (they never saw them).
-    For fitted experts, each of ``folds`` copies fits on the other folds and scores
-    its held-out fold; a single reference is calibrated on its mirror images.
-    ``false_alarm_rate``: see :meth:`Calibrator.from_normal_outputs`.
+    For fitted experts (``method``, :data:`CALIBRATION_METHODS`):
+
+    - ``leave-one-out``: the expert fitted on all images scores each of them without
+      what it learnt from that image (:meth:`~myriad.experts.Expert.heldout_predictions`),
+      so a held-out normal is scored as a test image is, against everything else;
+    - ``kfold``: each of ``folds`` copies fits on the other folds and scores its held-out
+      fold (the authors' rule; a copy that fits on two thirds of the images scores its
+      normals higher than the full expert scores new ones, so the threshold is too high);
+    - ``auto`` (default): leave-one-out where the expert offers it, else k folds.
+
+    A single reference is calibrated on its mirror images. ``false_alarm_rate``: see
+    :meth:`Calibrator.from_normal_outputs`. The held-out scores are kept in image order
+    (:attr:`Calibrator.heldout`).
     """
     import numpy as np
 
     from myriad.images import check_batch
 
+    check_calibration_method(method)
     images = check_batch(normal_images, what="normal images")
     expert = make_expert()
     if not expert.needs_fit:
@@ -374,23 +418,32 @@ def fit_calibrated(
         )
         return expert, calibrator
 
-    scores: list[float] = []
-    maps: list[np.ndarray] = []
     if len(images) == 1:
         mirrored = [np.ascontiguousarray(images[0][:, ::-1]), np.ascontiguousarray(images[0][::-1, :])]
         expert.fit(images)
         preds = expert.predict(mirrored)
-        method = "mirror"
-    else:
-        for fit_idx, held_idx in heldout_splits(len(images), folds, seed):
-            fold_expert = make_expert()
-            fold_expert.fit([images[i] for i in fit_idx])
-            held = fold_expert.predict([images[i] for i in held_idx])
-            scores += [p.score for p in held]
-            maps += [p.anomaly_map for p in held]
+        return expert, Calibrator.from_normal_outputs(
+            [p.score for p in preds], [p.anomaly_map for p in preds], "mirror", false_alarm_rate
+        )
+    if method != "kfold":
         expert.fit(images)
-        preds = []
-        method = f"kfold-max(k={min(folds, len(images))})"
-    scores += [p.score for p in preds]
-    maps += [p.anomaly_map for p in preds]
-    return expert, Calibrator.from_normal_outputs(scores, maps, method, false_alarm_rate)
+        held = expert.heldout_predictions(images)
+        if held is not None:
+            return expert, Calibrator.from_normal_outputs(
+                [p.score for p in held], [p.anomaly_map for p in held], f"leave-one-out(n={len(images)})", false_alarm_rate
+            )
+        if method == "leave-one-out":
+            raise ConfigError(
+                f"expert {name or type(expert).__name__!r} cannot score its normal images leave-one-out "
+                "(calibration='leave-one-out'): use calibration 'kfold' or 'auto'"
+            )
+    scores: list[float] = [0.0] * len(images)
+    maps: list[np.ndarray] = [np.zeros(1, np.float32)] * len(images)
+    for fit_idx, held_idx in heldout_splits(len(images), folds, seed):
+        fold_expert = make_expert()
+        fold_expert.fit([images[i] for i in fit_idx])
+        for i, pred in zip(held_idx, fold_expert.predict([images[i] for i in held_idx])):
+            scores[i], maps[i] = pred.score, pred.anomaly_map
+    if not expert.fitted:
+        expert.fit(images)
+    return expert, Calibrator.from_normal_outputs(scores, maps, f"kfold-max(k={min(folds, len(images))})", false_alarm_rate)

@@ -37,6 +37,7 @@ from myriad.calibration import (
     DEFAULT_CONTROLS,
     MIN_CONTROLS,
     Calibrator,
+    check_calibration_method,
     check_false_alarm_rate,
     fit_calibrated,
     paper_false_alarm_rate,
@@ -123,14 +124,14 @@ class Detector:
         return config
 
     def calibration_record(self) -> dict[str, Any]:
-        """The fixed calibration as JSON (empty before fit)."""
-        return self.calibrator.to_dict() if self.calibrator is not None else {}
+        """The fixed calibration as JSON, without the held-out scores (empty before fit)."""
+        return self.calibrator.summary() if self.calibrator is not None else {}
 
     def batch_calibration_record(self) -> dict[str, Any] | None:
         """The in-batch calibration of the last :meth:`detect` call as JSON (None without controls)."""
         if not self.uses_controls or self.last_calibrator is None:
             return None
-        return self.last_calibrator.to_dict()
+        return self.last_calibrator.summary()
 
     @property
     def uses_controls(self) -> bool:
@@ -152,6 +153,7 @@ class Detector:
         seed: int = 0,
         controls: int | None = None,
         false_alarm_rate: float | None = None,
+        calibration: str = "auto",
     ) -> "Detector":
         """Fit the expert on normal images and calibrate it (see :mod:`myriad.calibration`).
 
@@ -160,7 +162,9 @@ class Detector:
         (None: :data:`~myriad.calibration.DEFAULT_CONTROLS`, capped at the number of
         normal images; 0: the fixed calibration only). Ignored for other experts.
         ``false_alarm_rate``: None for the paper's threshold (maximum held-out normal),
-        else the target rate of :func:`myriad.calibration.tail_threshold`.
+        else the target rate of :func:`myriad.calibration.tail_threshold`. ``calibration``: how
+        held-out normals are scored (:data:`myriad.calibration.CALIBRATION_METHODS`; ``auto``:
+        leave-one-out where the expert can, else k folds).
         """
         import numpy as np
 
@@ -170,6 +174,7 @@ class Detector:
         if controls is not None and controls < 0:
             raise ConfigError(f"controls must not be negative, got {controls}")
         check_false_alarm_rate(false_alarm_rate)
+        check_calibration_method(calibration)
         images = check_batch(normal_images, what="normal images")
         config = self.base_expert.config
         self.tiling = self._plan_tiling(images)
@@ -185,7 +190,8 @@ class Detector:
                 "maximum, false-alarm rate <= 1/(controls+1)); a target false-alarm rate applies to other experts"
             )
         self.expert, self.calibrator = fit_calibrated(
-            make_expert, images, folds=folds, seed=seed, false_alarm_rate=false_alarm_rate
+            make_expert, images, folds=folds, seed=seed, false_alarm_rate=false_alarm_rate, method=calibration,
+            name=self.expert_name,
         )
         self.controls = []
         self.last_calibrator = None

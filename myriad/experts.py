@@ -289,6 +289,20 @@ class Expert(ABC):
     def _predict(self, images: list["np.ndarray"]) -> list[Prediction]:
         """Score validated RGB uint8 images; return maps at each input's size."""
 
+    def heldout_predictions(
+        self, images: list["np.ndarray"], groups: Sequence[int] | None = None
+    ) -> list[Prediction] | None:
+        """The images this expert was just fitted on, each scored as if it had been held out; None: cannot.
+
+        Optional. The host calls it right after :meth:`fit` with the same images, to calibrate on
+        held-out normals scored the way test images are (against everything fitted, minus the
+        image itself) instead of k folds that fit on a fraction of the images. ``groups[i]``
+        names the group of image ``i`` (default: each image its own); an image must be scored
+        without anything learnt from its group (tiles of one photo form a group). Return one
+        :class:`Prediction` per image, or None (the default) to let the host use k folds.
+        """
+        return None
+
     def state_tensors(self) -> dict[str, Any]:
         """Fitted tensors to save (name -> torch tensor or numpy array)."""
         return {}

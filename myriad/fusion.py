@@ -5,18 +5,26 @@ Each member is an ordinary :class:`~myriad.detector.Detector` (its own fit, its 
 calibration), so fusion happens in the host, on the calibrated scale, and no plugin
 imports another:
 
-- the fused score is the **maximum of the members' calibrated scores** (on the
-  calibrated scale extended past [0, 1], :meth:`~myriad.calibration.Calibrator.scale`,
-  so ranking keeps working where one member saturates), and the fused map is the
-  pixel-wise maximum of the members' calibrated maps;
-- an image is anomalous when the fused score exceeds 0.5, i.e. when **any member**
-  is above its own threshold. Each member's threshold is the maximum of its held-out
-  normals, so the maximum of the fused held-out scores is again 0.5: the paper's rule
-  holds for the fusion as a whole;
-- with a target false-alarm rate ``alpha`` each of the ``m`` members is calibrated
-  at ``alpha / m``, so the fusion's false-alarm rate is at most ``alpha`` (union bound);
+- **the rule ``tail`` (default):** each member's raw score becomes the evidence
+  ``-log10 P(normal score >= s)`` under that member's held-out normal scores
+  (:mod:`myriad.tail_evidence`), and the fused evidence is the largest. Members are thus
+  compared by how rare their score is among normals, not by their own scales, and a member
+  with no signal on an image leaves it at a normal image's evidence. The fusion is
+  calibrated as one expert: the held-out normals' fused evidence (each member's held-out
+  score judged against the *other* held-out normals) gives the paper's threshold (their
+  maximum, stated rate ``1 / (n + 1)``) or the ``--false-alarm-rate`` quantile, on the
+  fused statistic itself instead of a union over members.
+- **the rule ``max``** (earlier releases; also the fallback when a member keeps no held-out
+  scores, such as an in-batch calibrated MuSc, or with fewer than 3 normals): the fused score
+  is the maximum of the members' calibrated scores (on the scale extended past [0, 1]), and
+  an image is anomalous when any member is above its own threshold; with a target rate
+  ``alpha`` each of the ``m`` members is calibrated at ``alpha / m`` (union bound), and the
+  stated rate is ``1 - prod(1 - rate)`` over the members.
+- the fused map is always the pixel-wise maximum of the members' calibrated maps;
 - every member's calibrated score, raw score and decision are kept with each detection
   (:attr:`Detection.members`), so users see which expert fired.
+
+Measured on the visible, realistic and default dev sets: ``benchmarks/results/decisions.md``.
 
 A config for a fusion gives options per member: ``{"patchcore": {...}, "global": {...}}``.
 """
@@ -27,7 +35,7 @@ import json
 from pathlib import Path
 from typing import TYPE_CHECKING, Any, Sequence
 
-from myriad.calibration import DECISION_THRESHOLD, check_false_alarm_rate
+from myriad.calibration import DECISION_THRESHOLD, Calibrator, check_false_alarm_rate
 from myriad.detector import Detection, Detector
 from myriad.errors import ConfigError, WeightsError
 from myriad.tiling import DEFAULT_OVERLAP
@@ -35,10 +43,14 @@ from myriad.tiling import DEFAULT_OVERLAP
 if TYPE_CHECKING:  # pragma: no cover
     import numpy as np
 
+    from myriad.tail_evidence import TailModel
+
 #: Joins member names in a fused expert's name.
 SEPARATOR = "+"
 #: File that marks a saved fused detector.
 FUSED_FILE = "fused.json"
+#: How members are fused (see the module docstring).
+FUSION_RULES = ("tail", "max")
 
 
 def member_names(spec: str) -> list[str]:
@@ -91,10 +103,17 @@ class FusedDetector:
         config: dict[str, Any] | None = None,
         tile: int | str | None = "auto",
         tile_overlap: float = DEFAULT_OVERLAP,
+        rule: str = "tail",
     ) -> None:
+        if rule not in FUSION_RULES:
+            raise ConfigError(f"fusion rule must be one of {', '.join(FUSION_RULES)}, got {rule!r}")
         configs = member_configs(spec, config)
         self.expert_name = SEPARATOR.join(configs)
         self.members: list[Detector] = [Detector(name, cfg, tile, tile_overlap) for name, cfg in configs.items()]
+        self.rule = rule
+        #: the fused statistic's calibration and each member's tail model (rule ``tail`` after fit; else None)
+        self.fused_calibrator: Calibrator | None = None
+        self.tails: list[TailModel] | None = None
 
     # -- the Detector interface -----------------------------------------------------
     @property
@@ -114,16 +133,23 @@ class FusedDetector:
 
     @property
     def false_alarm_rate(self) -> float | None:
-        """Expected share of normal images the fusion flags (any member alarming, members taken as
-        independent); None when a member's rate is unknown."""
+        """Expected share of normal images the fusion flags: the fused calibration's (rule ``tail``), else
+        any member alarming with members taken as independent; None when a member's rate is unknown."""
         from myriad.calibration import combined_false_alarm_rate
 
+        if self.fused_calibrator is not None:
+            return self.fused_calibrator.false_alarm_rate
         return combined_false_alarm_rate([m.false_alarm_rate for m in self.members])
 
     @property
     def calibrator(self) -> Any:
-        """The fused scale needs no calibrator of its own (its threshold is 0.5 by construction); None before fit."""
-        return None
+        """The calibration of the fused evidence (rule ``tail``); None under the ``max`` rule or before fit."""
+        return self.fused_calibrator
+
+    @property
+    def active_rule(self) -> str:
+        """The rule in force: ``tail`` once calibrated for it, else ``max`` (see the module docstring)."""
+        return "tail" if self.fused_calibrator is not None else "max"
 
     def resolved_config(self) -> dict[str, Any]:
         """Each member's full config (and tiling), by member name."""
@@ -131,11 +157,11 @@ class FusedDetector:
 
     def calibration_record(self) -> dict[str, Any]:
         """How the fusion decides, and each member's calibration."""
-        return {
-            "method": "fused-max",
-            "threshold": DECISION_THRESHOLD,
-            "members": {m.expert_name: m.calibration_record() for m in self.members},
-        }
+        record: dict[str, Any] = {"method": f"fused-{self.active_rule}", "threshold": DECISION_THRESHOLD}
+        if self.fused_calibrator is not None:
+            record["fused"] = self.fused_calibrator.summary()
+        record["members"] = {m.expert_name: m.calibration_record() for m in self.members}
+        return record
 
     def batch_calibration_record(self) -> dict[str, Any] | None:
         """The in-batch calibrations of members that use controls (None when none does)."""
@@ -149,16 +175,38 @@ class FusedDetector:
         seed: int = 0,
         controls: int | None = None,
         false_alarm_rate: float | None = None,
+        calibration: str = "auto",
     ) -> "FusedDetector":
-        """Fit and calibrate every member on the same normal images (``false_alarm_rate`` split evenly)."""
+        """Fit and calibrate every member on the same normal images, then the fusion (see the module docstring).
+
+        Members are calibrated at ``false_alarm_rate / m`` each (their own maps and decisions);
+        under the ``tail`` rule the fused decision is calibrated at ``false_alarm_rate`` itself.
+        """
         from myriad.images import check_batch
 
         check_false_alarm_rate(false_alarm_rate)
         images = check_batch(normal_images, what="normal images")
         share = None if false_alarm_rate is None else false_alarm_rate / len(self.members)
         for member in self.members:
-            member.fit(images, folds=folds, seed=seed, controls=controls, false_alarm_rate=share)
+            member.fit(images, folds=folds, seed=seed, controls=controls, false_alarm_rate=share, calibration=calibration)
+        self.fused_calibrator, self.tails = None, None
+        if self.rule == "tail":
+            self._calibrate_tail(false_alarm_rate)
         return self
+
+    def _calibrate_tail(self, false_alarm_rate: float | None) -> None:
+        """The ``tail`` rule's calibration from the members' held-out scores (left unset when they lack them)."""
+        from myriad.tail_evidence import TailModel, heldout_evidence
+
+        held = [None if m.uses_controls or m.calibrator is None else m.calibrator.heldout for m in self.members]
+        if any(h is None for h in held) or len({len(h) for h in held}) != 1 or len(held[0]) < 3:  # type: ignore[arg-type]
+            return
+        evidence = heldout_evidence(held)  # type: ignore[arg-type]
+        self.tails = [TailModel.fit(h) for h in held]  # type: ignore[arg-type]
+        self.fused_calibrator = Calibrator.from_normal_outputs(
+            evidence.tolist(), [evidence], f"fused-tail(n={len(evidence)})", false_alarm_rate, keep_scores=False
+        )
+
 
     def detect(self, images: Sequence["np.ndarray"]) -> list[Detection]:
         """Score images with every member and fuse (see the module docstring)."""
@@ -186,17 +234,25 @@ class FusedDetector:
                     "anomalous": det.anomalous,
                     "mode": member.mode,
                 }
-            raw_score = max(scores)
+            if self.fused_calibrator is not None and self.tails is not None:
+                evidence = max(float(t.evidence(d[i].raw_score)) for t, (_, d, _) in zip(self.tails, per_member))
+                raw_score = float(self.fused_calibrator.scale(evidence))
+                anomalous = self.fused_calibrator.is_anomalous(evidence)
+                rate = self.fused_calibrator.false_alarm_rate
+            else:
+                raw_score = max(scores)
+                anomalous = any(m["anomalous"] for m in members.values())
+                rate = combined_false_alarm_rate([d[i].false_alarm_rate for _, d, _ in per_member])
             fused.append(
                 Detection(
                     raw_map=np.maximum.reduce(raw_maps),
                     raw_score=raw_score,
                     anomaly_map=np.maximum.reduce(maps),
                     score=float(min(max(raw_score, 0.0), 1.0)),
-                    anomalous=any(m["anomalous"] for m in members.values()),
+                    anomalous=bool(anomalous),
                     members=members,
                     member_maps={member.expert_name: d[i].anomaly_map for member, d, _ in per_member},
-                    false_alarm_rate=combined_false_alarm_rate([d[i].false_alarm_rate for _, d, _ in per_member]),
+                    false_alarm_rate=rate,
                 )
             )
         return fused
@@ -214,7 +270,10 @@ class FusedDetector:
         for index, member in enumerate(self.members):
             member.save(directory / "members" / f"{index}-{member.expert_name}")
         names = [m.expert_name for m in self.members]
-        atomic_write_text(directory / FUSED_FILE, json.dumps({"expert": self.expert_name, "members": names}, indent=2))
+        record: dict[str, Any] = {"expert": self.expert_name, "members": names, "rule": self.rule}
+        if self.fused_calibrator is not None:
+            record["fused_calibration"] = self.fused_calibrator.to_dict()
+        atomic_write_text(directory / FUSED_FILE, json.dumps(record, indent=2))
         return directory
 
     @classmethod
@@ -230,15 +289,30 @@ class FusedDetector:
         detector = cls.__new__(cls)
         detector.expert_name = SEPARATOR.join(names)
         detector.members = [Detector.load(directory / "members" / f"{i}-{name}") for i, name in enumerate(names)]
+        detector.rule = str(record.get("rule", "max"))  # saves before the tail rule fused by the maximum
+        detector.fused_calibrator, detector.tails = None, None
+        if record.get("fused_calibration"):
+            from myriad.tail_evidence import TailModel
+
+            held = [m.calibrator.heldout if m.calibrator is not None else None for m in detector.members]
+            if any(h is None for h in held):
+                raise WeightsError(f"{meta}: the tail rule needs every member's held-out scores (calibration.json 'heldout')")
+            detector.fused_calibrator = Calibrator.from_dict(record["fused_calibration"])
+            detector.tails = [TailModel.fit(h) for h in held]  # type: ignore[arg-type]
         return detector
 
 
 def make_detector(
-    spec: str, config: dict[str, Any] | None = None, tile: int | str | None = "auto", tile_overlap: float = DEFAULT_OVERLAP
+    spec: str,
+    config: dict[str, Any] | None = None,
+    tile: int | str | None = "auto",
+    tile_overlap: float = DEFAULT_OVERLAP,
+    rule: str = "tail",
 ) -> "Detector | FusedDetector":
-    """A :class:`~myriad.detector.Detector` for one expert, a :class:`FusedDetector` for ``"a+b"``."""
+    """A :class:`~myriad.detector.Detector` for one expert, a :class:`FusedDetector` for ``"a+b"``
+    (fused by ``rule``, :data:`FUSION_RULES`)."""
     if is_fused(spec):
-        return FusedDetector(spec, config, tile, tile_overlap)
+        return FusedDetector(spec, config, tile, tile_overlap, rule)
     member_names(spec)
     return Detector(spec, config, tile, tile_overlap)
 

@@ -157,16 +157,25 @@ class TiledExpert(Expert):
         per_image = len(self.tiling.boxes)
         tiles = [tile for image in images for tile in split_tiles(image, self.tiling)]
         preds = self.inner.predict(tiles)
-        out = []
-        for i in range(len(images)):
-            chunk = preds[i * per_image : (i + 1) * per_image]
-            out.append(
-                Prediction(
-                    anomaly_map=stitch([p.anomaly_map for p in chunk], self.tiling),
-                    score=float(max(p.score for p in chunk)),
-                )
-            )
-        return out
+        return [self._stitched(preds[i * per_image : (i + 1) * per_image]) for i in range(len(images))]
+
+    def heldout_predictions(
+        self, images: list["np.ndarray"], groups: Sequence[int] | None = None
+    ) -> list[Prediction] | None:
+        """The wrapped expert's held-out scores of every tile, each photo's tiles one group, stitched."""
+        check_size(images, self.tiling, "normal image")
+        per_image = len(self.tiling.boxes)
+        groups = list(range(len(images))) if groups is None else list(groups)
+        tiles = [tile for image in images for tile in split_tiles(image, self.tiling)]
+        preds = self.inner.heldout_predictions(tiles, [g for g in groups for _ in range(per_image)])
+        if preds is None:
+            return None
+        return [self._stitched(preds[i * per_image : (i + 1) * per_image]) for i in range(len(images))]
+
+    def _stitched(self, chunk: list[Prediction]) -> Prediction:
+        """One image's prediction from its tiles' (map stitched, score the largest tile score)."""
+        return Prediction(anomaly_map=stitch([p.anomaly_map for p in chunk], self.tiling),
+                          score=float(max(p.score for p in chunk)))
 
     def state_tensors(self) -> dict[str, Any]:
         """The wrapped expert's tensors."""

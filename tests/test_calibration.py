@@ -57,10 +57,69 @@ def test_threshold_is_max_of_heldout_normal_scores():
 
     images = [np.full((4, 4, 3), v, np.uint8) for v in (10, 20, 30, 40, 50, 60)]
     expert, cal = fit_calibrated(MeanExpert, images, folds=3, seed=0)
-    assert seen_fit_sizes == [4, 4, 4, 6]  # three folds, then the final fit on everything
+    assert seen_fit_sizes == [6, 4, 4, 4]  # the final fit; no leave-one-out offered, so three folds
     assert expert.mean == pytest.approx(35.0)
     assert cal.threshold > 0 and cal.method.startswith("kfold-max")
     assert cal.num_normals == 6
+    assert len(cal.heldout) == 6 and cal.threshold == max(cal.heldout)  # kept in image order
+
+
+class _LeaveOneOutMean(Expert):
+    """Mean grey level; held-out score = distance to the mean of the *other* images of other groups."""
+
+    def __init__(self, *_):
+        super().__init__(None, Mode.ONE_CLASS)
+
+    def _fit(self, images):
+        self.values = [float(i.mean()) for i in images]
+        self.mean = float(np.mean(self.values))
+
+    def _predict(self, images):
+        return [Prediction(np.full(i.shape[:2], abs(i.mean() - self.mean), np.float32), float(abs(i.mean() - self.mean))) for i in images]
+
+    def heldout_predictions(self, images, groups=None):
+        groups = list(range(len(images))) if groups is None else list(groups)
+        out = []
+        for i, image in enumerate(images):
+            others = [v for v, g in zip(self.values, groups) if g != groups[i]]
+            score = abs(float(image.mean()) - float(np.mean(others)))
+            out.append(Prediction(np.full(image.shape[:2], score, np.float32), score))
+        return out
+
+
+def test_leave_one_out_scores_each_normal_against_all_the_others():
+    images = [np.full((4, 4, 3), v, np.uint8) for v in (10, 20, 30, 40, 50, 60)]
+    _, cal = fit_calibrated(_LeaveOneOutMean, images)
+    expected = [abs(v - np.mean([w for w in (10, 20, 30, 40, 50, 60) if w != v])) for v in (10, 20, 30, 40, 50, 60)]
+    assert cal.method == "leave-one-out(n=6)"
+    assert cal.heldout == pytest.approx(expected)
+    assert cal.threshold == pytest.approx(max(expected))
+    assert cal.false_alarm_rate == pytest.approx(1 / 7)
+    _, kfold = fit_calibrated(_LeaveOneOutMean, images, method="kfold")
+    assert kfold.method.startswith("kfold-max")
+
+
+def test_leave_one_out_refused_where_the_expert_cannot():
+    from myriad.errors import ConfigError
+
+    class NoLoo(_LeaveOneOutMean):
+        def heldout_predictions(self, images, groups=None):
+            return None
+
+    images = [np.full((4, 4, 3), v, np.uint8) for v in (10, 20, 30)]
+    with pytest.raises(ConfigError, match="'mean' cannot score its normal images leave-one-out"):
+        fit_calibrated(NoLoo, images, method="leave-one-out", name="mean")
+    with pytest.raises(ConfigError, match="calibration must be one of"):
+        fit_calibrated(NoLoo, images, method="loo")
+
+
+def test_calibration_round_trips_with_heldout_scores(tmp_path):
+    from myriad.calibration import Calibrator
+
+    cal = Calibrator.from_normal_outputs([1.0, 2.0, 3.0], [np.zeros((2, 2))])
+    cal.save(tmp_path / "c.json")
+    assert Calibrator.load(tmp_path / "c.json") == cal
+    assert "heldout" not in cal.summary()
 
 
 class _MedianConfig(BaseModel):

@@ -1,4 +1,4 @@
-"""Fused experts: members calibrated on their own, fused by the maximum on the calibrated scale."""
+"""Fused experts: members calibrated on their own, fused by tail evidence (default) or the maximum on the calibrated scale."""
 
 from __future__ import annotations
 
@@ -125,8 +125,8 @@ def test_config_is_given_per_member(toys):
         member_configs("local-toy+whole-toy", {"local-toy": 3})
 
 
-def test_fused_decision_is_any_member_and_members_are_reported(toys):
-    detector = make_detector("local-toy+whole-toy")
+def test_max_rule_decision_is_any_member_and_members_are_reported(toys):
+    detector = make_detector("local-toy+whole-toy", rule="max")
     assert isinstance(detector, FusedDetector) and detector.mode == "one_class"
     detector.fit(_images(12, seed=0))
     normal = _images(1, seed=50)[0]
@@ -144,10 +144,57 @@ def test_fused_decision_is_any_member_and_members_are_reported(toys):
     assert dets[1].anomaly_map[11, 21] > 0.5 > float(np.median(dets[1].anomaly_map))
 
 
+def test_tail_rule_decides_on_the_rarest_member_score(toys):
+    from myriad.tail_evidence import TailModel
+
+    detector = make_detector("local-toy+whole-toy")
+    detector.fit(_images(12, seed=0))
+    assert detector.active_rule == "tail" and detector.calibration_record()["method"] == "fused-tail"
+    assert detector.false_alarm_rate == pytest.approx(1 / 13)  # one statistic over 12 held-out normals
+    normal = _images(1, seed=50)[0]
+    spotted = _spot(_images(1, seed=51)[0])
+    noisy = _images(1, seed=52, noise=30.0)[0]
+    dets = detector.detect([normal, spotted, noisy])
+    assert [d.anomalous for d in dets] == [False, True, True]
+    for det in dets:
+        evidence = max(
+            float(TailModel.fit(m.calibrator.heldout).evidence(det.members[m.expert_name]["raw_score"]))
+            for m in detector.members
+        )
+        assert det.raw_score == pytest.approx(detector.calibrator.scale(evidence), abs=1e-6)
+        assert det.anomalous == (det.raw_score > 0.5) and det.false_alarm_rate == pytest.approx(1 / 13)
+    assert dets[1].anomaly_map[11, 21] > 0.5 > float(np.median(dets[1].anomaly_map))
+
+
+def test_tail_rule_keeps_the_best_members_ranking(toys):
+    """A member with no signal on spots must not drown the member that sees them (the max rule does)."""
+    from myriad.metrics import image_auroc as auroc
+
+    normals, tests = _images(40, seed=5), _images(40, seed=6)
+    spots = [_spot(image) for image in _images(40, seed=7)]
+    labels = [0] * len(tests) + [1] * len(spots)
+    aurocs = {}
+    for rule in ("tail", "max"):
+        detector = make_detector("local-toy+whole-toy", rule=rule).fit(normals)
+        dets = detector.detect(tests + spots)
+        aurocs[rule] = auroc(labels, [d.raw_score for d in dets])
+        aurocs["local"] = auroc(labels, [d.members["local-toy"]["raw_score"] for d in dets])
+    assert aurocs["tail"] >= aurocs["local"] - 0.01
+
+
+def test_fused_rate_falls_back_to_the_max_rule_without_held_out_scores(toys):
+    detector = make_detector("local-toy+whole-toy").fit(_images(2, seed=8))  # 2 normals: too few for the tail
+    assert detector.active_rule == "max" and detector.calibrator is None
+
+
 def test_false_alarm_rate_is_split_among_members(toys):
     detector = make_detector("local-toy+whole-toy").fit(_images(40, seed=1), false_alarm_rate=0.1)
-    methods = [m["method"] for m in detector.calibration_record()["members"].values()]
+    record = detector.calibration_record()
+    methods = [m["method"] for m in record["members"].values()]
     assert all("false-alarm-rate=0.05" in m for m in methods)
+    assert "false-alarm-rate=0.1" in record["fused"]["method"] and detector.false_alarm_rate == pytest.approx(0.1)
+    with pytest.raises(ConfigError, match="fusion rule"):
+        make_detector("local-toy+whole-toy", rule="mean")
 
 
 def test_save_and_load_give_the_same_detections(toys, tmp_path):
@@ -263,7 +310,11 @@ def test_findings_locate_a_local_defect_even_when_the_image_level_member_fires_t
 
 
 def test_a_fusion_reports_the_rate_of_any_member_alarming(toys):
-    """Members fitted on 9 normals alarm on about 1 in 10 normals each; the fusion on 1 - 0.9^2."""
-    detector = make_detector("local-toy+whole-toy").fit(_images(9, seed=2))
+    """Max rule: members fitted on 9 normals alarm on about 1 in 10 normals each; the fusion on 1 - 0.9^2.
+    Tail rule: one statistic over the 9 held-out normals, 1 in 10."""
+    detector = make_detector("local-toy+whole-toy", rule="max").fit(_images(9, seed=2))
     assert detector.false_alarm_rate == pytest.approx(0.19)
     assert detector.detect(_images(1, seed=3))[0].false_alarm_rate == pytest.approx(0.19)
+    detector = make_detector("local-toy+whole-toy").fit(_images(9, seed=2))
+    assert detector.false_alarm_rate == pytest.approx(0.1)
+    assert detector.detect(_images(1, seed=3))[0].false_alarm_rate == pytest.approx(0.1)

@@ -12,7 +12,7 @@ Over 400 lines on purpose: it is the one class a user configures (fit, predict, 
 from __future__ import annotations
 
 import contextlib
-from typing import TYPE_CHECKING, Any, Iterator
+from typing import TYPE_CHECKING, Any, Iterator, Sequence
 
 from myriad.api import ConfigError, Expert, Mode, MyriadError, Prediction, WeightsError, cached
 
@@ -128,6 +128,10 @@ class PatchCoreExpert(Expert):
         self.num_train_patches = 0
         self.grid: tuple[int, int] | None = None
         self._extractor: "PatchFeatureExtractor | None" = None
+        #: index of the fitted image each bank row came from, and how many images were fitted
+        #: (kept in memory for the held-out scores of :meth:`heldout_predictions`; not saved)
+        self.bank_owner: "np.ndarray | None" = None
+        self._fitted_images = 0
 
     # -- settings -------------------------------------------------------------------
     @property
@@ -297,6 +301,8 @@ class PatchCoreExpert(Expert):
                 ) from exc
             bank = features[keep]
             del features
+            self.bank_owner = np.asarray([items[j][0] for j in np.asarray(keep) // per_image], dtype=np.int64)
+            self._fitted_images = len(images)
             self.num_train_patches = filled
             if cfg.projection_dim and bank.shape[1] > cfg.projection_dim and len(keep) < filled:
                 self.projection = projection_matrix(bank.shape[1], cfg.projection_dim, cfg.seed)
@@ -365,18 +371,81 @@ class PatchCoreExpert(Expert):
                 out += self._score(chunk, rows, grid)
         return out
 
+    def heldout_predictions(
+        self, images: list["np.ndarray"], groups: "Sequence[int] | None" = None
+    ) -> list[Prediction] | None:
+        """Each fitted image scored against the whole bank without the rows its group put there.
+
+        One search per batch (features come from the fit's cache): the nearest ``num_neighbors``
+        bank rows owned by another group. None when it cannot stand for a held-out score: a
+        loaded bank (owners are not saved), other images than the fit's, the paper's
+        reweighting, or a group that owns nearly the whole bank.
+        """
+        import numpy as np
+
+        cfg = self.config
+        if self.bank is None or self.bank_owner is None or cfg.reweight or len(images) != self._fitted_images:
+            return None
+        groups_array = np.arange(len(images)) if groups is None else np.asarray(groups, dtype=np.int64)
+        owner_group = groups_array[self.bank_owner]
+        out: list[Prediction] = []
+        with _cpu_threads(cfg.num_threads):
+            for start in range(0, len(images), cfg.batch_size):
+                chunk = images[start : start + cfg.batch_size]
+                rows, grid = self._patch_rows(chunk, store=False)
+                row_group = np.repeat(groups_array[start : start + len(chunk)], grid[0] * grid[1])
+                sq = self._search_other_groups(rows, row_group, owner_group)
+                if sq is None:
+                    return None
+                out += self._predictions(chunk, sq, grid)
+        return out
+
+    def _search_other_groups(
+        self, rows: "np.ndarray", row_group: "np.ndarray", owner_group: "np.ndarray"
+    ) -> "np.ndarray | None":
+        """Squared distances of each row to its ``num_neighbors`` nearest bank rows of other groups."""
+        import numpy as np
+
+        assert self.bank is not None
+        k = self.config.num_neighbors
+        out = np.empty((len(rows), k), dtype=np.float32)
+        todo = np.arange(len(rows))
+        width = min(self.bank.size, k + 32)
+        while len(todo):
+            sq, nearest = self.bank.search(rows[todo], width)
+            foreign = owner_group[nearest] != row_group[todo, None]
+            enough = foreign.sum(axis=1) >= k
+            order = np.argsort(~foreign, axis=1, kind="stable")[:, :k]  # foreign rows first, nearest first
+            out[todo[enough]] = np.take_along_axis(sq, order, axis=1)[enough]
+            todo = todo[~enough]
+            if len(todo) and width == self.bank.size:
+                return None
+            width = min(self.bank.size, width * 8)
+        return out
+
     def _score(self, chunk: list["np.ndarray"], rows: "np.ndarray", grid: tuple[int, int]) -> list[Prediction]:
+        assert self.bank is not None
+        sq, nearest = self.bank.search(rows, self.config.num_neighbors)
+        return self._predictions(chunk, sq, grid, rows=rows, nearest=nearest)
+
+    def _predictions(
+        self,
+        chunk: list["np.ndarray"],
+        sq: "np.ndarray",
+        grid: tuple[int, int],
+        rows: "np.ndarray | None" = None,
+        nearest: "np.ndarray | None" = None,
+    ) -> list[Prediction]:
+        """Maps and image scores of ``chunk`` from its patches' squared neighbour distances."""
         import torch
 
         from myriad_experts_patchcore.scoring import anomaly_maps, patch_scores
 
         cfg = self.config
-        assert self.bank is not None
         b = len(chunk)
-        sq, nearest = self.bank.search(rows, cfg.num_neighbors)
         scores = patch_scores(sq, cfg.distance).reshape(b, grid[0] * grid[1])
         image_scores = scores.max(axis=1)
-        if cfg.reweight:
+        if cfg.reweight and rows is not None and nearest is not None:
             image_scores = image_scores * self._reweight(rows, scores, nearest[:, 0])
         maps = anomaly_maps(
             torch.from_numpy(scores.reshape(b, *grid)), [img.shape[:2] for img in chunk], cfg.image_size, cfg.blur_sigma
