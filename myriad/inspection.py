@@ -84,8 +84,9 @@ class Inspector:
         false_alarm_rate: float | None = None,
         tile: int | str | None = "auto",
         answers: str = DEFAULT_ANSWER_ROUTE,
+        calibration: str = "auto",
     ) -> None:
-        from myriad.calibration import check_false_alarm_rate
+        from myriad.calibration import check_calibration_method, check_false_alarm_rate
         from myriad.fusion import member_configs
 
         if answers not in ANSWER_ROUTES:
@@ -96,6 +97,7 @@ class Inspector:
         self.expert_config = dict(expert_config or {})
         self.device = device
         self.false_alarm_rate = check_false_alarm_rate(false_alarm_rate)
+        self.calibration = check_calibration_method(calibration)
         self.tile = tile
         self.detector: Any = None
         self.model = model if model is not None else load_lmm(lmm, device, precision)
@@ -112,7 +114,7 @@ class Inspector:
         config = with_device(self.expert_name, config, self.device)
         detector = make_detector(self.expert_name, config, tile=self.tile)
         try:
-            detector.fit(images, false_alarm_rate=self.false_alarm_rate)
+            detector.fit(images, false_alarm_rate=self.false_alarm_rate, calibration=self.calibration)
         except ImageError as exc:  # one image at fault (e.g. another size): name its file when we know it
             index = getattr(exc, "index", None)
             if isinstance(index, int) and 0 <= index < len(normal_images) and isinstance(normal_images[index], (str, Path)):

@@ -7,7 +7,7 @@ from typing import Any
 
 import click
 
-from myriad.commands.options import false_alarm_rate_option, precision_option, tile_option
+from myriad.commands.options import calibration_option, false_alarm_rate_option, precision_option, tile_option
 from myriad.defaults import DEFAULT_EXPERT
 from myriad.inspection import DEFAULT_PRECISION
 
@@ -77,6 +77,7 @@ def _names(values: tuple[str, ...]) -> tuple[str, ...] | None:
 @click.option("--ask", default=None, help="Instruction for --lmm instead of the default question.")
 @precision_option
 @false_alarm_rate_option
+@calibration_option
 @tile_option
 def eval_command(
     expert: str,
@@ -99,6 +100,7 @@ def eval_command(
     precision: str = DEFAULT_PRECISION,
     controls: int | None = None,
     false_alarm_rate: float | None = None,
+    calibration: str = "auto",
     tile: int | str | None = "auto",
 ) -> None:
     """Evaluate an expert: image/pixel AUROC, AUPRO, F1-max and accuracy at the calibrated threshold.
@@ -128,6 +130,7 @@ def eval_command(
         metric_size=metric_size,
         examples=examples,
         false_alarm_rate=false_alarm_rate,
+        calibration=calibration,
         tile=tile,
         progress=not quiet,
     )

@@ -11,7 +11,13 @@ from typing import Any
 
 import click
 
-from myriad.commands.options import answers_option, false_alarm_rate_option, precision_option, tile_option
+from myriad.commands.options import (
+    answers_option,
+    calibration_option,
+    false_alarm_rate_option,
+    precision_option,
+    tile_option,
+)
 from myriad.defaults import DEFAULT_EXPERT
 
 
@@ -56,10 +62,12 @@ def collect_images(sources: tuple[Path, ...] | list[Path], what: str) -> tuple[l
 @click.option("--device", default="cpu", show_default=True)
 @precision_option
 @false_alarm_rate_option
+@calibration_option
 @tile_option
 @answers_option
 def inspect_command(
-    images, normal, expert, config_json, ask, output, lmm, batch_size, device, precision, false_alarm_rate, tile, answers
+    images, normal, expert, config_json, ask, output, lmm, batch_size, device, precision, false_alarm_rate, calibration,
+    tile, answers,
 ) -> None:
     """Fit EXPERT on --normal images, then inspect IMAGES (files or folders).
 
@@ -82,7 +90,7 @@ def inspect_command(
         raise click.ClickException(f"no readable images to inspect in {', '.join(map(str, images))}")
     inspector = Inspector(
         expert, config, lmm=lmm, device=device, precision=precision, false_alarm_rate=false_alarm_rate, tile=tile,
-        answers=answers,
+        answers=answers, calibration=calibration,
     )
     calibration_note = ""
     if normal_paths:

@@ -52,6 +52,18 @@ false_alarm_rate_option = click.option(
 )
 
 
+#: ``--calibration``: how fitted experts' held-out normals are scored (``inspect``, ``eval``).
+calibration_option = click.option(
+    "--calibration",
+    type=click.Choice(["auto", "leave-one-out", "kfold"]),  # myriad.calibration.CALIBRATION_METHODS
+    default="auto",
+    show_default=True,
+    help="How held-out normals that set the threshold are scored: leave-one-out = each normal against everything "
+    "fitted but itself, as test images are scored; kfold = 3 folds each fitted on two thirds (the authors' rule, "
+    "thresholds too high); auto = leave-one-out where the expert offers it, else kfold.",
+)
+
+
 def _tile(ctx: click.Context, param: click.Parameter, value: str) -> int | str | None:
     if value in ("auto", "none"):
         return value

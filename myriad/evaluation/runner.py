@@ -72,6 +72,8 @@ class EvalSettings:
     examples: int = 6
     #: calibrate at this false-alarm rate instead of the paper's maximum (None)
     false_alarm_rate: float | None = None
+    #: how held-out normals are scored (myriad.calibration.CALIBRATION_METHODS)
+    calibration: str = "auto"
     #: native-resolution tiling (see myriad.tiling): "auto", "none" or a tile side
     tile: int | str | None = "auto"
     progress: bool = True
@@ -93,6 +95,9 @@ class EvalSettings:
         from myriad.calibration import check_false_alarm_rate
 
         check_false_alarm_rate(self.false_alarm_rate)
+        from myriad.calibration import check_calibration_method
+
+        check_calibration_method(self.calibration)
         return self
 
     def to_json(self) -> dict[str, Any]:
@@ -386,7 +391,7 @@ def _run_category(
     started = time.perf_counter()
     detector.fit(
         normal_images, folds=settings.folds, seed=seed, controls=settings.controls,
-        false_alarm_rate=settings.false_alarm_rate,
+        false_alarm_rate=settings.false_alarm_rate, calibration=settings.calibration,
     )
     fit_seconds = time.perf_counter() - started
     del normal_images
