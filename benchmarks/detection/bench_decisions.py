@@ -91,6 +91,10 @@ def score_category(category: Any, manifest_index: dict, normals: int, log: Any) 
             **{f"member:{m.expert_name}": m.false_alarm_rate for m in new.members},
         },
         "calibration": {"new": new.calibration_record(), "old": old.calibration_record()},
+        "heldout": {
+            "new": {m.expert_name: list(m.calibrator.heldout or ()) for m in new.members},
+            "old": {m.expert_name: list(m.calibrator.heldout or ()) for m in old.members},
+        },
         "seconds": {"fit_new": fit_new, "fit_old": fit_old, "score_per_image": score_time / max(len(tests), 1)},
     }
 
