@@ -41,20 +41,30 @@ def _family(record: dict | None, sample: Any) -> str:
     return "all"
 
 
-def score_category(category: Any, manifest_index: dict, normals: int, log: Any) -> dict:
-    """Fit both calibrations, score the test split once, decide every image both ways."""
+def score_category(category: Any, manifest_index: dict, normals: int, log: Any, shots: int = 0, seed: int = 0) -> dict:
+    """Fit both calibrations, score the test split once, decide every image both ways.
+
+    ``shots`` > 0: few-shot on that many references drawn from the training images (seeded), with the
+    experts' few-shot settings (as ``myriad inspect`` picks them); else one-class on ``normals``.
+    """
     import numpy as np
 
+    from myriad.expert_settings import resolve_config
     from myriad.fusion import make_detector
     from myriad.images import load_image
 
-    train = [load_image(s.path) for s in category.train[:normals]]
+    if shots:
+        order = np.random.default_rng(seed).permutation(len(category.train))[:shots]
+        train = [load_image(category.train[int(i)].path) for i in order]
+    else:
+        train = [load_image(s.path) for s in category.train[:normals]]
+    config = resolve_config(EXPERT, {}, num_normal=len(train))
     tests = category.test
     started = time.perf_counter()
-    new = make_detector(EXPERT, rule="tail").fit(train, calibration="auto")
+    new = make_detector(EXPERT, config, rule="tail").fit(train, calibration="auto", seed=seed)
     fit_new = time.perf_counter() - started
     started = time.perf_counter()
-    old = make_detector(EXPERT, rule="max").fit(train, calibration="kfold")
+    old = make_detector(EXPERT, config, rule="max").fit(train, calibration="kfold", seed=seed)
     fit_old = time.perf_counter() - started
     log(f"{category.name}: fitted (new {fit_new:.0f} s, old {fit_old:.0f} s); scoring {len(tests)} images")
     rows = []
@@ -230,6 +240,8 @@ def main() -> None:
     parser.add_argument("--data", required=True, type=Path)
     parser.add_argument("--out", required=True, type=Path, help="output path without extension")
     parser.add_argument("--normals", type=int, default=200)
+    parser.add_argument("--shots", type=int, default=0, help="few-shot references drawn per category (0: one-class on --normals)")
+    parser.add_argument("--draws", type=int, default=1, help="few-shot: reference draws (seeds 0..draws-1), rows pooled")
     parser.add_argument("--categories", default=None, help="comma-separated (default: all)")
     args = parser.parse_args()
 
@@ -242,10 +254,12 @@ def main() -> None:
     categories = read_mvtec(args.data, wanted)
     per_category = {}
     for category in categories:
-        per_category[category.name] = score_category(category, index, args.normals, lambda m: print(m, flush=True))
+        for draw in range(args.draws if args.shots else 1):
+            key = category.name if not args.shots or args.draws == 1 else f"{category.name}#{draw}"
+            per_category[key] = score_category(category, index, args.normals, lambda m: print(m, flush=True), args.shots, draw)
     table = summarise(per_category)
     meta = {
-        "about": (f"{EXPERT}, one-class on {args.normals} normals, data {args.data.name} "
+        "about": (f"{EXPERT}, {f'{args.shots}-shot ({args.draws} draws)' if args.shots else f'one-class on {args.normals} normals'}, data {args.data.name} "
                   f"({manifest.get('spec', {}).get('preset', 'default')} preset); machine {platform.processor() or platform.machine()}. "
                   "old = k-fold calibration + max fusion (previous release); new = leave-one-out where the expert can + tail-evidence fusion. "
                   "AUROC and detection at fixed false-alarm rates on test normals: mean over categories; decisions: mean over categories."),
