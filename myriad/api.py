@@ -25,7 +25,8 @@ else from the core.
   :func:`atomic_path`;
 - the model cache: :func:`cached`, :func:`file_stamp`;
 - the feature cache (features of fitted images reused across calibration folds):
-  :class:`FeatureCache`, :func:`image_digest`.
+  :class:`FeatureCache`, :func:`image_digest`;
+- held-out scores from a memory bank (:meth:`Expert.heldout_predictions`): :func:`nearest_outside_group`.
 
 Importing this module is cheap: each name is resolved on first use (a module-level
 ``__getattr__``), and none of the modules behind them imports torch at import time; torch
@@ -77,6 +78,8 @@ _SOURCES = {
     "file_stamp": "myriad.model_cache",
     "FeatureCache": "myriad.feature_cache",
     "image_digest": "myriad.feature_cache",
+    # held-out scores from a memory bank
+    "nearest_outside_group": "myriad.neighbours",
 }
 
 __all__ = list(_SOURCES)
@@ -98,6 +101,7 @@ if TYPE_CHECKING:  # pragma: no cover
     )
     from myriad.feature_cache import FeatureCache, image_digest
     from myriad.model_cache import cached, file_stamp
+    from myriad.neighbours import nearest_outside_group
     from myriad.vit_taps import resize_positional_embedding, vit_tokens
 
 

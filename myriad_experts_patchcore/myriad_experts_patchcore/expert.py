@@ -14,7 +14,7 @@ from __future__ import annotations
 import contextlib
 from typing import TYPE_CHECKING, Any, Iterator, Sequence
 
-from myriad.api import ConfigError, Expert, Mode, MyriadError, Prediction, WeightsError, cached
+from myriad.api import ConfigError, Expert, Mode, MyriadError, Prediction, WeightsError, cached, nearest_outside_group
 
 from myriad_experts_patchcore.features import default_layers
 from myriad_experts_patchcore.plugin import PatchCoreConfig
@@ -394,33 +394,10 @@ class PatchCoreExpert(Expert):
                 chunk = images[start : start + cfg.batch_size]
                 rows, grid = self._patch_rows(chunk, store=False)
                 row_group = np.repeat(groups_array[start : start + len(chunk)], grid[0] * grid[1])
-                sq = self._search_other_groups(rows, row_group, owner_group)
+                sq = nearest_outside_group(self.bank.search, rows, row_group, owner_group, cfg.num_neighbors)
                 if sq is None:
                     return None
                 out += self._predictions(chunk, sq, grid)
-        return out
-
-    def _search_other_groups(
-        self, rows: "np.ndarray", row_group: "np.ndarray", owner_group: "np.ndarray"
-    ) -> "np.ndarray | None":
-        """Squared distances of each row to its ``num_neighbors`` nearest bank rows of other groups."""
-        import numpy as np
-
-        assert self.bank is not None
-        k = self.config.num_neighbors
-        out = np.empty((len(rows), k), dtype=np.float32)
-        todo = np.arange(len(rows))
-        width = min(self.bank.size, k + 32)
-        while len(todo):
-            sq, nearest = self.bank.search(rows[todo], width)
-            foreign = owner_group[nearest] != row_group[todo, None]
-            enough = foreign.sum(axis=1) >= k
-            order = np.argsort(~foreign, axis=1, kind="stable")[:, :k]  # foreign rows first, nearest first
-            out[todo[enough]] = np.take_along_axis(sq, order, axis=1)[enough]
-            todo = todo[~enough]
-            if len(todo) and width == self.bank.size:
-                return None
-            width = min(self.bank.size, width * 8)
         return out
 
     def _score(self, chunk: list["np.ndarray"], rows: "np.ndarray", grid: tuple[int, int]) -> list[Prediction]:

@@ -8,7 +8,8 @@ import pytest
 from myriad.errors import ConfigError
 
 
-def test_calibrated_fit_runs_the_backbone_once_per_image_with_identical_results(monkeypatch, crops, add_scratch, fast):
+@pytest.mark.parametrize("method", ["kfold", "auto"])
+def test_calibrated_fit_runs_the_backbone_once_per_image_with_identical_results(monkeypatch, crops, add_scratch, fast, method):
     from myriad.calibration import fit_calibrated
     from myriad.plugins import get_expert
     from myriad_experts_patchcore.expert import PatchCoreExpert
@@ -28,16 +29,20 @@ def test_calibrated_fit_runs_the_backbone_once_per_image_with_identical_results(
     for mb in (0, 64):
         CACHE.clear()
         seen.clear()
-        expert, calibrator = fit_calibrated(lambda: get_expert("patchcore", {**fast, "feature_cache_mb": mb}), normals)
+        expert, calibrator = fit_calibrated(lambda: get_expert("patchcore", {**fast, "feature_cache_mb": mb}), normals, method=method)
         backbone_images = sum(seen)
         predictions = expert.predict(tests)
         results[mb] = (backbone_images, [p.score for p in predictions], [p.anomaly_map for p in predictions],
                        calibrator.to_dict())
     (uncached, scores0, maps0, cal0), (cached, scores1, maps1, cal1) = results[0], results[64]
-    # 3 folds fit 6 and score 3 each, then the final fit: 36 images through the backbone without the cache
-    assert uncached == 3 * (6 + 3) + 9
-    # with it each normal image runs once (fits store, held-out scoring reads), plus the first fold's held-out third
-    assert cached == 9 + 3
+    if method == "kfold":
+        # 3 folds fit 6 and score 3 each, then the final fit: 36 images through the backbone without the cache
+        assert uncached == 3 * (6 + 3) + 9
+        # with it each normal image runs once (fits store, held-out scoring reads), plus the first fold's held-out third
+        assert cached == 9 + 3
+    else:  # leave-one-out: the fit, then one held-out pass over the same images (read from the cache)
+        assert calibrator.method.startswith("leave-one-out")
+        assert uncached == 9 + 9 and cached == 9
     assert scores0 == scores1 and cal0 == cal1
     assert all(np.array_equal(a, b) for a, b in zip(maps0, maps1))
     CACHE.clear()
