@@ -202,3 +202,26 @@ def test_fitting_reports_progress_to_the_host(fast, crops) -> None:
     before = len(calls)
     silent.fit(crops(3))
     assert len(calls) == before
+
+
+def test_heldout_predictions_equal_a_fit_without_the_image(crops, fast):
+    """With the whole bank kept (few-shot, coreset 1.0), leaving an image's rows out of the search is
+    exactly fitting on the other images; a group leaves all its images out; a loaded bank cannot."""
+    import numpy as np
+
+    from myriad.plugins import get_expert
+
+    settings = {**fast, "mode": "few_shot", "coreset_ratio": 1.0}
+    images = crops(4, seed=11)
+    expert = get_expert("patchcore", settings).fit(images)
+    held = expert.heldout_predictions(images)
+    for i in range(4):
+        alone = get_expert("patchcore", settings).fit([im for j, im in enumerate(images) if j != i])
+        (pred,) = alone.predict([images[i]])
+        assert held[i].score == pytest.approx(pred.score, rel=1e-4)
+        assert np.allclose(held[i].anomaly_map, pred.anomaly_map, rtol=1e-3, atol=1e-4)
+    grouped = expert.heldout_predictions(images, groups=[0, 0, 1, 1])
+    (pair,) = get_expert("patchcore", settings).fit(images[2:]).predict([images[0]])
+    assert grouped[0].score == pytest.approx(pair.score, rel=1e-4)
+    assert expert.heldout_predictions(images[:3]) is None  # not the fitted images
+    assert expert.heldout_predictions(images, groups=[0, 0, 0, 0]) is None  # nothing left outside the group
