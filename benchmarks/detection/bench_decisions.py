@@ -236,14 +236,17 @@ def render(name: str, table: dict, meta: dict) -> str:
 
 
 def main() -> None:
+    global EXPERT
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--data", required=True, type=Path)
     parser.add_argument("--out", required=True, type=Path, help="output path without extension")
     parser.add_argument("--normals", type=int, default=200)
+    parser.add_argument("--expert", default=EXPERT, help=f"fused experts to decide with (default {EXPERT})")
     parser.add_argument("--shots", type=int, default=0, help="few-shot references drawn per category (0: one-class on --normals)")
     parser.add_argument("--draws", type=int, default=1, help="few-shot: reference draws (seeds 0..draws-1), rows pooled")
     parser.add_argument("--categories", default=None, help="comma-separated (default: all)")
     args = parser.parse_args()
+    EXPERT = args.expert
 
     from myriad.datasets import read_mvtec
 
