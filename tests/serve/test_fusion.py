@@ -63,8 +63,8 @@ def test_fit_and_inspect_with_the_default_fusion_keeps_each_members_score(client
     for record in (good, bad):
         assert record["expert"] == DEFAULT_EXPERT and set(record["members"]) == {"patchcore", "global"}
         scores = [m["score"] for m in record["members"].values()]
-        assert all(0.0 <= s <= 1.0 for s in scores) and record["score"] == pytest.approx(max(scores), abs=1e-5)
-        fired = any(m["anomalous"] for m in record["members"].values())
+        assert all(0.0 <= s <= 1.0 for s in scores) and 0.0 <= record["score"] <= 1.0  # the fused evidence, calibrated
+        fired = any(m["anomalous"] for m in record["members"].values())  # the tail rule: a member fired the fusion
         assert record["expert_decision"] == ("anomalous" if fired else "normal")
         assert all(m["mode"] == "few_shot" for m in record["members"].values())
     assert bad["score"] > good["score"] and bad["decision"] == "anomalous"
