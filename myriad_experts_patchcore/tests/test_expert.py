@@ -225,3 +225,12 @@ def test_heldout_predictions_equal_a_fit_without_the_image(crops, fast):
     assert grouped[0].score == pytest.approx(pair.score, rel=1e-4)
     assert expert.heldout_predictions(images[:3]) is None  # not the fitted images
     assert expert.heldout_predictions(images, groups=[0, 0, 0, 0]) is None  # nothing left outside the group
+
+
+def test_a_coreset_of_few_images_leaves_held_out_scores_to_the_folds(crops, fast):
+    from myriad.plugins import get_expert
+    from myriad_experts_patchcore.expert import HELDOUT_MIN_IMAGES
+
+    images = crops(4, seed=12)
+    expert = get_expert("patchcore", {**fast, "coreset_ratio": 0.1}).fit(images)
+    assert 4 < HELDOUT_MIN_IMAGES and expert.heldout_predictions(images) is None
