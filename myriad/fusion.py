@@ -27,7 +27,8 @@ imports another:
   fusion alarms exactly when a member does), ``anomalous_alone`` whether it passes its own
   threshold, and ``evidence`` is its ``-log10`` tail probability.
 
-Measured on the visible, realistic and default dev sets: ``benchmarks/results/decisions.md``.
+Measured on the visible, realistic and default dev sets: ``benchmarks/results/decisions_*.md`` and
+``docs/concepts.md`` ("The fusion rule was measured").
 
 A config for a fusion gives options per member: ``{"patchcore": {...}, "global": {...}}``.
 """
