@@ -311,10 +311,26 @@ def test_findings_locate_a_local_defect_even_when_the_image_level_member_fires_t
 
 def test_a_fusion_reports_the_rate_of_any_member_alarming(toys):
     """Max rule: members fitted on 9 normals alarm on about 1 in 10 normals each; the fusion on 1 - 0.9^2.
-    Tail rule: one statistic over the 9 held-out normals, 1 in 10."""
+    Tail rule: one statistic; with 9 held-out normals (fewer than 10) the few-shot target."""
+    from myriad.fusion import FEW_SHOT_RATE
+
     detector = make_detector("local-toy+whole-toy", rule="max").fit(_images(9, seed=2))
     assert detector.false_alarm_rate == pytest.approx(0.19)
     assert detector.detect(_images(1, seed=3))[0].false_alarm_rate == pytest.approx(0.19)
     detector = make_detector("local-toy+whole-toy").fit(_images(9, seed=2))
-    assert detector.false_alarm_rate == pytest.approx(0.1)
-    assert detector.detect(_images(1, seed=3))[0].false_alarm_rate == pytest.approx(0.1)
+    assert detector.false_alarm_rate == pytest.approx(FEW_SHOT_RATE)
+    assert detector.detect(_images(1, seed=3))[0].false_alarm_rate == pytest.approx(FEW_SHOT_RATE)
+
+
+def test_few_references_use_the_members_tail_models(toys):
+    import math
+
+    from myriad.fusion import FEW_SHOT_RATE
+
+    detector = make_detector("local-toy+whole-toy").fit(_images(4, seed=9))
+    assert detector.active_rule == "tail" and detector.false_alarm_rate == pytest.approx(FEW_SHOT_RATE)
+    assert detector.calibrator.threshold == pytest.approx(math.log10(2 / FEW_SHOT_RATE))
+    normal, spotted = _images(1, seed=90)[0], _spot(_images(1, seed=91)[0])
+    assert [d.anomalous for d in detector.detect([normal, spotted])] == [False, True]
+    many = make_detector("local-toy+whole-toy").fit(_images(12, seed=9))
+    assert many.false_alarm_rate == pytest.approx(1 / 13)  # the paper's rule from 10 normals on
