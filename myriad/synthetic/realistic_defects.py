@@ -398,17 +398,25 @@ def dent_shade(scene: Scene, rng: "np.random.Generator") -> Alteration:
 
 def texture_contrast(scene: Scene, rng: "np.random.Generator") -> Alteration:
     """Whole-image contrast changed by 5-12 %."""
-    change = float(rng.uniform(0.05, 0.12)) * (1 if rng.random() < 0.5 else -1)
+    return contrast_change(scene, float(rng.uniform(0.05, 0.12)) * (1 if rng.random() < 0.5 else -1))
+
+
+def contrast_change(scene: Scene, change: float) -> Alteration:
+    """The whole material's contrast around its mean scaled by ``1 + change``."""
     mean = scene.material.mean(axis=(0, 1), keepdims=True)
     return Alteration((mean + (scene.material - mean) * (1 + change)).astype("float32"), params={"contrast": round(change, 3)})
 
 
 def texture_warp(scene: Scene, rng: "np.random.Generator") -> Alteration:
     """A smooth elastic warp of 0.8-2 px over the whole image (material stretched unevenly)."""
+    return elastic_warp(scene, rng, float(rng.uniform(0.8, 2.0)))
+
+
+def elastic_warp(scene: Scene, rng: "np.random.Generator", amount: float) -> Alteration:
+    """The whole material displaced by smooth random fields of up to ``amount`` px (correlation 20-40 px)."""
     import numpy as np
     from scipy.ndimage import map_coordinates
 
-    amount = float(rng.uniform(0.8, 2.0))
     length = float(rng.uniform(20, 40)) * scene.size / 256
     dy = (_smooth_2d(rng, scene.size, length) - 0.5) * 2 * amount
     dx = (_smooth_2d(rng, scene.size, length) - 0.5) * 2 * amount

@@ -58,6 +58,8 @@ from myriad.synthetic.realistic_defects import (
     _near_curve,
     _repose,
     _smooth_2d,
+    contrast_change,
+    elastic_warp,
 )
 
 if TYPE_CHECKING:  # pragma: no cover
@@ -320,24 +322,12 @@ def chip(scene: Scene, rng: "np.random.Generator") -> Alteration:
 
 def contrast_strong(scene: Scene, rng: "np.random.Generator") -> Alteration:
     """Whole-image contrast changed by 15-35 %."""
-    change = _signed(rng, _draw(rng, "contrast_strong", "contrast"))
-    mean = scene.material.mean(axis=(0, 1), keepdims=True)
-    return Alteration((mean + (scene.material - mean) * (1 + change)).astype("float32"), params={"contrast": round(change, 3)})
+    return contrast_change(scene, _signed(rng, _draw(rng, "contrast_strong", "contrast")))
 
 
 def warp_strong(scene: Scene, rng: "np.random.Generator") -> Alteration:
     """A smooth elastic warp of 2-4 px over the whole image."""
-    import numpy as np
-    from scipy.ndimage import map_coordinates
-
-    amount = _draw(rng, "warp_strong", "warp_px")
-    length = float(rng.uniform(20, 40)) * scene.size / 256
-    dy = (_smooth_2d(rng, scene.size, length) - 0.5) * 2 * amount
-    dx = (_smooth_2d(rng, scene.size, length) - 0.5) * 2 * amount
-    yy, xx = np.mgrid[0 : scene.size, 0 : scene.size].astype(np.float32)
-    out = np.stack([map_coordinates(scene.material[..., c], [yy + dy, xx + dx], order=1, mode="reflect")
-                    for c in range(scene.material.shape[2])], axis=2)
-    return Alteration(out.astype(np.float32), params={"warp_px": round(amount, 2)})
+    return elastic_warp(scene, rng, _draw(rng, "warp_strong", "warp_px"))
 
 
 def _kinds() -> dict[str, RealisticKind]:
