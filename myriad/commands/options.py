@@ -48,7 +48,7 @@ false_alarm_rate_option = click.option(
     callback=_false_alarm_rate,
     metavar="RATE",
     help="Threshold at this false-alarm rate on held-out normals (e.g. 0.01; a tail fit) instead of the paper's "
-    "maximum held-out normal (the default). Fused experts split it among their members.",
+    "maximum held-out normal (the default). A fused expert decides at the rate on its fused statistic.",
 )
 
 
