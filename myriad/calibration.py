@@ -429,6 +429,14 @@ def fit_calibrated(
         expert.fit(images)
         held = expert.heldout_predictions(images)
         if held is not None:
+            from myriad.errors import ContractError
+
+            if len(held) != len(images):
+                raise ContractError(
+                    f"expert {name or type(expert).__name__!r}: heldout_predictions returned {len(held)} results "
+                    f"for {len(images)} images"
+                )
+            held = [expert._checked(p, image, i, len(images)) for i, (p, image) in enumerate(zip(held, images))]
             return expert, Calibrator.from_normal_outputs(
                 [p.score for p in held], [p.anomaly_map for p in held], f"leave-one-out(n={len(images)})", false_alarm_rate
             )

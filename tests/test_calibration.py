@@ -173,3 +173,15 @@ def test_calibrated_outputs_share_one_scale(expert_name, config, median_plugin):
     assert min(d.score for d in bad) > max(d.score for d in good)
     assert all(d.anomalous for d in bad)
     assert not any(d.anomalous for d in good)
+
+
+def test_held_out_predictions_keep_the_contract():
+    from myriad.errors import ContractError
+
+    class Broken(_LeaveOneOutMean):
+        def heldout_predictions(self, images, groups=None):
+            return [Prediction(np.full((2, 2), np.nan, np.float32), 0.0) for _ in images]
+
+    images = [np.full((4, 4, 3), v, np.uint8) for v in (10, 20, 30)]
+    with pytest.raises(ContractError, match="anomaly_map has shape"):
+        fit_calibrated(Broken, images)
