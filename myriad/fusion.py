@@ -211,13 +211,13 @@ class FusedDetector:
 
     def _calibrate_tail(self, false_alarm_rate: float | None) -> None:
         """The ``tail`` rule's calibration from the members' held-out scores (left unset when they lack them)."""
-        from myriad.tail_evidence import TailModel, heldout_evidence
+        from myriad.tail_evidence import heldout_evidence
 
         held = [None if m.uses_controls or m.calibrator is None else m.calibrator.heldout for m in self.members]
         if any(h is None for h in held) or len({len(h) for h in held}) != 1 or len(held[0]) < 3:  # type: ignore[arg-type]
             return
         evidence = heldout_evidence(held)  # type: ignore[arg-type]
-        self.tails = [TailModel.fit(h) for h in held]  # type: ignore[arg-type]
+        self.tails = _tail_models(held)  # type: ignore[arg-type]
         n = len(evidence)
         if n >= FEW_NORMALS or false_alarm_rate is not None:
             self.fused_calibrator = Calibrator.from_normal_outputs(
@@ -234,7 +234,6 @@ class FusedDetector:
             floor=floor, threshold=threshold, method=f"fused-tail-model(n={n}),false-alarm-rate={FEW_SHOT_RATE:g}",
             num_normals=n,
         )
-
 
     def detect(self, images: Sequence["np.ndarray"]) -> list[Detection]:
         """Score images with every member and fuse (see the module docstring)."""
@@ -327,14 +326,19 @@ class FusedDetector:
         detector.rule = str(record.get("rule", "max"))  # saves before the tail rule fused by the maximum
         detector.fused_calibrator, detector.tails = None, None
         if record.get("fused_calibration"):
-            from myriad.tail_evidence import TailModel
-
             held = [m.calibrator.heldout if m.calibrator is not None else None for m in detector.members]
             if any(h is None for h in held):
                 raise WeightsError(f"{meta}: the tail rule needs every member's held-out scores (calibration.json 'heldout')")
             detector.fused_calibrator = Calibrator.from_dict(record["fused_calibration"])
-            detector.tails = [TailModel.fit(h) for h in held]  # type: ignore[arg-type]
+            detector.tails = _tail_models(held)  # type: ignore[arg-type]
         return detector
+
+
+def _tail_models(held: Sequence[Sequence[float]]) -> list["TailModel"]:
+    """Each member's tail model from its held-out normal scores (fit and load build them alike)."""
+    from myriad.tail_evidence import TailModel
+
+    return [TailModel.fit(h) for h in held]
 
 
 def make_detector(

@@ -1,6 +1,6 @@
 """Nearest neighbours that leave a group out: held-out scores from one memory bank (pure numpy).
 
-A memory-bank expert (PatchCore, ``tone``) scores an image by the distance of its patches to
+A memory-bank expert (such as PatchCore) scores an image by the distance of its patches to
 the nearest rows of a bank built from the normal images. To score one of those normal images
 *as if held out*, its patches must be compared with the bank without the rows its own image
 (or every tile of its photo: a *group*) put there: :func:`nearest_outside_group` asks the

@@ -22,6 +22,7 @@ from __future__ import annotations
 
 import math
 from dataclasses import dataclass
+from functools import cached_property
 from typing import TYPE_CHECKING, Sequence
 
 from myriad.calibration import TAIL_FRACTION, TAIL_MIN
@@ -48,11 +49,19 @@ class TailModel:
             raise ValueError(f"a tail model needs at least 2 finite held-out scores, got {len(values)}")
         return cls(tuple(float(v) for v in values))
 
+    @cached_property
+    def _values(self) -> "np.ndarray":
+        """The scores as a float64 array (ascending)."""
+        import numpy as np
+
+        return np.asarray(self.scores, dtype=np.float64)
+
+    @cached_property
     def _tail(self) -> tuple[int, float, float]:
         """``(k, u, beta)`` of the exponential tail."""
         import numpy as np
 
-        values = np.asarray(self.scores)
+        values = self._values
         n = len(values)
         k = min(n - 1, max(TAIL_MIN, math.ceil(TAIL_FRACTION * n)))
         u = float(values[n - k - 1])
@@ -64,10 +73,10 @@ class TailModel:
         """Estimated ``P(normal score >= x)`` for each ``x`` (float64 array, in ``(0, 1]``)."""
         import numpy as np
 
-        values = np.asarray(self.scores)
+        values = self._values
         n = len(values)
         x = np.asarray(x, dtype=np.float64)
-        k, u, beta = self._tail()
+        k, u, beta = self._tail
         above = n - np.searchsorted(values, x, side="left")  # held-out scores >= x
         empirical = (1.0 + above) / (n + 1.0)
         tail = (k + 1.0) / (n + 1.0) * np.exp(-np.clip(x - u, 0.0, None) / beta)
