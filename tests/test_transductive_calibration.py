@@ -257,3 +257,32 @@ def test_map_scale_round_trips_and_is_omitted_when_unset(tmp_path):
     assert Calibrator.load(tmp_path / "c.json") == batch
     with pytest.raises(Exception, match="together"):
         Calibrator(floor=0.0, threshold=1.0, map_floor=0.5)
+
+
+def _write_category(root, normal_count: int, test_normals: int, test_anomalous: int) -> None:
+    from PIL import Image
+
+    for folder, images in (
+        ("train/good", normals(normal_count)),
+        ("test/good", normals(test_normals, 98.0, 102.0)),
+        ("test/patch", [anomalous_image(100.0, 200.0 + i) for i in range(test_anomalous)]),
+    ):
+        path = root / "toy" / folder
+        path.mkdir(parents=True)
+        for i, image in enumerate(images):
+            Image.fromarray(image).save(path / f"{i:03d}.png")
+
+
+@pytest.mark.parametrize("batch_size, calls", [(None, [10 + DEFAULT_CONTROLS]), (4, [4 + DEFAULT_CONTROLS] * 2 + [2 + DEFAULT_CONTROLS])])
+def test_eval_scores_a_transductive_experts_whole_test_split_in_one_batch(toys, tmp_path, batch_size, calls):
+    """`myriad eval` gives a transductive expert the whole test split (its scores compare each image
+    with the others of its batch); an explicit --batch-size still splits it."""
+    from myriad.evaluation.runner import EvalSettings, evaluate
+
+    _write_category(tmp_path, 20, 6, 4)
+    settings = EvalSettings(expert="toy-minmax", data=tmp_path, batch_size=batch_size, examples=0, progress=False)
+    BATCH_SIZES.clear()
+    result = evaluate(settings)
+    detect_calls = BATCH_SIZES[-len(calls):]
+    assert detect_calls == calls
+    assert len(result.records) == 10

@@ -58,7 +58,7 @@ def evaluate(expert: Any, grids: list, embeddings: Any, n_test: int, labels: lis
     start = time.process_time()
     maps = expert.score_maps(grids)
     cpu = time.process_time() - start
-    scores = rscin(maps.flatten(1).amax(dim=1).double(), embeddings, expert.config.rscin_k).numpy()
+    scores = rscin(maps.flatten(1).amax(dim=1).double(), embeddings, expert.rscin_k).numpy()
     test, controls = scores[:n_test], scores[n_test:]
     small = F.interpolate(maps[:n_test, None], size=(size, size), mode="bilinear", align_corners=True)[:, 0].numpy()
     row: dict[str, Any] = {

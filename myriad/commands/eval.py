@@ -62,7 +62,9 @@ def _names(values: tuple[str, ...]) -> tuple[str, ...] | None:
 @click.option("--seed", type=int, default=0, show_default=True, help="Seed of the k-shot draw and calibration folds.")
 @click.option("--runs", type=click.IntRange(1), default=1, show_default=True,
               help="Repeat with seeds seed, seed+1, ... and average (few-shot draws).")
-@click.option("--batch-size", "-b", type=click.IntRange(1), default=8, show_default=True, help="Test images per predict call.")
+@click.option("--batch-size", "-b", type=click.IntRange(1), default=None,
+              help="Test images per predict call.  [default: 8; a transductive zero-shot expert (musc) gets a "
+              "category's whole test split, so every image is scored against the same others]")
 @click.option("--folds", type=click.IntRange(2), default=3, show_default=True, help="k of the k-fold calibration.")
 @click.option("--controls", type=click.IntRange(0), default=None,
               help="Transductive zero-shot experts: control normals added to each test batch for in-batch "
@@ -89,7 +91,7 @@ def eval_command(
     device: str | None,
     seed: int,
     runs: int,
-    batch_size: int,
+    batch_size: int | None,
     folds: int,
     metric_size: int,
     examples: int,

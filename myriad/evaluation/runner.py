@@ -41,10 +41,13 @@ if TYPE_CHECKING:  # pragma: no cover
     import numpy as np
 
     from myriad.datasets import Category, Sample
-    from myriad.detector import Detection
+    from myriad.detector import Detection, Detector
     from myriad.experts import ExpertInfo
 
 __all__ = ["EvalSettings", "EvalStep", "evaluate", "expert_config", "peak_rss_mb", "image_metrics"]
+
+#: Test images per predict call of an expert that scores each image alone.
+DEFAULT_BATCH_SIZE = 8
 
 #: Image and pixel metrics every run reports (None when undefined for the data).
 METRIC_KEYS = ("image_auroc", "pixel_auroc", "aupro", "f1_max", "image_ap", "expert_accuracy")
@@ -62,7 +65,9 @@ class EvalSettings:
     device: str | None = None
     seed: int = 0
     runs: int = 1
-    batch_size: int = 8
+    #: test images per predict call (None: 8, or the whole test split for a transductive expert,
+    #: which scores each image against the others of its batch)
+    batch_size: int | None = None
     folds: int = 3
     #: control normals per test batch of a transductive zero-shot expert (None: the detector's default)
     controls: int | None = None
@@ -84,7 +89,7 @@ class EvalSettings:
             raise ConfigError(f"--k-shot must be at least 1, got {self.k_shot}")
         if self.runs < 1:
             raise ConfigError(f"--runs must be at least 1, got {self.runs}")
-        if self.batch_size < 1:
+        if self.batch_size is not None and self.batch_size < 1:
             raise ConfigError(f"--batch-size must be at least 1, got {self.batch_size}")
         if self.folds < 2:
             raise ConfigError(f"--folds must be at least 2, got {self.folds}")
@@ -195,6 +200,14 @@ def _draw_references(category: "Category", k_shot: int | None, seed: int) -> lis
         return list(category.train)
     order = np.random.default_rng(seed).choice(len(category.train), size=k_shot, replace=False)
     return [category.train[int(i)] for i in sorted(order)]
+
+
+def _batch_size(settings: EvalSettings, detector: "Detector", test_images: int) -> int:
+    """Test images per predict call: the setting, else 8, or the whole split for a transductive expert
+    (its scores compare each image with the others of its batch, so one batch keeps them on one scale)."""
+    if settings.batch_size is not None:
+        return settings.batch_size
+    return max(1, test_images) if detector.expert.transductive else DEFAULT_BATCH_SIZE
 
 
 def _batches(samples: list["Sample"], size: int, min_batch: int) -> list[list["Sample"]]:
@@ -322,7 +335,7 @@ def evaluate(
                     f"in {train_dir} (category {category.name!r})"
                 )
     min_batch = probe.min_batch
-    if settings.batch_size < min_batch:
+    if settings.batch_size is not None and settings.batch_size < min_batch:
         raise ConfigError(
             f"--batch-size {settings.batch_size} is too small: expert {settings.expert!r} is transductive "
             f"and needs at least {min_batch} images per batch"
@@ -409,7 +422,7 @@ def _run_category(
 
     desc = f"{category.name}" + (f" run {run + 1}/{settings.runs}" if settings.runs > 1 else "")
     with tqdm(total=len(category.test), desc=desc, unit="img", disable=None if settings.progress else True, leave=False, file=sys.stderr) as bar:
-        for batch in _batches(list(category.test), settings.batch_size, min_batch):
+        for batch in _batches(list(category.test), _batch_size(settings, detector, len(category.test)), min_batch):
             images = [load_image(s.path) for s in batch]
             started = time.perf_counter()
             detections = detector.detect(images)

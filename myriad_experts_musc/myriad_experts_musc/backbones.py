@@ -67,7 +67,9 @@ class CnnTokens:
     """Stage outputs of a timm CNN (default: the embedded EfficientNet-Lite0)."""
 
     default_image_size = 320
-    default_layers = (2, 3)  # strides 8 and 16; chosen by measurement (README)
+    default_layers = (2,)  # stride 8; chosen by measurement on real photos (README, *Defaults*)
+    default_r_list = (3,)  # one 3 x 3 neighbourhood (README, *Defaults*)
+    default_rscin_k: tuple[int, ...] = ()  # RsCIN off: with CNN embeddings it lowered local AUROC (README)
 
     def __init__(self, name: str, weights: str | None, layers: Sequence[int] | None, device: str) -> None:
         from myriad.api import FeatureBackbone
@@ -96,6 +98,9 @@ def _vit_image_size(patch: int, native: int, wanted: int | None) -> tuple[int, i
 
 class OpenClipTokens:
     """An open_clip ViT (OpenAI or open_clip weights from a local file), taps at 1-indexed blocks."""
+
+    default_r_list = (1, 3, 5)  # the paper's LNAMD degrees
+    default_rscin_k: tuple[int, ...] = (1, 2, 3)  # the paper's MVTec k-list
 
     def __init__(
         self,
@@ -164,6 +169,9 @@ def build_open_clip_visual(
 
 class TimmVitTokens:
     """A timm ViT (DINO, DINOv2, ...) from a local file; taps are 1-indexed blocks."""
+
+    default_r_list = (1, 3, 5)  # the paper's LNAMD degrees
+    default_rscin_k: tuple[int, ...] = (1, 2, 3)  # the paper's MVTec k-list
 
     def __init__(
         self,

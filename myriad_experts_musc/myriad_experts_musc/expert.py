@@ -48,6 +48,18 @@ class MuScExpert(Expert):
         backbone = self.backbone
         return int(self.config.image_size or getattr(backbone, "image_size", None) or backbone.default_image_size)
 
+    @property
+    def r_list(self) -> list[int]:
+        """The LNAMD degrees in use (the config's, else the backbone's default)."""
+        chosen = self.config.r_list
+        return list(chosen) if chosen is not None else list(self.backbone.default_r_list)
+
+    @property
+    def rscin_k(self) -> list[int]:
+        """The RsCIN k-list in use (the config's, else the backbone's default; empty: off)."""
+        chosen = self.config.rscin_k
+        return list(chosen) if chosen is not None else list(self.backbone.default_rscin_k)
+
     def extract(self, images: list["np.ndarray"]) -> tuple[list["torch.Tensor"], "torch.Tensor"]:
         """Per-layer grids (``N x C x h x w``, float16 on the CPU) and ``N x D`` image embeddings."""
         import torch
@@ -79,10 +91,11 @@ class MuScExpert(Expert):
         device = torch.device(cfg.device)
         n = grids[0].shape[0]
         grid = tuple(int(s) for s in grids[0].shape[-2:])  # the shallowest layer's grid
-        total = len(cfg.r_list) * len(grids) * num_pairs(n, cfg.references)
+        r_list = self.r_list
+        total = len(r_list) * len(grids) * num_pairs(n, cfg.references)
         per_r = []
         with self.progress_stage("MuSc mutual scoring", total, unit="pair", terminal_only=False) as stage:
-            for r in cfg.r_list:
+            for r in r_list:
                 per_layer = torch.zeros(n, grid[0] * grid[1], dtype=torch.float64)
                 for raw in grids:
                     z = torch.empty(n, grid[0] * grid[1], raw.shape[1], dtype=torch.float32, device=device)
@@ -103,12 +116,15 @@ class MuScExpert(Expert):
         import torch
         import torch.nn.functional as F
 
-        from myriad_experts_musc.scoring import rscin
+        from myriad_experts_musc.plugin import POSITION_BASELINE_MIN_IMAGES
+        from myriad_experts_musc.scoring import position_baseline, rscin
 
         grids, embeddings = self.extract(images)
         maps = self.score_maps(grids)
+        if len(images) >= POSITION_BASELINE_MIN_IMAGES:
+            maps = position_baseline(maps, self.config.position_baseline)
         # Image score: the maximum of the map (bilinear, align_corners=True keeps the grid maximum), then RsCIN.
-        scores = rscin(maps.flatten(1).amax(dim=1).double(), embeddings, self.config.rscin_k)
+        scores = rscin(maps.flatten(1).amax(dim=1).double(), embeddings, self.rscin_k)
         out = []
         for image, grid_map, score in zip(images, maps, scores):
             h, w = image.shape[:2]

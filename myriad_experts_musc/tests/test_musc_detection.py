@@ -32,12 +32,19 @@ def test_map_peaks_on_the_defect(bricks: tuple[list[np.ndarray], list[np.ndarray
 
 
 def test_rscin_keeps_the_ranking(bricks: tuple[list[np.ndarray], list[np.ndarray]]) -> None:
+    from myriad_experts_musc.scoring import position_baseline
+
     images, _ = bricks
-    raw = get_expert("musc", {"image_size": 128, "r_list": [3], "rscin_k": [], "progress": False}).predict(images)
+    expert = get_expert("musc", {"image_size": 128, "r_list": [3], "rscin_k": [], "progress": False})
+    raw = expert.predict(images)
     scores = np.array([p.score for p in raw])
     assert scores[10:].min() > scores[:10].max()
-    for p in raw:  # no RsCIN: the score is the patch-grid maximum (the upsampled map peaks just below it)
-        assert 0 <= p.score - float(p.anomaly_map.max()) < 0.01 * p.score
+    # no RsCIN: the score is the maximum of the (position-normalised) patch grid
+    grids, _ = expert.extract(images)
+    grid = position_baseline(expert.score_maps(grids), expert.config.position_baseline)
+    assert np.allclose(scores, grid.flatten(1).amax(dim=1).numpy(), rtol=1e-5)
+    for p in raw:  # the map upsampled to the image peaks at or just below the grid maximum
+        assert float(p.anomaly_map.max()) <= p.score + 1e-5
 
 
 def test_a_single_image_is_refused_clearly(bricks: tuple[list[np.ndarray], list[np.ndarray]]) -> None:
