@@ -128,6 +128,10 @@ class Expert(ABC):
     #: set by the host to receive progress as ``callback(stage, done, total)`` (see :mod:`myriad.progress`);
     #: None: each stage is a tqdm bar on a terminal
     progress_callback: "ProgressCallback | None" = None
+    #: set by a wrapper before :meth:`fit` when several fitted images come from one photo (tiled scoring): the
+    #: group of each image, as :meth:`heldout_predictions` takes them; None: each image is its own group. An
+    #: expert that scores its fitted images held out while fitting (PatchCore's position baseline) reads it.
+    fit_groups: "Sequence[int] | None" = None
 
     def __init__(self, config: "BaseModel", mode: Mode | str) -> None:
         self.config = config

@@ -150,6 +150,8 @@ class TiledExpert(Expert):
 
     def _fit(self, images: list["np.ndarray"]) -> None:
         check_size(images, self.tiling, "normal image")
+        per_image = len(self.tiling.boxes)
+        self.inner.fit_groups = [i for i in range(len(images)) for _ in range(per_image)]
         self.inner.fit([tile for image in images for tile in split_tiles(image, self.tiling)])
 
     def _predict(self, images: list["np.ndarray"]) -> list[Prediction]:

@@ -2,12 +2,14 @@
 
 For every category of a dev set (``visible``, ``realistic`` or the default synthetic one) the
 default experts are fitted once on ``--normals`` training images and every test image is scored.
-The members' raw scores are then decided two ways, both with the *same fitted experts*:
+The old and new decisions are made by two detectors fitted on the same images (``--old``):
 
-- **old**: each member calibrated by k folds (``calibration="kfold"``), fused by the maximum of
-  calibrated scores (an alarm when any member alarms; the previous release);
-- **new**: each member calibrated leave-one-out where it can (``auto``), fused by tail evidence
-  (``rule="tail"``, :mod:`myriad.fusion`).
+- ``previous`` (default): the previous release's default (leave-one-out calibration where the
+  expert can, tail-evidence fusion, PatchCore without its position baseline), scored on its own;
+- ``kfold-max``: the *same fitted experts* calibrated by k folds and fused by the maximum of
+  calibrated scores (the release before);
+
+**new** is the current default (``calibration="auto"``, ``rule="tail"``, every member's defaults).
 
 Each member alone (new calibration) is reported too. Per benchmark, family (local /
 texture-wide) and category: image AUROC, the operating curve (detection rate at 1 %, 2 % and
@@ -30,6 +32,12 @@ from pathlib import Path
 from typing import Any
 
 EXPERT = "patchcore+global"
+#: What the previous release's default set differently, per member (``--old previous``).
+PREVIOUS = {"patchcore": {"position_baseline": "none"}}
+OLD_ABOUT = {
+    "previous": "old = the previous release's default (PatchCore without its position baseline), fitted and scored on its own; ",
+    "kfold-max": "old = the same fitted experts, k-fold calibration + max fusion; ",
+}
 RATES = (0.01, 0.02, 0.05)
 
 
@@ -41,7 +49,9 @@ def _family(record: dict | None, sample: Any) -> str:
     return "all"
 
 
-def score_category(category: Any, manifest_index: dict, normals: int, log: Any, shots: int = 0, seed: int = 0) -> dict:
+def score_category(
+    category: Any, manifest_index: dict, normals: int, log: Any, shots: int = 0, seed: int = 0, old_mode: str = "previous"
+) -> dict:
     """Fit both calibrations, score the test split once, decide every image both ways.
 
     ``shots`` > 0: few-shot on that many references drawn from the training images (seeded), with the
@@ -64,19 +74,33 @@ def score_category(category: Any, manifest_index: dict, normals: int, log: Any, 
     new = make_detector(EXPERT, config, rule="tail").fit(train, calibration="auto", seed=seed)
     fit_new = time.perf_counter() - started
     started = time.perf_counter()
-    old = make_detector(EXPERT, config, rule="max").fit(train, calibration="kfold", seed=seed)
+    if old_mode == "previous":
+        old_config = {name: dict(cfg, **PREVIOUS.get(name, {})) for name, cfg in config.items()}
+        old = make_detector(EXPERT, old_config, rule="tail").fit(train, calibration="auto", seed=seed)
+    else:
+        old = make_detector(EXPERT, config, rule="max").fit(train, calibration="kfold", seed=seed)
     fit_old = time.perf_counter() - started
     log(f"{category.name}: fitted (new {fit_new:.0f} s, old {fit_old:.0f} s); scoring {len(tests)} images")
     rows = []
     started = time.perf_counter()
     for start in range(0, len(tests), 16):
         chunk = tests[start : start + 16]
-        detections = new.detect([load_image(s.path) for s in chunk])
-        for sample, det in zip(chunk, detections):
+        images = [load_image(s.path) for s in chunk]
+        detections = new.detect(images)
+        old_detections = old.detect(images) if old_mode == "previous" else [None] * len(chunk)
+        for sample, det, old_det in zip(chunk, detections, old_detections):
             rel = "/".join(Path(sample.path).parts[-4:])
             record = manifest_index.get(rel)
             raw = {name: m["raw_score"] for name, m in det.members.items()}
-            old_scores = [o.calibrator.scale(raw[o.expert_name]) for o in old.members]
+            if old_det is not None:
+                old_raw = {name: m["raw_score"] for name, m in old_det.members.items()}
+                old_score, old_decision = float(old_det.raw_score), bool(old_det.anomalous)
+                old_member_decision = {name: m.get("anomalous_alone", m["anomalous"]) for name, m in old_det.members.items()}
+            else:
+                old_raw = raw
+                old_score = float(max(o.calibrator.scale(raw[o.expert_name]) for o in old.members))
+                old_decision = bool(any(raw[o.expert_name] > o.calibrator.threshold for o in old.members))
+                old_member_decision = None
             rows.append({
                 "image": rel,
                 "label": int(sample.label),
@@ -87,10 +111,12 @@ def score_category(category: Any, manifest_index: dict, normals: int, log: Any, 
                 "members_raw": raw,
                 "members_new": {name: m["score"] for name, m in det.members.items()},
                 "members_new_decision": {name: m.get("anomalous_alone", m["anomalous"]) for name, m in det.members.items()},
+                "members_old_raw": old_raw,
+                "members_old_decision": old_member_decision,
                 "new_score": float(det.raw_score),
                 "new_decision": bool(det.anomalous),
-                "old_score": float(max(old_scores)),
-                "old_decision": bool(any(raw[o.expert_name] > o.calibrator.threshold for o in old.members)),
+                "old_score": old_score,
+                "old_decision": old_decision,
             })
     score_time = time.perf_counter() - started
     return {
@@ -99,13 +125,15 @@ def score_category(category: Any, manifest_index: dict, normals: int, log: Any, 
             "new": new.false_alarm_rate,
             "old": old.false_alarm_rate,
             **{f"member:{m.expert_name}": m.false_alarm_rate for m in new.members},
+            **{f"old-member:{m.expert_name}": m.false_alarm_rate for m in old.members},
         },
         "calibration": {"new": new.calibration_record(), "old": old.calibration_record()},
         "heldout": {
             "new": {m.expert_name: list(m.calibrator.heldout or ()) for m in new.members},
             "old": {m.expert_name: list(m.calibrator.heldout or ()) for m in old.members},
         },
-        "seconds": {"fit_new": fit_new, "fit_old": fit_old, "score_per_image": score_time / max(len(tests), 1)},
+        "seconds": {"fit_new": fit_new, "fit_old": fit_old, "score_per_image": score_time / max(len(tests), 1),
+                    "scored_both": old_mode == "previous"},
     }
 
 
@@ -141,11 +169,16 @@ def _metrics(labels: list[int], scores: list[float], decisions: list[bool] | Non
 
 def _methods(rows: list[dict]) -> dict[str, tuple[list[float], list[bool] | None]]:
     members = sorted(rows[0]["members_raw"]) if rows else []
+    previous = bool(rows) and rows[0].get("members_old_decision") is not None
     out = {
-        "old (kfold, max)": ([r["old_score"] for r in rows], [r["old_decision"] for r in rows]),
-        "new (auto, tail)": ([r["new_score"] for r in rows], [r["new_decision"] for r in rows]),
+        ("old (previous default)" if previous else "old (kfold, max)"): (
+            [r["old_score"] for r in rows], [r["old_decision"] for r in rows]),
+        "new (default)": ([r["new_score"] for r in rows], [r["new_decision"] for r in rows]),
     }
     for name in members:
+        if previous and any(r["members_old_raw"][name] != r["members_raw"][name] for r in rows):
+            out[f"{name} alone, old"] = ([r["members_old_raw"][name] for r in rows],
+                                         [r["members_old_decision"][name] for r in rows])
         out[f"{name} alone"] = ([r["members_raw"][name] for r in rows], [r["members_new_decision"][name] for r in rows])
     return out
 
@@ -218,7 +251,8 @@ def render(name: str, table: dict, meta: dict) -> str:
         for method, m in methods.items():
             if method in ("stated", "seconds"):
                 continue
-            key = "old" if method.startswith("old") else "new" if method.startswith("new") else f"member:{method.split(' ')[0]}"
+            key = ("old" if method.startswith("old") else "new" if method.startswith("new")
+                   else f"old-member:{method.split(' ')[0]}" if method.endswith(", old") else f"member:{method.split(' ')[0]}")
             rate = stated.get(key)
             within = "–" if rate is None or m.get("false_alarms") is None else (
                 "yes" if m["false_alarms"] <= 2 * rate + 1 / max(m["normal"], 1) else "NO")
@@ -245,6 +279,8 @@ def main() -> None:
     parser.add_argument("--shots", type=int, default=0, help="few-shot references drawn per category (0: one-class on --normals)")
     parser.add_argument("--draws", type=int, default=1, help="few-shot: reference draws (seeds 0..draws-1), rows pooled")
     parser.add_argument("--categories", default=None, help="comma-separated (default: all)")
+    parser.add_argument("--old", choices=("previous", "kfold-max"), default="previous",
+                        help="what 'old' is: the previous release's default (default) or k folds + max fusion")
     args = parser.parse_args()
     EXPERT = args.expert
 
@@ -259,12 +295,15 @@ def main() -> None:
     for category in categories:
         for draw in range(args.draws if args.shots else 1):
             key = category.name if not args.shots or args.draws == 1 else f"{category.name}#{draw}"
-            per_category[key] = score_category(category, index, args.normals, lambda m: print(m, flush=True), args.shots, draw)
+            per_category[key] = score_category(
+                category, index, args.normals, lambda m: print(m, flush=True), args.shots, draw, args.old
+            )
     table = summarise(per_category)
     meta = {
         "about": (f"{EXPERT}, {f'{args.shots}-shot ({args.draws} draws)' if args.shots else f'one-class on {args.normals} normals'}, data {args.data.name} "
                   f"({manifest.get('spec', {}).get('preset', 'default')} preset); machine {platform.processor() or platform.machine()}. "
-                  "old = k-fold calibration + max fusion (previous release); new = leave-one-out where the expert can + tail-evidence fusion. "
+                  + (OLD_ABOUT[args.old]) +
+                  "new = the current default (leave-one-out calibration where the expert can, tail-evidence fusion, every member's defaults). "
                   "AUROC and detection at fixed false-alarm rates on test normals: mean over categories; decisions: mean over categories."),
     }
     args.out.parent.mkdir(parents=True, exist_ok=True)

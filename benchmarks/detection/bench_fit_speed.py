@@ -1,4 +1,4 @@
-"""Fit time and scoring speed of the default expert, previous calibration and fusion against the new (by hand).
+"""Fit time and scoring speed of the default expert: the previous release's settings against the new (by hand).
 
 Each setting runs in a fresh process (cold model and feature caches, so neither profits from the
 other's work): fit ``patchcore+global`` on ``--normals`` training images of one category, then
@@ -17,10 +17,15 @@ import sys
 import time
 from pathlib import Path
 
-SETTINGS = {"old (kfold, max)": ("kfold", "max"), "new (auto, tail)": ("auto", "tail")}
+#: name -> (calibration, fusion rule, member settings)
+SETTINGS = {
+    "old (kfold, max)": ("kfold", "max", {"patchcore": {"position_baseline": "none"}}),
+    "previous (auto, tail)": ("auto", "tail", {"patchcore": {"position_baseline": "none"}}),
+    "new (default)": ("auto", "tail", {}),
+}
 
 
-def one(data: str, category: str, normals: int, images: int, calibration: str, rule: str) -> dict:
+def one(data: str, category: str, normals: int, images: int, calibration: str, rule: str, settings: str) -> dict:
     from myriad.datasets import read_mvtec
     from myriad.fusion import make_detector
     from myriad.images import load_image
@@ -29,7 +34,10 @@ def one(data: str, category: str, normals: int, images: int, calibration: str, r
     train = [load_image(s.path) for s in cat.train[:normals]]
     tests = [load_image(s.path) for s in cat.test[:images]]
     started = time.perf_counter()
-    detector = make_detector("patchcore+global", rule=rule).fit(train, calibration=calibration)
+    config = {"patchcore": {"mode": "one_class"}, "global": {"mode": "one_class"}}
+    for name, extra in json.loads(settings).items():
+        config[name].update(extra)
+    detector = make_detector("patchcore+global", config, rule=rule).fit(train, calibration=calibration)
     fit = time.perf_counter() - started
     started = time.perf_counter()
     for start in range(0, len(tests), 8):
@@ -44,15 +52,15 @@ def main() -> None:
     parser.add_argument("--normals", type=int, default=200)
     parser.add_argument("--images", type=int, default=80)
     parser.add_argument("--out", type=Path, default=None)
-    parser.add_argument("--one", nargs=2, metavar=("CALIBRATION", "RULE"), help=argparse.SUPPRESS)
+    parser.add_argument("--one", nargs=3, metavar=("CALIBRATION", "RULE", "SETTINGS"), help=argparse.SUPPRESS)
     args = parser.parse_args()
     if args.one:
         print(json.dumps(one(args.data, args.category, args.normals, args.images, *args.one)))
         return
     results = {}
-    for name, (calibration, rule) in SETTINGS.items():
+    for name, (calibration, rule, settings) in SETTINGS.items():
         cmd = [sys.executable, __file__, "--data", args.data, "--category", args.category, "--normals", str(args.normals),
-               "--images", str(args.images), "--one", calibration, rule]
+               "--images", str(args.images), "--one", calibration, rule, json.dumps(settings)]
         results[name] = json.loads(subprocess.run(cmd, check=True, capture_output=True, text=True).stdout.strip().splitlines()[-1])
         print(name, results[name], flush=True)
     lines = [f"# Fit and scoring speed: patchcore+global, {args.normals} normals of {args.category} ({args.data})", "",

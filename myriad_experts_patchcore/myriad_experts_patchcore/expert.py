@@ -25,6 +25,7 @@ if TYPE_CHECKING:  # pragma: no cover
 
     from myriad_experts_patchcore.features import PatchFeatureExtractor
     from myriad_experts_patchcore.memory_bank import MemoryBank
+    from myriad_experts_patchcore.position import PositionBaseline
 
 #: Keys of ``state_metadata`` that must match the config for a saved bank to be usable.
 _FEATURE_KEYS = ("backbone", "layers", "image_size", "aggregation", "embed_dim")
@@ -78,6 +79,9 @@ def _cpu_threads(n: int | None) -> Iterator[None]:
 #: k-fold ones and flagged 0.1 % of 1,000 visible-set test normals (stated 0.5 %); at 16 they sat above the k-fold
 #: ones in 3 of 5 default dev-set categories. A bank that keeps every patch (coreset_ratio 1, few-shot) is exact.
 HELDOUT_MIN_IMAGES = 50
+
+#: Fewest fitted images (groups) for ``position_baseline="auto"`` to fit a per-position baseline (position.py).
+POSITION_BASELINE_MIN_IMAGES = 20
 
 #: Frozen backbones shared by experts of this process (calibration builds one expert per fold):
 #: PatchCore's own group of the host's model cache, holding the three most recent.
@@ -139,6 +143,11 @@ class PatchCoreExpert(Expert):
         #: (kept in memory for the held-out scores of :meth:`heldout_predictions`; not saved)
         self.bank_owner: "np.ndarray | None" = None
         self._fitted_images = 0
+        #: per-position median and scale of held-out normal patch scores (None: scores are used raw)
+        self.baseline: "PositionBaseline | None" = None
+        #: the fit's held-out patch-score grids and the groups they were scored with (reused by
+        #: :meth:`heldout_predictions`; kept in memory only)
+        self._heldout_grids: "tuple[tuple[int, ...], np.ndarray] | None" = None
 
     # -- settings -------------------------------------------------------------------
     @property
@@ -147,6 +156,13 @@ class PatchCoreExpert(Expert):
         if self.config.coreset_ratio is not None:
             return float(self.config.coreset_ratio)
         return 0.025 if self.mode is Mode.ONE_CLASS else 1.0
+
+    def wants_position_baseline(self, groups: int) -> bool:
+        """Whether a fit on ``groups`` images (or photos) fits a per-position baseline."""
+        wanted = self.config.position_baseline
+        if wanted == "auto":
+            return self.mode is Mode.ONE_CLASS and groups >= POSITION_BASELINE_MIN_IMAGES
+        return wanted == "robust-z"
 
     @property
     def device(self) -> str:
@@ -317,6 +333,61 @@ class PatchCoreExpert(Expert):
                 self.projection = None
             self.bank = self._make_bank(bank)
         self._check_neighbours()
+        self.baseline = None
+        self._heldout_grids = None
+        groups = self._fit_group_array(len(images))
+        if self.wants_position_baseline(len(np.unique(groups))):
+            self._fit_position_baseline(images, groups)
+
+    def _fit_group_array(self, count: int) -> "np.ndarray":
+        """The group of each fitted image: ``fit_groups`` when a wrapper set one that fits, else each its own."""
+        import numpy as np
+
+        groups = self.fit_groups
+        if groups is not None and len(groups) == count:
+            return np.asarray(groups, dtype=np.int64)
+        return np.arange(count, dtype=np.int64)
+
+    def _fit_position_baseline(self, images: list["np.ndarray"], groups: "np.ndarray") -> None:
+        """Score every fitted image held out (without its group's bank rows) and fit the baseline on those grids."""
+        from myriad_experts_patchcore.position import fit_position_baseline
+
+        if self.config.reweight or self.mode is not Mode.ONE_CLASS:
+            raise ConfigError(
+                "position_baseline='robust-z' needs mode='one_class' and reweight=False (it is fitted on the "
+                "normal images scored leave-one-out); use position_baseline='none' or 'auto'"
+            )
+        grids = self._heldout_patch_grids(images, groups)
+        if grids is None:
+            raise ConfigError(
+                "position_baseline='robust-z': an image (or photo) owns nearly the whole memory bank, so it cannot "
+                "be scored without its own patches; fit on more images or use position_baseline='none'"
+            )
+        self._heldout_grids = (tuple(int(g) for g in groups), grids)
+        self.baseline = fit_position_baseline(grids)
+
+    def _heldout_patch_grids(self, images: list["np.ndarray"], groups: "np.ndarray") -> "np.ndarray | None":
+        """``N x h x w`` raw patch scores of the fitted images, each against the bank without its group's rows."""
+        import numpy as np
+
+        from myriad_experts_patchcore.scoring import patch_scores
+
+        cfg = self.config
+        assert self.bank is not None and self.bank_owner is not None
+        owner_group = groups[self.bank_owner]
+        out: list[np.ndarray] = []
+        with _cpu_threads(cfg.num_threads):
+            with self.progress_stage("held-out scores", len(images), unit="img") as stage:
+                for start in range(0, len(images), cfg.batch_size):
+                    chunk = images[start : start + cfg.batch_size]
+                    rows, grid = self._patch_rows(chunk, store=False)
+                    row_group = np.repeat(groups[start : start + len(chunk)], grid[0] * grid[1])
+                    sq = nearest_outside_group(self.bank.search, rows, row_group, owner_group, cfg.num_neighbors)
+                    if sq is None:
+                        return None
+                    out.append(patch_scores(sq, cfg.distance).reshape(len(chunk), *grid))
+                    stage.advance(len(chunk))
+        return np.concatenate(out, axis=0)
 
     @staticmethod
     def _allocate(rows: int, dim: int, dtype: Any) -> "np.ndarray":
@@ -397,17 +468,17 @@ class PatchCoreExpert(Expert):
         groups_array = np.arange(len(images)) if groups is None else np.asarray(groups, dtype=np.int64)
         if self.bank.size < self.num_train_patches and len(np.unique(groups_array)) < HELDOUT_MIN_IMAGES:
             return None  # a coreset of few images: leaving one out leaves holes (see HELDOUT_MIN_IMAGES)
-        owner_group = groups_array[self.bank_owner]
+        cached_grids = self._heldout_grids
+        if cached_grids is not None and cached_grids[0] == tuple(int(g) for g in groups_array):
+            grids = cached_grids[1]
+        else:
+            grids = self._heldout_patch_grids(images, groups_array)
+            if grids is None:
+                return None
         out: list[Prediction] = []
-        with _cpu_threads(cfg.num_threads):
-            for start in range(0, len(images), cfg.batch_size):
-                chunk = images[start : start + cfg.batch_size]
-                rows, grid = self._patch_rows(chunk, store=False)
-                row_group = np.repeat(groups_array[start : start + len(chunk)], grid[0] * grid[1])
-                sq = nearest_outside_group(self.bank.search, rows, row_group, owner_group, cfg.num_neighbors)
-                if sq is None:
-                    return None
-                out += self._predictions(chunk, sq, grid)
+        for start in range(0, len(images), cfg.batch_size):
+            chunk = images[start : start + cfg.batch_size]
+            out += self._grid_predictions(chunk, grids[start : start + len(chunk)])
         return out
 
     def _score(self, chunk: list["np.ndarray"], rows: "np.ndarray", grid: tuple[int, int]) -> list[Prediction]:
@@ -424,19 +495,35 @@ class PatchCoreExpert(Expert):
         nearest: "np.ndarray | None" = None,
     ) -> list[Prediction]:
         """Maps and image scores of ``chunk`` from its patches' squared neighbour distances."""
-        import torch
-
-        from myriad_experts_patchcore.scoring import anomaly_maps, patch_scores
+        from myriad_experts_patchcore.scoring import patch_scores
 
         cfg = self.config
         b = len(chunk)
         scores = patch_scores(sq, cfg.distance).reshape(b, grid[0] * grid[1])
-        image_scores = scores.max(axis=1)
         if cfg.reweight and rows is not None and nearest is not None:
-            image_scores = image_scores * self._reweight(rows, scores, nearest[:, 0])
-        maps = anomaly_maps(
-            torch.from_numpy(scores.reshape(b, *grid)), [img.shape[:2] for img in chunk], cfg.image_size, cfg.blur_sigma
-        )
+            weights = self._reweight(rows, scores, nearest[:, 0])
+            return self._grid_predictions(chunk, scores.reshape(b, *grid), weights)
+        return self._grid_predictions(chunk, scores.reshape(b, *grid))
+
+    def _grid_predictions(
+        self, chunk: list["np.ndarray"], grids: "np.ndarray", weights: "np.ndarray | None" = None
+    ) -> list[Prediction]:
+        """Maps and image scores of ``chunk`` from its ``B x h x w`` raw patch scores (the baseline applied here)."""
+        import torch
+
+        from myriad_experts_patchcore.scoring import anomaly_maps
+
+        cfg = self.config
+        if self.baseline is not None:
+            if tuple(grids.shape[1:]) != self.baseline.grid:
+                raise MyriadError(
+                    f"patch grid {tuple(grids.shape[1:])} differs from the position baseline's {self.baseline.grid}"
+                )
+            grids = self.baseline.apply(grids)
+        image_scores = grids.reshape(len(chunk), -1).max(axis=1)
+        if weights is not None:
+            image_scores = image_scores * weights
+        maps = anomaly_maps(torch.from_numpy(grids), [img.shape[:2] for img in chunk], cfg.image_size, cfg.blur_sigma)
         return [Prediction(anomaly_map=m, score=float(s)) for m, s in zip(maps, image_scores)]
 
     def _reweight(self, rows: "np.ndarray", scores: "np.ndarray", nearest: "np.ndarray") -> "np.ndarray":
@@ -466,6 +553,9 @@ class PatchCoreExpert(Expert):
         tensors: dict[str, Any] = {"bank": torch.from_numpy(self.bank.features)}
         if self.projection is not None:
             tensors["coreset_projection"] = self.projection  # provenance: how the bank was selected
+        if self.baseline is not None:
+            tensors["position_median"] = torch.from_numpy(self.baseline.median)
+            tensors["position_scale"] = torch.from_numpy(self.baseline.scale)
         return tensors
 
     def _feature_facts(self) -> dict[str, Any]:
@@ -489,6 +579,7 @@ class PatchCoreExpert(Expert):
             "train_patches": self.num_train_patches,
             "grid": list(self.grid) if self.grid else None,
             "coreset_ratio": self.coreset_ratio,
+            "position_baseline": self.baseline is not None,
         }
 
     def load_state_tensors(self, tensors: dict[str, Any], metadata: dict[str, Any]) -> None:
@@ -517,7 +608,30 @@ class PatchCoreExpert(Expert):
         self.grid = (int(grid[0]), int(grid[1])) if grid else None
         self.bank = self._make_bank(bank)
         self._check_neighbours()
+        self.baseline = self._loaded_baseline(tensors)
+        self._heldout_grids = None
         self.fitted = True
+
+    def _loaded_baseline(self, tensors: dict[str, Any]) -> "PositionBaseline | None":
+        """The saved position baseline (None when the state has none: saved without one, or by an older release)."""
+        import numpy as np
+
+        from myriad_experts_patchcore.position import PositionBaseline
+
+        parts = [tensors.get("position_median"), tensors.get("position_scale")]
+        if parts[0] is None and parts[1] is None:
+            return None
+        if parts[0] is None or parts[1] is None:
+            raise WeightsError("saved PatchCore state holds only one of position_median / position_scale")
+        median, scale = (p.float().numpy() if hasattr(p, "numpy") else np.asarray(p, np.float32) for p in parts)
+        if median.ndim != 2 or median.shape != scale.shape or not (scale > 0).all():
+            raise WeightsError(
+                f"saved position baseline is malformed: median {tuple(median.shape)}, scale {tuple(scale.shape)} "
+                "(both h x w, scale > 0)"
+            )
+        if self.grid is not None and tuple(median.shape) != tuple(self.grid):
+            raise WeightsError(f"saved position baseline is {tuple(median.shape)} but the bank's grid is {self.grid}")
+        return PositionBaseline(median=median, scale=scale)
 
 
 __all__ = ["PatchCoreExpert", "augment_image"]

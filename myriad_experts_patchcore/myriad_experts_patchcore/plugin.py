@@ -64,6 +64,12 @@ class PatchCoreConfig(BaseModel):
     reweight: bool = Field(False, description="paper's image-score reweighting by the bank density near the worst patch")
     reweight_neighbors: int = Field(9, ge=2, le=1024, description="b: bank neighbours used by the reweighting")
     blur_sigma: float = Field(4.0, ge=0.0, le=64.0, description="Gaussian blur of the map, pixels at image_size")
+    position_baseline: Literal["auto", "robust-z", "none"] = Field(
+        "auto",
+        description="compare each patch score with the normal images' held-out scores at its grid position "
+        "((score - median) / deviation; removes the border's higher scores); auto = robust-z in one_class mode "
+        "with at least 20 normal images, none otherwise",
+    )
     # -- few-shot -------------------------------------------------------------------
     k_shot: Optional[int] = Field(None, ge=1, description="few_shot: references used (fit needs at least this many)")
     augment: Literal["none", "flip", "rotate", "flip_rotate"] = Field(
