@@ -152,7 +152,10 @@ class TiledExpert(Expert):
         check_size(images, self.tiling, "normal image")
         per_image = len(self.tiling.boxes)
         self.inner.fit_groups = [i for i in range(len(images)) for _ in range(per_image)]
-        self.inner.fit([tile for image in images for tile in split_tiles(image, self.tiling)])
+        try:
+            self.inner.fit([tile for image in images for tile in split_tiles(image, self.tiling)])
+        finally:
+            self.inner.fit_groups = None  # a hint for this fit only
 
     def _predict(self, images: list["np.ndarray"]) -> list[Prediction]:
         check_size(images, self.tiling)
