@@ -300,7 +300,7 @@ def main() -> None:
             )
     table = summarise(per_category)
     meta = {
-        "about": (f"{EXPERT}, {f'{args.shots}-shot ({args.draws} draws)' if args.shots else f'one-class on {args.normals} normals'}, data {args.data.name} "
+        "about": (f"{EXPERT}, {f'{args.shots}-shot ({args.draws} draws)' if args.shots else f'one-class on up to {args.normals} normals (all a category has when fewer)'}, data {args.data.name} "
                   f"({manifest.get('spec', {}).get('preset', 'default')} preset); machine {platform.processor() or platform.machine()}. "
                   + (OLD_ABOUT[args.old]) +
                   "new = the current default (leave-one-out calibration where the expert can, tail-evidence fusion, every member's defaults). "
