@@ -520,7 +520,13 @@ class PatchCoreExpert(Expert):
                     f"patch grid {tuple(grids.shape[1:])} differs from the position baseline's {self.baseline.grid}"
                 )
             grids = self.baseline.apply(grids)
-        image_scores = grids.reshape(len(chunk), -1).max(axis=1)
+        sigma = float(cfg.score_sigma)
+        if sigma > 0:
+            from myriad_experts_patchcore.scoring import gaussian_blur
+
+            image_scores = gaussian_blur(torch.from_numpy(grids), sigma).flatten(1).max(dim=1).values.numpy()
+        else:
+            image_scores = grids.reshape(len(chunk), -1).max(axis=1)
         if weights is not None:
             image_scores = image_scores * weights
         maps = anomaly_maps(torch.from_numpy(grids), [img.shape[:2] for img in chunk], cfg.image_size, cfg.blur_sigma)

@@ -94,6 +94,21 @@ def test_the_baseline_is_saved_and_loaded_and_a_malformed_one_refused(pair, crop
         Expert.load(path)
 
 
+def test_score_sigma_smooths_the_patch_scores_before_the_maximum(pair, crops, fast) -> None:
+    import torch
+
+    from myriad_experts_patchcore.scoring import gaussian_blur
+
+    images, _, _ = pair
+    smooth = get_expert("patchcore", {**fast, "coreset_ratio": 1.0, "score_sigma": 2.0}).fit(images)
+    tests = crops(2, seed=8)
+    rows, grid = smooth._patch_rows(tests, store=False)
+    sq, _ = smooth.bank.search(rows, 1)
+    z = torch.from_numpy(smooth.baseline.apply(sq[:, 0].reshape(len(tests), *grid)))
+    want = gaussian_blur(z, 2.0).flatten(1).max(dim=1).values
+    assert [p.score for p in smooth.predict(tests)] == pytest.approx([float(v) for v in want], rel=1e-4)
+
+
 def test_robust_z_on_request_refuses_what_it_cannot_fit(crops, fast) -> None:
     with pytest.raises(ConfigError, match="position_baseline='robust-z' needs mode='one_class'"):
         get_expert("patchcore", {**fast, "mode": "few_shot", "position_baseline": "robust-z"}).fit(crops(3))
