@@ -150,8 +150,7 @@ class TiledExpert(Expert):
 
     def _fit(self, images: list["np.ndarray"]) -> None:
         check_size(images, self.tiling, "normal image")
-        per_image = len(self.tiling.boxes)
-        self.inner.fit_groups = [i for i in range(len(images)) for _ in range(per_image)]
+        self.inner.fit_groups = self._tile_groups(range(len(images)))
         try:
             self.inner.fit([tile for image in images for tile in split_tiles(image, self.tiling)])
         finally:
@@ -170,12 +169,16 @@ class TiledExpert(Expert):
         """The wrapped expert's held-out scores of every tile, each photo's tiles one group, stitched."""
         check_size(images, self.tiling, "normal image")
         per_image = len(self.tiling.boxes)
-        groups = list(range(len(images))) if groups is None else list(groups)
         tiles = [tile for image in images for tile in split_tiles(image, self.tiling)]
-        preds = self.inner.heldout_predictions(tiles, [g for g in groups for _ in range(per_image)])
+        preds = self.inner.heldout_predictions(tiles, self._tile_groups(range(len(images)) if groups is None else groups))
         if preds is None:
             return None
         return [self._stitched(preds[i * per_image : (i + 1) * per_image]) for i in range(len(images))]
+
+    def _tile_groups(self, groups: Sequence[int]) -> list[int]:
+        """Each photo's group repeated for every one of its tiles (tiles of one photo are one group)."""
+        per_image = len(self.tiling.boxes)
+        return [g for g in groups for _ in range(per_image)]
 
     def _stitched(self, chunk: list[Prediction]) -> Prediction:
         """One image's prediction from its tiles' (map stitched, score the largest tile score)."""

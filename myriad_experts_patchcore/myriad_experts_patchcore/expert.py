@@ -158,10 +158,11 @@ class PatchCoreExpert(Expert):
         return 0.025 if self.mode is Mode.ONE_CLASS else 1.0
 
     def wants_position_baseline(self, groups: int) -> bool:
-        """Whether a fit on ``groups`` images (or photos) fits a per-position baseline."""
+        """Whether a fit on ``groups`` images (or photos) fits a per-position baseline (``auto``: one-class, without
+        the paper's reweighting, on at least :data:`POSITION_BASELINE_MIN_IMAGES`)."""
         wanted = self.config.position_baseline
         if wanted == "auto":
-            return self.mode is Mode.ONE_CLASS and groups >= POSITION_BASELINE_MIN_IMAGES
+            return self.mode is Mode.ONE_CLASS and not self.config.reweight and groups >= POSITION_BASELINE_MIN_IMAGES
         return wanted == "robust-z"
 
     @property

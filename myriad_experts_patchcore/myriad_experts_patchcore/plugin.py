@@ -74,7 +74,7 @@ class PatchCoreConfig(BaseModel):
         "auto",
         description="compare each patch score with the normal images' held-out scores at its grid position "
         "((score - median) / deviation; removes the border's higher scores); auto = robust-z in one_class mode "
-        "with at least 20 normal images, none otherwise",
+        "with at least 20 normal images and reweight off, none otherwise",
     )
     # -- few-shot -------------------------------------------------------------------
     k_shot: Optional[int] = Field(None, ge=1, description="few_shot: references used (fit needs at least this many)")

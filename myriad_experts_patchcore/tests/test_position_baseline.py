@@ -45,6 +45,8 @@ def test_auto_fits_the_baseline_in_one_class_mode_with_enough_images(pair, crops
     assert few.baseline is None  # auto: fewer than 20 normal images
     shots = get_expert("patchcore", {**fast, "mode": "few_shot"}).fit(crops(24, seed=4))
     assert shots.baseline is None  # auto: few-shot mode
+    paper = get_expert("patchcore", {**fast, "coreset_ratio": 1.0, "reweight": True}).fit(crops(24, seed=4))
+    assert paper.baseline is None  # auto: the paper's reweighting keeps raw scores (and fits, no error)
 
 
 def test_scores_and_maps_are_the_raw_ones_compared_position_by_position(pair, crops) -> None:
