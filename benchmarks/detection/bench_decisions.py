@@ -33,9 +33,12 @@ from typing import Any
 
 EXPERT = "patchcore+global"
 #: What the previous release's default set differently, per member (``--old previous``).
-PREVIOUS = {"patchcore": {"position_baseline": "none"}}
+PREVIOUS = {"patchcore": {"score_sigma": 0.0}}
+#: Settings the new side changes from every member's defaults (``--set member.key=value``).
+NEW_SETTINGS: dict[str, dict[str, Any]] = {}
 OLD_ABOUT = {
-    "previous": "old = the previous release's default (PatchCore without its position baseline), fitted and scored on its own; ",
+    "previous": "old = the previous release's default (PatchCore's image score the raw maximum, score_sigma=0), fitted and scored on its own; ",
+    "default": "old = the current default, fitted and scored on its own; ",
     "kfold-max": "old = the same fitted experts, k-fold calibration + max fusion; ",
 }
 RATES = (0.01, 0.02, 0.05)
@@ -69,13 +72,15 @@ def score_category(
     else:
         train = [load_image(s.path) for s in category.train[:normals]]
     config = resolve_config(EXPERT, {}, num_normal=len(train))
+    new_config = {name: dict(cfg, **NEW_SETTINGS.get(name, {})) for name, cfg in config.items()}
     tests = category.test
     started = time.perf_counter()
-    new = make_detector(EXPERT, config, rule="tail").fit(train, calibration="auto", seed=seed)
+    new = make_detector(EXPERT, new_config, rule="tail").fit(train, calibration="auto", seed=seed)
     fit_new = time.perf_counter() - started
     started = time.perf_counter()
-    if old_mode == "previous":
-        old_config = {name: dict(cfg, **PREVIOUS.get(name, {})) for name, cfg in config.items()}
+    if old_mode in ("previous", "default"):
+        changes = PREVIOUS if old_mode == "previous" else {}
+        old_config = {name: dict(cfg, **changes.get(name, {})) for name, cfg in config.items()}
         old = make_detector(EXPERT, old_config, rule="tail").fit(train, calibration="auto", seed=seed)
     else:
         old = make_detector(EXPERT, config, rule="max").fit(train, calibration="kfold", seed=seed)
@@ -87,7 +92,7 @@ def score_category(
         chunk = tests[start : start + 16]
         images = [load_image(s.path) for s in chunk]
         detections = new.detect(images)
-        old_detections = old.detect(images) if old_mode == "previous" else [None] * len(chunk)
+        old_detections = old.detect(images) if old_mode != "kfold-max" else [None] * len(chunk)
         for sample, det, old_det in zip(chunk, detections, old_detections):
             rel = "/".join(Path(sample.path).parts[-4:])
             record = manifest_index.get(rel)
@@ -133,7 +138,7 @@ def score_category(
             "old": {m.expert_name: list(m.calibrator.heldout or ()) for m in old.members},
         },
         "seconds": {"fit_new": fit_new, "fit_old": fit_old, "score_per_image": score_time / max(len(tests), 1),
-                    "scored_both": old_mode == "previous"},
+                    "scored_both": old_mode != "kfold-max"},
     }
 
 
@@ -279,10 +284,23 @@ def main() -> None:
     parser.add_argument("--shots", type=int, default=0, help="few-shot references drawn per category (0: one-class on --normals)")
     parser.add_argument("--draws", type=int, default=1, help="few-shot: reference draws (seeds 0..draws-1), rows pooled")
     parser.add_argument("--categories", default=None, help="comma-separated (default: all)")
-    parser.add_argument("--old", choices=("previous", "kfold-max"), default="previous",
-                        help="what 'old' is: the previous release's default (default) or k folds + max fusion")
+    parser.add_argument("--old", choices=("previous", "default", "kfold-max"), default="previous",
+                        help="what 'old' is: the previous release's default (default), the current default, "
+                             "or k folds + max fusion")
+    parser.add_argument("--set", action="append", default=[], metavar="MEMBER.KEY=VALUE",
+                        help="a setting the new side changes (repeatable), e.g. patchcore.score_sigma=2")
     args = parser.parse_args()
     EXPERT = args.expert
+    for item in args.set:
+        target, _, value = item.partition("=")
+        member, _, key = target.partition(".")
+        if not (member and key and value):
+            parser.error(f"--set {item!r}: expected MEMBER.KEY=VALUE")
+        try:
+            parsed: Any = json.loads(value)
+        except json.JSONDecodeError:
+            parsed = value
+        NEW_SETTINGS.setdefault(member, {})[key] = parsed
 
     from myriad.datasets import read_mvtec
 
@@ -303,7 +321,7 @@ def main() -> None:
         "about": (f"{EXPERT}, {f'{args.shots}-shot ({args.draws} draws)' if args.shots else f'one-class on up to {args.normals} normals (all a category has when fewer)'}, data {args.data.name} "
                   f"({manifest.get('spec', {}).get('preset', 'default')} preset); machine {platform.processor() or platform.machine()}. "
                   + (OLD_ABOUT[args.old]) +
-                  "new = the current default (leave-one-out calibration where the expert can, tail-evidence fusion, every member's defaults). "
+                  "new = the current default" + (f" with {NEW_SETTINGS} changed" if NEW_SETTINGS else "") + " (leave-one-out calibration where the expert can, tail-evidence fusion, every member's defaults). "
                   "AUROC and detection at fixed false-alarm rates on test normals: mean over categories; decisions: mean over categories."),
     }
     args.out.parent.mkdir(parents=True, exist_ok=True)

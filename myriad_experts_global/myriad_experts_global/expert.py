@@ -2,7 +2,11 @@
 
 Fit: every normal image gives, per window, the statistics of each group (see
 :mod:`myriad_experts_global.statistics`); each group gets one Gaussian, and the
-held-out distances of normal images (by image folds) standardise it. Predict: a
+held-out distances of normal images (by image folds) standardise it. With no more
+normals than folds every fold is one image, and those held-out distances are the
+normals' leave-one-out scores (:meth:`GlobalStatsExpert.heldout_predictions`), so a few
+references are calibrated against each other rather than by host folds that would fit a
+copy on one image (whose null, from its own windows, is far too narrow). Predict: a
 window's score is the mean over groups of ``(distance - null mean) / null std``; the
 image score is the mean over the image's windows (a texture-wide change moves every
 window a little), and the anomaly map is that image score everywhere: the expert
@@ -12,7 +16,7 @@ judges the image as a whole and says so, instead of pretending to localise.
 from __future__ import annotations
 
 from dataclasses import dataclass
-from typing import TYPE_CHECKING, Any
+from typing import TYPE_CHECKING, Any, Sequence
 
 from myriad.api import ConfigError, Expert, Mode, MyriadError, Prediction, WeightsError
 
@@ -67,6 +71,8 @@ class GlobalStatsExpert(Expert):
         super().__init__(config, config.mode)
         self.config: GlobalStatsConfig = config
         self.models: dict[str, GroupModel] = {}
+        #: the fitted normals' leave-one-out image scores (None: more normals than folds, or tiled)
+        self._heldout_scores: "np.ndarray | None" = None
 
     @property
     def window(self) -> float:
@@ -165,19 +171,48 @@ class GlobalStatsExpert(Expert):
         return {group: np.concatenate(parts).astype(np.float32) for group, parts in out.items()}
 
     def _fit(self, images: list["np.ndarray"]) -> None:
-        from myriad_experts_global.statistics import GaussianModel, heldout_null
+        import numpy as np
+
+        from myriad_experts_global.statistics import GaussianModel, heldout_distances, heldout_null
 
         stats = self._cached_statistics(images, store=True)
+        folds = self.config.null_folds
+        leave_one_out = len(images) <= folds and self.fit_groups is None
         models = {}
+        standardised = []
         for group, samples in stats.items():
             flat = samples.reshape(-1, samples.shape[-1])
             if len(flat) < 2:
                 raise ConfigError(
                     "the global expert needs at least 2 statistic windows: give 2+ normal images or set window < 1"
                 )
-            null_mean, null_std = heldout_null(samples, self.config.shrinkage, self.config.null_folds)
+            distances = heldout_distances(samples, self.config.shrinkage, folds)
+            null_mean, null_std = heldout_null(samples, self.config.shrinkage, folds, distances)
             models[group] = GroupModel(GaussianModel.fit(flat, self.config.shrinkage), null_mean, null_std)
+            if distances is not None:
+                standardised.append((distances - null_mean) / null_std)
         self.models = models
+        complete = leave_one_out and len(standardised) == len(stats)
+        self._heldout_scores = np.mean(standardised, axis=0).mean(axis=1) if complete else None
+
+    def heldout_predictions(
+        self, images: list["np.ndarray"], groups: "Sequence[int] | None" = None
+    ) -> list[Prediction] | None:
+        """With no more normals than ``null_folds``: each scored against a Gaussian of the others (leave-one-out).
+
+        Those are the held-out distances that standardise the groups, so no extra work. More
+        normals (or tiles, whose photos the folds do not keep apart): None, and the host uses k folds.
+        """
+        import numpy as np
+
+        scores = self._heldout_scores
+        distinct = groups is None or len(set(groups)) == len(images)
+        if scores is None or len(scores) != len(images) or not distinct:
+            return None
+        return [
+            Prediction(anomaly_map=np.full(image.shape[:2], score, dtype=np.float32), score=float(score))
+            for image, score in zip(images, scores)
+        ]
 
     def _predict(self, images: list["np.ndarray"]) -> list[Prediction]:
         import numpy as np

@@ -200,28 +200,45 @@ def image_folds(num_images: int, folds: int = 5) -> list["np.ndarray"]:
     return [np.arange(k, num_images, count) for k in range(count)]
 
 
-def heldout_null(samples: "np.ndarray", shrinkage: float | None = None, folds: int = 5) -> tuple[float, float]:
-    """Mean and standard deviation of held-out normal distances for ``N x W x D`` window samples.
+def heldout_distances(samples: "np.ndarray", shrinkage: float | None = None, folds: int = 5) -> "np.ndarray | None":
+    """``N x W`` held-out distances of ``N x W x D`` window samples, or None where no fold can be held out.
 
-    Images are split into folds; each fold's windows are scored by a Gaussian fitted on the
-    other folds' windows. Where no fold leaves at least 2 windows to fit on (one image, or
-    two whole-image windows), all windows score against a Gaussian of all of them (biased
-    low, but it keeps every group on a comparable scale).
+    Images are split into folds (:func:`image_folds`); each fold's windows are scored by a
+    Gaussian fitted on the other folds' windows. With ``N <= folds`` every image is its own
+    fold (leave-one-out). None when a fold would leave fewer than 2 windows to fit on (one
+    image, or two whole-image windows).
     """
     import numpy as np
 
     n, windows, dim = samples.shape
-    distances: list[np.ndarray] = []
-    for held in image_folds(n, folds) if n >= 2 else []:
+    if n < 2 or (n - len(image_folds(n, folds)[0])) * windows < 2:
+        return None
+    out = np.zeros((n, windows), dtype=np.float64)
+    for held in image_folds(n, folds):
         rest = np.setdiff1d(np.arange(n), held)
         if len(rest) * windows < 2:
-            continue
+            return None
         model = GaussianModel.fit(samples[rest].reshape(-1, dim), shrinkage)
-        distances.append(model.distances(samples[held].reshape(-1, dim)))
-    if not distances:
-        model = GaussianModel.fit(samples.reshape(-1, dim), shrinkage)
-        distances.append(model.distances(samples.reshape(-1, dim)))
-    values = np.concatenate(distances)
+        out[held] = model.distances(samples[held].reshape(-1, dim)).reshape(len(held), windows)
+    return out
+
+
+def heldout_null(
+    samples: "np.ndarray", shrinkage: float | None = None, folds: int = 5, distances: "np.ndarray | None" = None
+) -> tuple[float, float]:
+    """Mean and standard deviation of held-out normal distances for ``N x W x D`` window samples.
+
+    The distances are :func:`heldout_distances` (pass them if already computed). Where no
+    fold can be held out, all windows score against a Gaussian of all of them (biased low,
+    but it keeps every group on a comparable scale).
+    """
+    import numpy as np
+
+    values = heldout_distances(samples, shrinkage, folds) if distances is None else distances
+    if values is None:
+        n, windows, dim = samples.shape
+        values = GaussianModel.fit(samples.reshape(-1, dim), shrinkage).distances(samples.reshape(-1, dim))
+    values = np.asarray(values).reshape(-1)
     return float(values.mean()), float(max(values.std(), 1e-6 * max(abs(values.mean()), 1.0)))
 
 

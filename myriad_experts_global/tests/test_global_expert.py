@@ -144,3 +144,23 @@ def test_calibrated_fit_computes_each_images_statistics_once_with_identical_resu
     expert.predict(tests)
     assert len(CACHE) == 9  # predictions never fill it
     CACHE.clear()
+
+
+def test_few_references_are_calibrated_leave_one_out_on_the_scale_of_new_normals():
+    """2 references: each scored against the other (not by a host fold fitted on one image, whose null is too narrow)."""
+    from myriad.calibration import fit_calibrated
+
+    config = {"mode": "few_shot", **FAST}
+    references = [_rgb(c) for c in _brick_crops(2, 21, 64)]
+    expert, calibrator = fit_calibrated(lambda: get_expert("global", config), references)
+    assert calibrator.method == "leave-one-out(n=2)"
+    new_normals = [p.score for p in expert.predict([_rgb(c) for c in _brick_crops(12, 22, 64)])]
+    held = np.asarray(calibrator.heldout)
+    # the held-out references sit where new normals do (the old per-fold null put them 100x above)
+    assert np.all(np.abs(held) < 10 * (np.abs(new_normals).max() + 1))
+    assert 0.0 < np.mean(calibrator.apply(np.asarray(new_normals))) <= 0.75
+
+
+def test_more_normals_than_folds_leave_calibration_to_the_host():
+    expert = get_expert("global", {**FAST, "null_folds": 3}).fit([_rgb(c) for c in _brick_crops(4, 23, 64)])
+    assert expert.heldout_predictions([_rgb(c) for c in _brick_crops(4, 23, 64)]) is None

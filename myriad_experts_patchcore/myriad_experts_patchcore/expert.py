@@ -587,6 +587,7 @@ class PatchCoreExpert(Expert):
             "grid": list(self.grid) if self.grid else None,
             "coreset_ratio": self.coreset_ratio,
             "position_baseline": self.baseline is not None,
+            "score_sigma": float(self.config.score_sigma),
         }
 
     def load_state_tensors(self, tensors: dict[str, Any], metadata: dict[str, Any]) -> None:
@@ -616,6 +617,9 @@ class PatchCoreExpert(Expert):
         self.bank = self._make_bank(bank)
         self._check_neighbours()
         self.baseline = self._loaded_baseline(tensors)
+        if "score_sigma" not in metadata and self.config.score_sigma != 0:
+            # saved before score_sigma was recorded: its calibration was set on the raw maximum
+            self.config = self.config.model_copy(update={"score_sigma": 0.0})
         self._heldout_grids = None
         self.fitted = True
 

@@ -65,10 +65,10 @@ class PatchCoreConfig(BaseModel):
     reweight_neighbors: int = Field(9, ge=2, le=1024, description="b: bank neighbours used by the reweighting")
     blur_sigma: float = Field(4.0, ge=0.0, le=64.0, description="Gaussian blur of the map, pixels at image_size")
     score_sigma: float = Field(
-        0.0, ge=0.0, le=16.0,
+        1.0, ge=0.0, le=16.0,
         description="the image score is the maximum of the patch scores smoothed by a Gaussian of this sigma, in grid "
         "cells (a defect raises a cluster of patches, a normal image's highest patch is often alone); 0 = the raw "
-        "maximum (the paper)",
+        "maximum (the paper and the authors' code; states saved before this default load with 0)",
     )
     position_baseline: Literal["auto", "robust-z", "none"] = Field(
         "auto",

@@ -38,9 +38,12 @@ def test_detects_a_scratch_and_localises_it(crops, add_scratch) -> None:
 
 def test_maps_at_each_image_size_and_euclidean_scores(fast, fitted, crops) -> None:
     images = [crops(1, size=64)[0], np.zeros((30, 90, 3), np.uint8), crops(1, size=100, seed=3)[0][:, :77]]
-    preds = fitted.predict(images)
+    raw_max = get_expert("patchcore", {**fast, "score_sigma": 0.0})  # image score = the largest patch score
+    raw_max.load_state_tensors(fitted.state_tensors(), fitted.state_metadata())
+    preds = raw_max.predict(images)
     assert [p.anomaly_map.shape for p in preds] == [(64, 64), (30, 90), (100, 77)]
-    plain = get_expert("patchcore", {**fast, "distance": "euclidean"})
+    assert [p.anomaly_map.shape for p in fitted.predict(images)] == [(64, 64), (30, 90), (100, 77)]
+    plain = get_expert("patchcore", {**fast, "distance": "euclidean", "score_sigma": 0.0})
     plain.load_state_tensors(fitted.state_tensors(), fitted.state_metadata())
     for a, b in zip(preds, plain.predict(images)):
         assert b.score == pytest.approx(np.sqrt(a.score), rel=1e-5)
@@ -58,10 +61,13 @@ def test_reweighting_follows_the_paper(fast, fitted, crops) -> None:
     """score = (1 - softmax(||m_test - N_b(m*)||)[0]) * s*, distances to m*'s b nearest bank entries."""
     from myriad_experts_patchcore.features import to_patch_rows
 
-    reweighted = get_expert("patchcore", {**fast, "reweight": True, "reweight_neighbors": 4})
+    paper = {**fast, "score_sigma": 0.0}  # the paper's s*: the largest patch score
+    reweighted = get_expert("patchcore", {**paper, "reweight": True, "reweight_neighbors": 4})
     reweighted.load_state_tensors(fitted.state_tensors(), fitted.state_metadata())
+    raw_max = get_expert("patchcore", paper)
+    raw_max.load_state_tensors(fitted.state_tensors(), fitted.state_metadata())
     images = crops(2, seed=11)
-    plain_scores = [p.score for p in fitted.predict(images)]
+    plain_scores = [p.score for p in raw_max.predict(images)]
     new_scores = [p.score for p in reweighted.predict(images)]
     bank = fitted.bank.vectors().astype(np.float64)
     rows = to_patch_rows(fitted.extractor(images)).astype(np.float64)

@@ -57,8 +57,13 @@ def test_scores_and_maps_are_the_raw_ones_compared_position_by_position(pair, cr
     rows, grid = raw._patch_rows(tests, store=False)
     sq, _ = raw.bank.search(rows, 1)
     expected = with_baseline.baseline.apply(sq[:, 0].reshape(len(tests), *grid))
-    for pred, want, base in zip(z, expected, plain):
-        assert pred.score == pytest.approx(float(want.max()), rel=1e-5)
+    import torch
+
+    from myriad_experts_patchcore.scoring import gaussian_blur
+
+    smoothed = gaussian_blur(torch.from_numpy(expected), with_baseline.config.score_sigma).flatten(1).max(dim=1).values
+    for pred, want, base in zip(z, smoothed, plain):
+        assert pred.score == pytest.approx(float(want), rel=1e-5)
         assert pred.anomaly_map.shape == base.anomaly_map.shape
     assert not np.allclose(z[0].anomaly_map, plain[0].anomaly_map)
 
@@ -129,3 +134,45 @@ def test_tiles_of_one_photo_are_left_out_together(crops, fast) -> None:
     per_photo = len(tiling.boxes)
     assert tiled.inner._heldout_grids[0] == tuple(i for i in range(4) for _ in range(per_photo))
     assert tiled.heldout_predictions(photos) is not None
+
+
+def test_a_state_saved_before_score_sigma_was_recorded_scores_with_the_raw_maximum(pair, crops, tmp_path) -> None:
+    """Its calibration was set on the raw maximum, so the new default (smoothed) must not apply to it."""
+    import json
+
+    from myriad.experts import Expert
+
+    images, with_baseline, _ = pair
+    assert with_baseline.config.score_sigma == 1.0  # the default
+    path = tmp_path / "pc"
+    with_baseline.save(path)
+    tests = crops(2, seed=9)
+    assert [p.score for p in Expert.load(path).predict(tests)] == pytest.approx(
+        [p.score for p in with_baseline.predict(tests)], rel=1e-5
+    )
+    meta_file = next(f for f in path.iterdir() if f.suffix == ".json")
+    meta = json.loads(meta_file.read_text())
+    blob = json.dumps(meta)
+    assert '"score_sigma"' in blob
+    # an older save: no score_sigma in its config nor its state metadata
+    def strip(node):
+        if isinstance(node, dict):
+            return {k: strip(v) for k, v in node.items() if k != "score_sigma"}
+        return [strip(v) for v in node] if isinstance(node, list) else node
+    meta_file.write_text(json.dumps(strip(meta)))
+    older = Expert.load(path)
+    assert older.config.score_sigma == 0.0
+    raw_max = get_expert("patchcore", {**with_baseline.config.model_dump(), "score_sigma": 0.0})
+    raw_max.load_state_tensors(*_state(path))
+    assert [p.score for p in older.predict(tests)] == pytest.approx([p.score for p in raw_max.predict(tests)], rel=1e-5)
+
+
+def _state(path):
+    """The saved tensors and metadata of an expert folder (with score_sigma recorded, as a current save)."""
+    import json
+
+    from myriad.api import load_tensors
+
+    meta = json.loads(next(f for f in path.iterdir() if f.suffix == ".json").read_text())
+    metadata = dict(meta["extra"], score_sigma=0.0)
+    return load_tensors(path / "state.safetensors"), metadata
