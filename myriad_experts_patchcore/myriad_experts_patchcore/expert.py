@@ -510,6 +510,7 @@ class PatchCoreExpert(Expert):
         self, chunk: list["np.ndarray"], grids: "np.ndarray", weights: "np.ndarray | None" = None
     ) -> list[Prediction]:
         """Maps and image scores of ``chunk`` from its ``B x h x w`` raw patch scores (the baseline applied here)."""
+        import numpy as np
         import torch
 
         from myriad_experts_patchcore.scoring import anomaly_maps
@@ -522,15 +523,16 @@ class PatchCoreExpert(Expert):
                 )
             grids = self.baseline.apply(grids)
         sigma = float(cfg.score_sigma)
+        patch_scores = torch.from_numpy(np.ascontiguousarray(grids, dtype=np.float32))
         if sigma > 0:
             from myriad_experts_patchcore.scoring import gaussian_blur
 
-            image_scores = gaussian_blur(torch.from_numpy(grids), sigma).flatten(1).max(dim=1).values.numpy()
-        else:
-            image_scores = grids.reshape(len(chunk), -1).max(axis=1)
+            # the map is drawn from the same smoothed scores, so its peak is the image score the calibration judges
+            patch_scores = gaussian_blur(patch_scores, sigma)
+        image_scores = patch_scores.flatten(1).max(dim=1).values.numpy()
         if weights is not None:
             image_scores = image_scores * weights
-        maps = anomaly_maps(torch.from_numpy(grids), [img.shape[:2] for img in chunk], cfg.image_size, cfg.blur_sigma)
+        maps = anomaly_maps(patch_scores, [img.shape[:2] for img in chunk], cfg.image_size, cfg.blur_sigma)
         return [Prediction(anomaly_map=m, score=float(s)) for m, s in zip(maps, image_scores)]
 
     def _reweight(self, rows: "np.ndarray", scores: "np.ndarray", nearest: "np.ndarray") -> "np.ndarray":

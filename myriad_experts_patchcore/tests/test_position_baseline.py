@@ -113,7 +113,15 @@ def test_score_sigma_smooths_the_patch_scores_before_the_maximum(pair, crops, fa
     sq, _ = smooth.bank.search(rows, 1)
     z = torch.from_numpy(smooth.baseline.apply(sq[:, 0].reshape(len(tests), *grid)))
     want = gaussian_blur(z, 2.0).flatten(1).max(dim=1).values
-    assert [p.score for p in smooth.predict(tests)] == pytest.approx([float(v) for v in want], rel=1e-4)
+    preds = smooth.predict(tests)
+    assert [p.score for p in preds] == pytest.approx([float(v) for v in want], rel=1e-4)
+    # the map is drawn from the same smoothed scores (its peak is what the calibration judges)
+    from myriad_experts_patchcore.scoring import anomaly_maps
+
+    maps = anomaly_maps(gaussian_blur(z.float(), 2.0), [t.shape[:2] for t in tests], smooth.config.image_size,
+                        smooth.config.blur_sigma)
+    for pred, want_map in zip(preds, maps):
+        assert np.allclose(pred.anomaly_map, want_map, rtol=1e-4, atol=1e-4)
 
 
 def test_robust_z_on_request_refuses_what_it_cannot_fit(crops, fast) -> None:
