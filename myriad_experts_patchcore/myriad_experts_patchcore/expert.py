@@ -157,6 +157,13 @@ class PatchCoreExpert(Expert):
             return float(self.config.coreset_ratio)
         return 0.025 if self.mode is Mode.ONE_CLASS else 1.0
 
+    @property
+    def score_sigma(self) -> float:
+        """The image score's smoothing in use: the config's, else 1 on position-baseline z-scores and 0 on raw ones."""
+        if self.config.score_sigma is not None:
+            return float(self.config.score_sigma)
+        return 1.0 if self.baseline is not None else 0.0
+
     def wants_position_baseline(self, groups: int) -> bool:
         """Whether a fit on ``groups`` images (or photos) fits a per-position baseline (``auto``: one-class, without
         the paper's reweighting, on at least :data:`POSITION_BASELINE_MIN_IMAGES`)."""
@@ -522,7 +529,7 @@ class PatchCoreExpert(Expert):
                     f"patch grid {tuple(grids.shape[1:])} differs from the position baseline's {self.baseline.grid}"
                 )
             grids = self.baseline.apply(grids)
-        sigma = float(cfg.score_sigma)
+        sigma = self.score_sigma
         patch_scores = torch.from_numpy(np.ascontiguousarray(grids, dtype=np.float32))
         if sigma > 0:
             from myriad_experts_patchcore.scoring import gaussian_blur
@@ -589,7 +596,7 @@ class PatchCoreExpert(Expert):
             "grid": list(self.grid) if self.grid else None,
             "coreset_ratio": self.coreset_ratio,
             "position_baseline": self.baseline is not None,
-            "score_sigma": float(self.config.score_sigma),
+            "score_sigma": self.score_sigma,
         }
 
     def load_state_tensors(self, tensors: dict[str, Any], metadata: dict[str, Any]) -> None:
@@ -619,7 +626,7 @@ class PatchCoreExpert(Expert):
         self.bank = self._make_bank(bank)
         self._check_neighbours()
         self.baseline = self._loaded_baseline(tensors)
-        if "score_sigma" not in metadata and self.config.score_sigma != 0:
+        if "score_sigma" not in metadata and self.score_sigma != 0:
             # saved before score_sigma was recorded: its calibration was set on the raw maximum
             self.config = self.config.model_copy(update={"score_sigma": 0.0})
         self._heldout_grids = None

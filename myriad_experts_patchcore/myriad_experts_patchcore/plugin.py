@@ -64,11 +64,12 @@ class PatchCoreConfig(BaseModel):
     reweight: bool = Field(False, description="paper's image-score reweighting by the bank density near the worst patch")
     reweight_neighbors: int = Field(9, ge=2, le=1024, description="b: bank neighbours used by the reweighting")
     blur_sigma: float = Field(4.0, ge=0.0, le=64.0, description="Gaussian blur of the map, pixels at image_size")
-    score_sigma: float = Field(
-        1.0, ge=0.0, le=16.0,
+    score_sigma: Optional[float] = Field(
+        None, ge=0.0, le=16.0,
         description="the image score is the maximum of the patch scores smoothed by a Gaussian of this sigma, in grid "
         "cells (a defect raises a cluster of patches, a normal image's highest patch is often alone); 0 = the raw "
-        "maximum (the paper and the authors' code; states saved before this default load with 0)",
+        "maximum (the paper and the authors' code); None = 1 where the position baseline is in use (its z-scores), "
+        "else 0. States saved before it was recorded load with 0",
     )
     position_baseline: Literal["auto", "robust-z", "none"] = Field(
         "auto",

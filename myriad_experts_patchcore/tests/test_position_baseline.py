@@ -61,7 +61,7 @@ def test_scores_and_maps_are_the_raw_ones_compared_position_by_position(pair, cr
 
     from myriad_experts_patchcore.scoring import gaussian_blur
 
-    smoothed = gaussian_blur(torch.from_numpy(expected), with_baseline.config.score_sigma).flatten(1).max(dim=1).values
+    smoothed = gaussian_blur(torch.from_numpy(expected), with_baseline.score_sigma).flatten(1).max(dim=1).values
     for pred, want, base in zip(z, smoothed, plain):
         assert pred.score == pytest.approx(float(want), rel=1e-5)
         assert pred.anomaly_map.shape == base.anomaly_map.shape
@@ -151,7 +151,7 @@ def test_a_state_saved_before_score_sigma_was_recorded_scores_with_the_raw_maxim
     from myriad.experts import Expert
 
     images, with_baseline, _ = pair
-    assert with_baseline.config.score_sigma == 1.0  # the default
+    assert with_baseline.config.score_sigma is None and with_baseline.score_sigma == 1.0  # the default on z-scores
     path = tmp_path / "pc"
     with_baseline.save(path)
     tests = crops(2, seed=9)
@@ -169,8 +169,9 @@ def test_a_state_saved_before_score_sigma_was_recorded_scores_with_the_raw_maxim
         return [strip(v) for v in node] if isinstance(node, list) else node
     meta_file.write_text(json.dumps(strip(meta)))
     older = Expert.load(path)
-    assert older.config.score_sigma == 0.0
+    assert older.score_sigma == 0.0
     raw_max = get_expert("patchcore", {**with_baseline.config.model_dump(), "score_sigma": 0.0})
+    assert get_expert("patchcore", with_baseline.config.model_dump()).score_sigma == 0.0  # no baseline fitted yet
     raw_max.load_state_tensors(*_state(path))
     assert [p.score for p in older.predict(tests)] == pytest.approx([p.score for p in raw_max.predict(tests)], rel=1e-5)
 
