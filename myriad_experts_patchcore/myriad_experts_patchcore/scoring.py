@@ -1,7 +1,8 @@
 """From nearest-neighbour distances to anomaly maps and image scores (pure functions).
 
 - patch score: mean of the k nearest bank distances (k = 1 by default);
-- image score: the largest patch score, optionally reweighted as in the paper
+- image score: the largest patch score (after :func:`gaussian_blur` of the patch grid when the
+  expert's ``score_sigma`` is above 0), optionally reweighted as in the paper
   (:func:`reweight_factors`);
 - map: patch scores bilinearly upsampled to the network input size and smoothed
   with a Gaussian (sigma 4 pixels at that resolution), then resized to each
