@@ -187,7 +187,7 @@ class GlobalStatsExpert(Expert):
                     "the global expert needs at least 2 statistic windows: give 2+ normal images or set window < 1"
                 )
             distances = heldout_distances(samples, self.config.shrinkage, folds)
-            null_mean, null_std = heldout_null(samples, self.config.shrinkage, folds, distances)
+            null_mean, null_std = heldout_null(samples, distances, self.config.shrinkage)
             models[group] = GroupModel(GaussianModel.fit(flat, self.config.shrinkage), null_mean, null_std)
             if distances is not None:
                 standardised.append((distances - null_mean) / null_std)

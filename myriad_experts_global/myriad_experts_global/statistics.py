@@ -214,31 +214,26 @@ def heldout_distances(samples: "np.ndarray", shrinkage: float | None = None, fol
     if n < 2 or (n - len(image_folds(n, folds)[0])) * windows < 2:
         return None
     out = np.zeros((n, windows), dtype=np.float64)
-    for held in image_folds(n, folds):
+    for held in image_folds(n, folds):  # the first fold is the largest: every other leaves as many windows or more
         rest = np.setdiff1d(np.arange(n), held)
-        if len(rest) * windows < 2:
-            return None
         model = GaussianModel.fit(samples[rest].reshape(-1, dim), shrinkage)
         out[held] = model.distances(samples[held].reshape(-1, dim)).reshape(len(held), windows)
     return out
 
 
-def heldout_null(
-    samples: "np.ndarray", shrinkage: float | None = None, folds: int = 5, distances: "np.ndarray | None" = None
-) -> tuple[float, float]:
+def heldout_null(samples: "np.ndarray", distances: "np.ndarray | None", shrinkage: float | None = None) -> tuple[float, float]:
     """Mean and standard deviation of held-out normal distances for ``N x W x D`` window samples.
 
-    The distances are :func:`heldout_distances` (pass them if already computed). Where no
-    fold can be held out, all windows score against a Gaussian of all of them (biased low,
-    but it keeps every group on a comparable scale).
+    ``distances``: their :func:`heldout_distances`. Where none could be held out (None), all
+    windows score against a Gaussian of all of them (biased low, but it keeps every group on
+    a comparable scale).
     """
     import numpy as np
 
-    values = heldout_distances(samples, shrinkage, folds) if distances is None else distances
-    if values is None:
-        n, windows, dim = samples.shape
-        values = GaussianModel.fit(samples.reshape(-1, dim), shrinkage).distances(samples.reshape(-1, dim))
-    values = np.asarray(values).reshape(-1)
+    if distances is None:
+        dim = samples.shape[-1]
+        distances = GaussianModel.fit(samples.reshape(-1, dim), shrinkage).distances(samples.reshape(-1, dim))
+    values = np.asarray(distances).reshape(-1)
     return float(values.mean()), float(max(values.std(), 1e-6 * max(abs(values.mean()), 1.0)))
 
 
