@@ -32,6 +32,8 @@ from pathlib import Path
 from typing import Any
 
 EXPERT = "patchcore+global"
+#: The old side's experts (``--old-expert``; default: the same as the new side's).
+OLD_EXPERT: str | None = None
 #: What the previous release's default set differently, per member (``--old previous``).
 PREVIOUS = {"patchcore": {"score_sigma": 0.0}}
 #: Settings the new side changes from every member's defaults (``--set member.key=value``).
@@ -80,8 +82,10 @@ def score_category(
     started = time.perf_counter()
     if old_mode in ("previous", "default"):
         changes = PREVIOUS if old_mode == "previous" else {}
-        old_config = {name: dict(cfg, **changes.get(name, {})) for name, cfg in config.items()}
-        old = make_detector(EXPERT, old_config, rule="tail").fit(train, calibration="auto", seed=seed)
+        old_spec = OLD_EXPERT or EXPERT
+        old_base = resolve_config(old_spec, {}, num_normal=len(train))
+        old_config = {name: dict(cfg, **changes.get(name, {})) for name, cfg in old_base.items()}
+        old = make_detector(old_spec, old_config, rule="tail").fit(train, calibration="auto", seed=seed)
     else:
         old = make_detector(EXPERT, config, rule="max").fit(train, calibration="kfold", seed=seed)
     fit_old = time.perf_counter() - started
@@ -181,7 +185,7 @@ def _methods(rows: list[dict]) -> dict[str, tuple[list[float], list[bool] | None
         "new (default)": ([r["new_score"] for r in rows], [r["new_decision"] for r in rows]),
     }
     for name in members:
-        if previous and any(r["members_old_raw"][name] != r["members_raw"][name] for r in rows):
+        if previous and any(name in r["members_old_raw"] and r["members_old_raw"][name] != r["members_raw"][name] for r in rows):
             out[f"{name} alone, old"] = ([r["members_old_raw"][name] for r in rows],
                                          [r["members_old_decision"][name] for r in rows])
         out[f"{name} alone"] = ([r["members_raw"][name] for r in rows], [r["members_new_decision"][name] for r in rows])
@@ -275,7 +279,7 @@ def render(name: str, table: dict, meta: dict) -> str:
 
 
 def main() -> None:
-    global EXPERT
+    global EXPERT, OLD_EXPERT
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--data", required=True, type=Path)
     parser.add_argument("--out", required=True, type=Path, help="output path without extension")
@@ -287,10 +291,13 @@ def main() -> None:
     parser.add_argument("--old", choices=("previous", "default", "kfold-max"), default="previous",
                         help="what 'old' is: the previous release's default (default), the current default, "
                              "or k folds + max fusion")
+    parser.add_argument("--old-expert", default=None,
+                        help="the old side's fused experts (default: --expert), e.g. the default without a new member")
     parser.add_argument("--set", action="append", default=[], metavar="MEMBER.KEY=VALUE",
                         help="a setting the new side changes (repeatable), e.g. patchcore.score_sigma=2")
     args = parser.parse_args()
     EXPERT = args.expert
+    OLD_EXPERT = args.old_expert
     for item in args.set:
         target, _, value = item.partition("=")
         member, _, key = target.partition(".")
@@ -320,7 +327,7 @@ def main() -> None:
     meta = {
         "about": (f"{EXPERT}, {f'{args.shots}-shot ({args.draws} draws)' if args.shots else f'one-class on up to {args.normals} normals (all a category has when fewer)'}, data {args.data.name} "
                   f"({manifest.get('spec', {}).get('preset', 'default')} preset); machine {platform.processor() or platform.machine()}. "
-                  + (OLD_ABOUT[args.old]) +
+                  + (OLD_ABOUT[args.old]) + (f"old experts {OLD_EXPERT}; " if OLD_EXPERT else "") +
                   "new = the current default" + (f" with {NEW_SETTINGS} changed" if NEW_SETTINGS else "") + " (leave-one-out calibration where the expert can, tail-evidence fusion, every member's defaults). "
                   "AUROC and detection at fixed false-alarm rates on test normals: mean over categories; decisions: mean over categories."),
     }
