@@ -96,9 +96,6 @@ MIN_FAR_NORMALS = 10
 TAIL_FRACTION = 0.2
 #: Held-out scores above a quantile for the empirical quantile to be used instead of the tail fit.
 TAIL_MIN = 5
-#: Quantile of the held-out normals' map pixels above which a pixel next to a defect counts as part of it
-#: (:attr:`Calibrator.pixel_level`, the findings' extent).
-EXTENT_QUANTILE = 0.99
 
 
 def paper_false_alarm_rate(num_normals: int) -> float:
@@ -169,20 +166,15 @@ class Calibrator:
     #: the held-out normals' raw scores, one per normal image in image order (None where not kept):
     #: what a fusion normalises its members by (:mod:`myriad.fusion`)
     heldout: tuple[float, ...] | None = None
-    #: the held-out normals' :data:`EXTENT_QUANTILE` map pixel (raw map scale): where a located defect's
-    #: extent ends (:attr:`extent_level`); None where unknown (calibrations saved before it was recorded)
-    pixel_level: float | None = None
 
     def __post_init__(self) -> None:
         import math
 
-        values = [self.floor, self.threshold] + [
-            v for v in (self.map_floor, self.map_threshold, self.pixel_level) if v is not None
-        ]
+        values = [self.floor, self.threshold] + [v for v in (self.map_floor, self.map_threshold) if v is not None]
         if not all(math.isfinite(v) for v in values):
             raise MyriadError(
                 f"calibration got non-finite values: floor={self.floor}, threshold={self.threshold}, "
-                f"map_floor={self.map_floor}, map_threshold={self.map_threshold}, pixel_level={self.pixel_level}"
+                f"map_floor={self.map_floor}, map_threshold={self.map_threshold}"
             )
         if (self.map_floor is None) != (self.map_threshold is None):
             raise MyriadError("calibration: map_floor and map_threshold must be given together")
@@ -217,22 +209,6 @@ class Calibrator:
             return float(self.method.rsplit("false-alarm-rate=", 1)[1].split(",")[0].rstrip(")"))
         return paper_false_alarm_rate(1 if self.method.startswith("mirror") else self.num_normals)
 
-    @property
-    def extent_level(self) -> float | None:
-        """:attr:`pixel_level` on the calibrated map scale, where it lies below the decision threshold; else None.
-
-        A defect is located by its pixels above 0.5 (as anomalous as the worst held-out normal
-        image); its extent is the connected area around them above this level, which only 1 % of
-        normal pixels reach (:func:`myriad.findings.measure_findings`). A map that peaks at a soft
-        defect's centre then states the defect's area, not only its peak's.
-        """
-        import numpy as np
-
-        if self.pixel_level is None:
-            return None
-        level = float(np.asarray(self.scale_map(np.asarray([self.pixel_level], dtype=np.float64)))[0])
-        return level if level < DECISION_THRESHOLD else None
-
     def is_anomalous(self, raw_score: float) -> bool:
         """Decision on a raw image score (same as ``apply(score) > 0.5``)."""
         return raw_score > self.threshold
@@ -242,8 +218,6 @@ class Calibrator:
         data = asdict(self)
         if self.map_floor is None:
             del data["map_floor"], data["map_threshold"]
-        if self.pixel_level is None:
-            del data["pixel_level"]
         if self.heldout is None:
             del data["heldout"]
         else:
@@ -323,15 +297,13 @@ class Calibrator:
             raise MyriadError("calibration needs at least one held-out normal score")
         flat = np.concatenate([np.asarray(m, dtype=np.float32).ravel() for m in maps]) if maps else np.zeros(1)
         floor = float(np.median(flat))
-        pixel_level = float(np.quantile(flat, EXTENT_QUANTILE)) if maps else None
         if false_alarm_rate is None:
             threshold = float(np.max(scores))
         else:
             threshold = tail_threshold(scores, false_alarm_rate)
             method = f"{method},false-alarm-rate={false_alarm_rate:g}"
         heldout = tuple(float(v) for v in scores) if keep_scores else None
-        return cls(floor=min(floor, threshold), threshold=threshold, method=method, num_normals=len(scores), heldout=heldout,
-                   pixel_level=pixel_level)
+        return cls(floor=min(floor, threshold), threshold=threshold, method=method, num_normals=len(scores), heldout=heldout)
 
     @classmethod
     def from_controls(
@@ -360,7 +332,6 @@ class Calibrator:
             num_normals=len(scores),
             map_floor=min(pixel_median, pixel_max),
             map_threshold=pixel_max,
-            pixel_level=float(np.quantile(flat, EXTENT_QUANTILE)),
         )
 
 

@@ -111,13 +111,11 @@ def estimate_kind(
     anomaly_map: "np.ndarray",
     threshold: float = 0.5,
     texture_wide: bool = False,
-    extent_level: float | None = None,
 ) -> KindEstimate:
     """Guess the kind of the defect the calibrated ``anomaly_map`` locates in ``image`` (rules above).
 
     ``image``: H x W x 3 uint8 (or H x W grey); ``anomaly_map``: calibrated map of the same H x W
-    (values in [0, 1]); ``texture_wide``: the finding's flag (:class:`myriad.findings.Findings`);
-    ``extent_level``: where the located region's extent ends (:func:`myriad.findings.located_region`).
+    (values in [0, 1]); ``texture_wide``: the finding's flag (:class:`myriad.findings.Findings`).
     """
     import numpy as np
 
@@ -129,7 +127,7 @@ def estimate_kind(
         raise ValueError(f"image {pixels.shape[:2]} and anomaly map {amap.shape} must have the same height and width")
     from myriad.findings import located_region
 
-    region = located_region(amap, threshold, extent_level)
+    region = located_region(amap, threshold)
     if region is None or region.sum() < 3:
         return KindEstimate(None, "the map has no located region", {})
     area = float(region.mean())

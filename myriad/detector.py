@@ -73,11 +73,6 @@ class Detection:
     #: the expected share of normal images the calibration flags (:attr:`Calibrator.false_alarm_rate`;
     #: combined over a fusion's members); None where unknown
     false_alarm_rate: float | None = None
-    #: where a located defect's extent ends on ``anomaly_map`` (:attr:`Calibrator.extent_level`); None: at the
-    #: threshold (unknown, or a fusion: see ``member_extent_levels``)
-    extent_level: float | None = None
-    #: fused detections: each member's ``extent_level`` (None for one expert)
-    member_extent_levels: dict[str, float | None] | None = field(default=None, repr=False)
 
 
 class Detector:
@@ -279,7 +274,6 @@ class Detector:
             score=float(calibrator.apply(pred.score)),
             anomalous=bool(calibrator.is_anomalous(pred.score)),
             false_alarm_rate=calibrator.false_alarm_rate,
-            extent_level=calibrator.extent_level,
         )
 
     def save(self, directory: str | Path) -> Path:

@@ -11,12 +11,7 @@ The rules (documented for users in ``docs/findings.md``):
 
 - **verdict**: the expert's calibrated decision (``anomalous`` / ``normal``). A normal verdict
   reports no defect: region, extent bucket and severity None, extent 0, count 0.
-- **defective pixels**: map values above ``threshold`` (0.5, the decision threshold), and, with an
-  ``extent_level`` (:attr:`myriad.calibration.Calibrator.extent_level`: the level only 1 % of the
-  held-out normals' pixels reach), every pixel above that level connected (8-connected) to them:
-  a map that peaks at a soft defect's centre then measures the defect, not only its peak
-  (hysteresis thresholding). Without one (calibrations saved before it was recorded), the pixels
-  above the threshold alone.
+- **defective pixels**: map values above ``threshold`` (0.5, the decision threshold).
 - **count**: connected regions of defective pixels (8-connected) of at least
   :data:`MIN_REGION_FRACTION` of the image (smaller specks are not counted); at least 1 when
   the verdict is anomalous.
@@ -24,8 +19,8 @@ The rules (documented for users in ``docs/findings.md``):
   below :data:`SMALL_EXTENT`, ``large`` above :data:`LARGE_EXTENT`, ``medium`` between.
 - **region**: the cell of the 3 x 3 grid (:data:`myriad.training.answers.REGIONS`, the cells
   of :func:`~myriad.training.answers.defect_region`) holding the centroid of the largest region,
-  each pixel weighted by how far it is above the extent level (the threshold without one).
-- **texture-wide**: pixels above the threshold cover more than :data:`TEXTURE_WIDE_FRACTION` of the image,
+  each pixel weighted by how far it is above the threshold.
+- **texture-wide**: defective pixels cover more than :data:`TEXTURE_WIDE_FRACTION` of the image,
   or the caller says so (a fused expert whose image-level member fired while no local member
   did, :func:`texture_wide_from_members`); the region is then :data:`WHOLE_IMAGE`.
 - **anomalous without defective pixels** (an image-level score above the threshold while the
@@ -63,7 +58,6 @@ __all__ = [
     "MEDIUM_SEVERITY",
     "MIN_REGION_FRACTION",
     "RELATIVE_LEVEL",
-    "defective_pixels",
     "SMALL_EXTENT",
     "TEXTURE_WIDE_FRACTION",
     "UNLOCATED_REASONS",
@@ -182,7 +176,6 @@ def measure_findings(
     image: "np.ndarray | None" = None,
     located: bool = True,
     unlocated_reason: str = BELOW_THRESHOLD,
-    extent_level: float | None = None,
 ) -> Findings:
     """Measure the findings of one image from its calibrated map, score and decision.
 
@@ -194,8 +187,7 @@ def measure_findings(
     gets a measured ``kind`` (:func:`myriad.defect_kinds.estimate_kind`); ``located=False``: the verdict
     is anomalous but nothing in the map locates it, so nothing is measured (see the module docstring), for
     ``unlocated_reason`` (:data:`BELOW_THRESHOLD`: the expert did not flag the image; :data:`IMAGE_LEVEL_ONLY`:
-    only a few-shot image-level member did); ``extent_level``: where a located defect's extent ends on the map
-    (see the module docstring; None: at ``threshold``).
+    only a few-shot image-level member did).
     """
     import numpy as np
 
@@ -212,7 +204,7 @@ def measure_findings(
                         unlocated_reason=unlocated_reason)
     above = amap > threshold
     if above.any():
-        findings = _from_defective_pixels(amap, above, score, threshold, bool(texture_wide), extent_level)
+        findings = _from_defective_pixels(amap, above, score, threshold, bool(texture_wide))
     else:
         findings = _from_peak(amap, score, bool(texture_wide))
     if image is None:
@@ -221,7 +213,7 @@ def measure_findings(
 
     from myriad.defect_kinds import estimate_kind
 
-    guess = estimate_kind(image, amap, threshold, findings.texture_wide, extent_level=extent_level)
+    guess = estimate_kind(image, amap, threshold, findings.texture_wide)
     return replace(findings, kind=guess.kind, kind_reason=guess.reason)
 
 
@@ -230,44 +222,23 @@ def _anomalous(region: str, extent: float, count: int, texture_wide: bool, score
     return Findings("anomalous", region, float(extent), bucket, int(count), severity, texture_wide, score)
 
 
-def defective_pixels(amap: "np.ndarray", threshold: float = 0.5, extent_level: float | None = None) -> "np.ndarray":
-    """Boolean H x W: pixels above ``threshold`` and those above ``extent_level`` 8-connected to them (hysteresis)."""
-    import numpy as np
-    from scipy import ndimage
-
-    above = amap > threshold
-    if extent_level is None or extent_level >= threshold or not above.any():
-        return above
-    labels, n = ndimage.label(amap > extent_level, structure=np.ones((3, 3), dtype=bool))
-    seeded = np.zeros(n + 1, dtype=bool)
-    seeded[np.unique(labels[above])] = True
-    seeded[0] = False
-    return seeded[labels]
-
-
 def _from_defective_pixels(
-    amap: "np.ndarray", above: "np.ndarray", score: float, threshold: float, forced_wide: bool,
-    extent_level: float | None = None,
+    amap: "np.ndarray", above: "np.ndarray", score: float, threshold: float, forced_wide: bool
 ) -> Findings:
     """Findings where some pixels exceed the threshold: connected regions, extent, weighted centroid."""
     import numpy as np
     from scipy import ndimage
 
-    if forced_wide or float(above.mean()) > TEXTURE_WIDE_FRACTION:
-        labels, n = ndimage.label(above, structure=np.ones((3, 3), dtype=bool))
-        sizes = np.bincount(labels.ravel(), minlength=n + 1)[1:]
-        min_pixels = max(1, int(np.ceil(MIN_REGION_FRACTION * amap.size)))
-        return _anomalous(WHOLE_IMAGE, float(above.mean()), max(1, int((sizes >= min_pixels).sum())), True, score)
-    defective = defective_pixels(amap, threshold, extent_level)
-    level = threshold if extent_level is None or extent_level >= threshold else extent_level
-    extent = float(defective.mean())
-    labels, n = ndimage.label(defective, structure=np.ones((3, 3), dtype=bool))
+    extent = float(above.mean())
+    labels, n = ndimage.label(above, structure=np.ones((3, 3), dtype=bool))
     sizes = np.bincount(labels.ravel(), minlength=n + 1)[1:]
     min_pixels = max(1, int(np.ceil(MIN_REGION_FRACTION * amap.size)))
     count = max(1, int((sizes >= min_pixels).sum()))
+    if forced_wide or extent > TEXTURE_WIDE_FRACTION:
+        return _anomalous(WHOLE_IMAGE, extent, count, True, score)
     largest = int(np.argmax(sizes)) + 1
     rows, cols = np.nonzero(labels == largest)
-    weights = amap[rows, cols].astype(np.float64) - level
+    weights = amap[rows, cols].astype(np.float64) - threshold
     total = float(weights.sum())
     row = float(weights @ rows.astype(np.float64)) / total  # float products: integer dot products are slow
     col = float(weights @ cols.astype(np.float64)) / total
@@ -285,15 +256,14 @@ def _from_peak(amap: "np.ndarray", score: float, forced_wide: bool) -> Findings:
     return _anomalous(_cell(float(peak[0]), float(peak[1]), amap.shape), float(region.mean()), 1, False, score)
 
 
-def located_region(amap: "np.ndarray", threshold: float = 0.5, extent_level: float | None = None) -> "np.ndarray | None":
-    """The region the findings locate, as a boolean H x W mask: the largest 8-connected region of defective
-    pixels (:func:`defective_pixels`: above ``threshold``, grown down to ``extent_level``); without any, the
-    connected area around the map's maximum where the map is at least :data:`RELATIVE_LEVEL` of the way from
-    its minimum to its maximum; None for a flat map (no location)."""
+def located_region(amap: "np.ndarray", threshold: float = 0.5) -> "np.ndarray | None":
+    """The region the findings locate, as a boolean H x W mask: the largest 8-connected region above
+    ``threshold``; without one, the connected area around the map's maximum where the map is at least
+    :data:`RELATIVE_LEVEL` of the way from its minimum to its maximum; None for a flat map (no location)."""
     import numpy as np
     from scipy import ndimage
 
-    above = defective_pixels(amap, threshold, extent_level)
+    above = amap > threshold
     if above.any():
         labels, n = ndimage.label(above, structure=np.ones((3, 3), dtype=bool))
         sizes = np.bincount(labels.ravel(), minlength=n + 1)[1:]

@@ -286,7 +286,6 @@ class FusedDetector:
                     anomalous=bool(anomalous),
                     members=members,
                     member_maps={member.expert_name: d[i].anomaly_map for member, d, _ in per_member},
-                    member_extent_levels={member.expert_name: d[i].extent_level for member, d, _ in per_member},
                     false_alarm_rate=rate,
                 )
             )

@@ -329,8 +329,7 @@ def _measure(
     members, maps = detection.members or {}, getattr(detection, "member_maps", None) or {}
     located = not anomalous or detection.anomalous  # the LMM's Yes over a map the expert calls normal: nothing to measure
     if not located or not members or set(maps) != set(members):
-        findings = _measure_map(detection.anomaly_map, detection.score, anomalous, detection.members, image, located,
-                                getattr(detection, "extent_level", None))
+        findings = _measure_map(detection.anomaly_map, detection.score, anomalous, detection.members, image, located)
         return findings, detection.anomaly_map
     image_level = {n for n, m in maps.items() if float(np.ptp(m)) <= 1e-6}
     fired = {n for n, m in members.items() if m.get("anomalous")}
@@ -341,13 +340,8 @@ def _measure(
         findings = measure_findings(anomaly_map, detection.score, anomalous, threshold=DECISION_THRESHOLD,
                                     located=False, unlocated_reason=IMAGE_LEVEL_ONLY)
         return findings, anomaly_map
-    levels = getattr(detection, "member_extent_levels", None) or {}
-    fired_levels = [levels.get(n) for n in local_fired]
-    # the fired members' maps share the calibrated scale; the defect ends where every one of them is back to normal
-    extent_level = max(fired_levels) if fired_levels and all(v is not None for v in fired_levels) else None  # type: ignore[type-var]
     findings = measure_findings(
-        anomaly_map, detection.score, anomalous, threshold=DECISION_THRESHOLD, texture_wide=texture_wide, image=image,
-        extent_level=extent_level,
+        anomaly_map, detection.score, anomalous, threshold=DECISION_THRESHOLD, texture_wide=texture_wide, image=image
     )
     return findings, anomaly_map
 
@@ -359,13 +353,12 @@ def _measure_map(
     members: dict[str, dict[str, Any]] | None,
     image: "np.ndarray | None" = None,
     located: bool = True,
-    extent_level: float | None = None,
 ) -> "Findings":
     from myriad.findings import measure_findings, texture_wide_from_members
 
     return measure_findings(
         anomaly_map, score, anomalous, threshold=DECISION_THRESHOLD, texture_wide=texture_wide_from_members(members),
-        image=image, located=located, extent_level=extent_level,
+        image=image, located=located,
     )
 
 

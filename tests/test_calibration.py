@@ -185,24 +185,3 @@ def test_held_out_predictions_keep_the_contract():
     images = [np.full((4, 4, 3), v, np.uint8) for v in (10, 20, 30)]
     with pytest.raises(ContractError, match="anomaly_map has shape"):
         fit_calibrated(Broken, images)
-
-
-def test_the_extent_level_is_the_held_out_pixels_99th_percentile_on_the_calibrated_scale(tmp_path):
-    from myriad.calibration import EXTENT_QUANTILE, Calibrator
-
-    rng = np.random.default_rng(0)
-    maps = [rng.normal(0.0, 1.0, (32, 32)).astype(np.float32) for _ in range(10)]
-    cal = Calibrator.from_normal_outputs([float(m.max()) for m in maps], maps)
-    flat = np.concatenate([m.ravel() for m in maps])
-    assert cal.pixel_level == pytest.approx(float(np.quantile(flat, EXTENT_QUANTILE)))
-    assert cal.extent_level == pytest.approx(float(cal.scale(cal.pixel_level)), abs=1e-6)
-    assert 0.0 < cal.extent_level < 0.5
-    cal.save(tmp_path / "c.json")
-    assert Calibrator.load(tmp_path / "c.json") == cal
-    # a calibration saved before the level was recorded loads without one: extents end at the threshold
-    record = cal.to_dict()
-    del record["pixel_level"]
-    assert Calibrator.from_dict(record).extent_level is None
-    # a level that is not below the threshold (flat normal maps at their scores) gives none
-    flat_maps = [np.full((4, 4), s, np.float32) for s in (1.0, 2.0, 3.0)]
-    assert Calibrator.from_normal_outputs([1.0, 2.0, 3.0], flat_maps).extent_level is None

@@ -170,38 +170,3 @@ def test_an_inspection_record_holds_the_findings():
     assert record["findings"]["region"] == "top left" and record["findings"]["count"] == 1
     assert record["grounded_answer"] == "Yes, there is an anomaly in the top left of the image."
     assert record["answer"] == "Yes, there exists anomalies in the image."  # the LMM's answer, untouched
-
-
-def _soft_blob(centre: tuple[int, int], sigma: float, peak: float = 0.9) -> np.ndarray:
-    """A calibrated map at 0.05 with a Gaussian bump (a map that peaks at a soft defect's centre)."""
-    yy, xx = np.mgrid[:SIZE, :SIZE]
-    bump = np.exp(-0.5 * ((yy - centre[0]) ** 2 + (xx - centre[1]) ** 2) / sigma**2)
-    return (0.05 + (peak - 0.05) * bump).astype(np.float32)
-
-
-def test_the_extent_grows_from_the_pixels_above_the_threshold_down_to_the_extent_level():
-    from myriad.findings import defective_pixels, located_region
-
-    amap = _soft_blob((128, 128), 20.0)
-    amap[10:20, 10:20] = 0.3  # a separate area above the extent level that no defective pixel touches
-    peak = measure_findings(amap, score=0.9, anomalous=True)
-    grown = measure_findings(amap, score=0.9, anomalous=True, extent_level=0.2)
-    radius = lambda level: 20.0 * np.sqrt(2 * np.log((0.9 - 0.05) / (level - 0.05)))  # noqa: E731
-    assert peak.extent == pytest.approx(np.pi * radius(0.5) ** 2 / SIZE**2, rel=0.05)
-    assert grown.extent == pytest.approx(np.pi * radius(0.2) ** 2 / SIZE**2, rel=0.05)
-    assert grown.count == 1 and grown.region == "center"
-    region = located_region(amap, 0.5, 0.2)
-    assert not region[10:20, 10:20].any() and region.sum() == defective_pixels(amap, 0.5, 0.2).sum()
-    # a level at or above the threshold, or none, leaves the pixels above the threshold
-    assert (defective_pixels(amap, 0.5, 0.6) == (amap > 0.5)).all()
-    assert measure_findings(amap, score=0.9, anomalous=True, extent_level=None) == peak
-
-
-def test_two_defects_joined_above_the_extent_level_count_once_and_texture_wide_keeps_the_threshold():
-    amap = np.maximum(_soft_blob((128, 100), 10.0), _soft_blob((128, 140), 10.0))
-    assert measure_findings(amap, 0.9, True).count == 2
-    assert measure_findings(amap, 0.9, True, extent_level=0.1).count == 1
-    wide = np.full((SIZE, SIZE), 0.3, np.float32)
-    wide[100:110, 100:110] = 0.8  # a small defect on a map above the extent level everywhere
-    findings = measure_findings(wide, 0.9, True, extent_level=0.2)
-    assert not findings.texture_wide and findings.extent == pytest.approx(1.0)

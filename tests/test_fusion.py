@@ -309,22 +309,6 @@ def test_findings_locate_a_local_defect_even_when_the_image_level_member_fires_t
     assert results[2].findings.region == "top" and results[2].findings.count >= 1
 
 
-def test_findings_grow_a_fused_local_defect_down_to_the_fired_members_extent_level(toys):
-    from myriad.findings import defective_pixels
-    from myriad.inspection import Inspector
-
-    normals = _images(8, seed=3)
-    spotted = _spot(_images(1, seed=70)[0])
-    (det,) = make_detector("local-toy+whole-toy").fit(normals).detect([spotted])
-    levels = det.member_extent_levels
-    assert set(levels) == {"local-toy", "whole-toy"}
-    assert levels["local-toy"] is not None and 0.0 < levels["local-toy"] < 0.5
-    (result,) = Inspector("local-toy+whole-toy", lmm="none").fit(normals).inspect([spotted])
-    grown = defective_pixels(result.located_map, 0.5, levels["local-toy"])
-    assert result.findings.extent == pytest.approx(float(grown.mean()))
-    assert grown.sum() >= (result.located_map > 0.5).sum()
-
-
 def test_a_fusion_reports_the_rate_of_any_member_alarming(toys):
     """Max rule: members fitted on 9 normals alarm on about 1 in 10 normals each; the fusion on 1 - 0.9^2.
     Tail rule: one statistic; with 9 held-out normals (fewer than 10) the few-shot target."""

@@ -57,9 +57,6 @@ EXPECTED_KIND = {
     "blur_strong": "texture change",
     "noise_strong": "texture change",
 }
-#: How the findings' defective pixels are measured (``--compare``): grown down to the calibration's extent level
-#: (the default) or the pixels above the decision threshold alone (before the extent level).
-EXTENT_RULES = ("grown", "threshold")
 
 
 def truth(record: dict, data: Path) -> dict[str, Any]:
@@ -84,43 +81,28 @@ def truth(record: dict, data: Path) -> dict[str, Any]:
     }
 
 
-def evaluate_category(
-    data: Path, manifest: dict, category: str, normals: int, expert: str, rules: tuple[str, ...] = ("grown",)
-) -> list[dict]:
+def evaluate_category(data: Path, manifest: dict, category: str, normals: int, expert: str) -> list[dict]:
     """One row per defective test image: its truth, its findings and whether the expert flagged it."""
     from myriad.inspection import Inspector
 
     files = [f for f in manifest["files"] if f["category"] == category]
     train = [data / f["image"] for f in files if f["split"] == "train"][:normals]
     tests = [f for f in files if f["split"] == "test" and f["defect"] != "good"]
-    from myriad.calibration import Calibrator
-
     inspector = Inspector(expert, lmm="none").fit(train)
     rows = []
-    grown_level = Calibrator.extent_level
     for start in range(0, len(tests), 8):
         chunk = tests[start : start + 8]
-        paths = [data / f["image"] for f in chunk]
-        results = {"grown": inspector.inspect(paths)}
-        if "threshold" in rules:
-            Calibrator.extent_level = property(lambda self: None)  # type: ignore[method-assign,assignment]
-            try:
-                results["threshold"] = inspector.inspect(paths)
-            finally:
-                Calibrator.extent_level = grown_level  # type: ignore[method-assign]
-        for i, record in enumerate(chunk):
+        for record, result in zip(chunk, inspector.inspect([data / f["image"] for f in chunk])):
             rows.append({
                 "image": record["image"], "kind": record["kind"], "family": record["family"],
-                "truth": truth(record, data), "findings": results["grown"][i].findings.as_dict(),
-                **({"findings_threshold": results["threshold"][i].findings.as_dict()} if "threshold" in results else {}),
+                "truth": truth(record, data), "findings": result.findings.as_dict(),
             })
     return rows
 
 
-def summarise(rows: list[dict], key: str | None, findings: str = "findings") -> dict[str, dict[str, Any]]:
+def summarise(rows: list[dict], key: str | None) -> dict[str, dict[str, Any]]:
     """Accuracy of each finding over the flagged images, grouped by ``key`` (None: all together).
 
-    ``findings``: which findings of a row (``findings``, or ``findings_threshold`` for the threshold-only extent).
     Extent ratio: the stated extent over the mask's share of the image (median over the flagged local defects),
     and the share of them stated within a factor of 2.
     """
@@ -128,9 +110,7 @@ def summarise(rows: list[dict], key: str | None, findings: str = "findings") -> 
 
     groups: dict[str, list[dict]] = {}
     for row in rows:
-        if findings not in row:
-            continue
-        groups.setdefault("all" if key is None else row[key], []).append({**row, "findings": row[findings]})
+        groups.setdefault("all" if key is None else row[key], []).append(row)
     out = {}
     for name, items in sorted(groups.items()):
         flagged = [r for r in items if r["findings"]["verdict"] == "anomalous"]
@@ -175,25 +155,21 @@ def markdown(report: dict) -> str:
         "large > 10 % of the image; count: connected regions of the mask; kind: the measured kind guess against "
         "the vocabulary kind of the dev-set kind (`EXPECTED_KIND` in the script: a realistic stain_soft and a visible "
         "stain or blob should be called stain, a particle or speckle cluster contamination, texture-wide kinds texture "
-        "change); 'cannot tell' counts as wrong. Extent ratio: the stated extent over the mask's share of the image (median over the "
-        "flagged local defects); extent within 2x: the share stated within a factor of 2 of the mask. Extent rule "
-        "(with --compare): 'grown' = the pixels above the threshold and those above the calibration's extent level "
-        "connected to them (the default), 'threshold' = the pixels above the threshold alone (before).",
+        "change); 'cannot tell' counts as wrong. Extent ratio: the stated extent over the mask's share of the "
+        "image (median over the flagged local defects); extent within 2x: the share stated within a factor of 2 of "
+        "the mask.",
         "",
     ]
     for title, table in (("All", report["all"]), ("Per family", report["family"]), ("Per kind", report["kind"])):
-        lines += [f"## {title}", "", "| group | extent rule | defective | flagged | region | extent bucket | extent ratio "
-                  "(median) | extent within 2x | count | texture-wide flag | kind | cannot tell | guesses |",
-                  "|---|---|---|---|---|---|---|---|---|---|---|---|---|"]
+        lines += [f"## {title}", "", "| group | defective | flagged | region | extent bucket | extent ratio (median) "
+                  "| extent within 2x | count | texture-wide flag | kind | cannot tell | guesses |",
+                  "|---|---|---|---|---|---|---|---|---|---|---|---|"]
         for name, cell in table.items():
-            variants = [("grown", cell)] + ([("threshold", report["threshold"][title][name])] if report.get("threshold") else [])
-            for rule, c in variants:
-                keys = ("region", "extent_bucket", "extent_ratio", "extent_within_2x", "count", "texture_wide", "kind",
-                        "cannot_tell")
-                values = [c.get(k) if c.get(k) is not None else "-" for k in keys]
-                guesses = ", ".join(f"{k}: {v}" for k, v in c["guesses"].items()) or "-"
-                lines.append(f"| {name} | {rule} | {c['defective']} | {c['flagged']} | " + " | ".join(map(str, values))
-                             + f" | {guesses} |")
+            keys = ("region", "extent_bucket", "extent_ratio", "extent_within_2x", "count", "texture_wide", "kind",
+                    "cannot_tell")
+            values = [cell.get(k) if cell.get(k) is not None else "-" for k in keys]
+            guesses = ", ".join(f"{k}: {v}" for k, v in cell["guesses"].items()) or "-"
+            lines.append(f"| {name} | {cell['defective']} | {cell['flagged']} | " + " | ".join(map(str, values)) + f" | {guesses} |")
         lines.append("")
     return "\n".join(lines)
 
@@ -211,17 +187,13 @@ def main(argv: list[str] | None = None) -> None:
     parser.add_argument("--expert", default=DEFAULT_EXPERT)
     parser.add_argument("--normals", type=int, default=100)
     parser.add_argument("--threads", type=int, default=2)
-    parser.add_argument("--compare", action="store_true",
-                        help="also measure every image's findings with the threshold-only extent (the rule before the "
-                             "extent level), same fit, same run")
     args = parser.parse_args(argv)
-    rules = EXTENT_RULES if args.compare else ("grown",)
     torch.set_num_threads(args.threads)
     manifest = json.loads((args.data / "devset.json").read_text())
     rows: list[dict] = []
     started = time.perf_counter()
     for category in sorted({f["category"] for f in manifest["files"]}):
-        rows += evaluate_category(args.data, manifest, category, args.normals, args.expert, rules)
+        rows += evaluate_category(args.data, manifest, category, args.normals, args.expert)
         print(f"{category}: {summarise([r for r in rows if r['image'].startswith(category + '/')], None)['all']}", flush=True)
     report = {
         "data": manifest.get("command", str(args.data)), "expert": args.expert, "normals": args.normals,
@@ -229,9 +201,6 @@ def main(argv: list[str] | None = None) -> None:
         "machine": f"{platform.machine()}, {args.threads} threads", "seconds": round(time.perf_counter() - started, 1),
         "all": summarise(rows, None), "family": summarise(rows, "family"), "kind": summarise(rows, "kind"), "rows": rows,
     }
-    if args.compare:
-        report["threshold"] = {title: summarise(rows, key, "findings_threshold")
-                               for title, key in (("All", None), ("Per family", "family"), ("Per kind", "kind"))}
     args.out.parent.mkdir(parents=True, exist_ok=True)
     atomic_write_text(args.out.with_suffix(".json"), json.dumps(report, indent=1))
     atomic_write_text(args.out.with_suffix(".md"), markdown(report))
