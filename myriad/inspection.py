@@ -311,10 +311,13 @@ def _measure(
     """The findings of one :class:`~myriad.detector.Detection`, and the map they were measured on.
 
     For a fusion, members whose calibrated map is one value over the whole image are image-level
-    (``global``). When one of them fired and no local member did, the defect is texture-wide. When a
-    local member fired, the findings are measured on the maps of the local members that fired: an
-    image-level member that fired too would otherwise lift the fused map above the threshold
-    everywhere and hide where the local defect is. With ``image``, the findings hold a measured kind.
+    (``global``). When one of them fired and no local member did, the defect is texture-wide. When both
+    kinds fired, the member with the strongest evidence (tail-evidence fusion: the rarest score among the
+    normals) explains the alarm: an image-level one makes the defect texture-wide (a noisy or blurred
+    image also lifts a local member's map somewhere), a local one makes it local (one-class only; few-shot
+    keeps it local, see below). When a local member explains it, the findings are measured on the maps of
+    the local members that fired: an image-level member that fired too would otherwise lift the fused map
+    above the threshold everywhere and hide where the local defect is. With ``image``, the findings hold a measured kind.
     ``verdict`` (``anomalous`` / ``normal``) replaces the expert's decision (the LMM's, route ``facts``); an
     anomalous verdict over an image the expert did not flag gives findings that are not located.
     ``few_shot``: the fusion fits on a few references; an image-level member firing alone is then not
@@ -334,6 +337,8 @@ def _measure(
     image_level = {n for n, m in maps.items() if float(np.ptp(m)) <= 1e-6}
     fired = {n for n, m in members.items() if m.get("anomalous")}
     local_fired = sorted(fired - image_level)
+    if local_fired and fired & image_level and not few_shot and _strongest(members, fired) in image_level:
+        local_fired = []  # the image-level member's evidence explains the alarm: texture-wide
     anomaly_map = np.maximum.reduce([maps[n] for n in local_fired]) if local_fired else detection.anomaly_map
     texture_wide = bool(fired & image_level) and not local_fired
     if texture_wide and few_shot:
@@ -344,6 +349,14 @@ def _measure(
         anomaly_map, detection.score, anomalous, threshold=DECISION_THRESHOLD, texture_wide=texture_wide, image=image
     )
     return findings, anomaly_map
+
+
+def _strongest(members: dict[str, dict[str, Any]], fired: set[str]) -> str | None:
+    """The fired member with the largest tail evidence; None when the fusion records no evidence (max rule)."""
+    evidence = {name: members[name].get("evidence") for name in fired}
+    if any(value is None for value in evidence.values()):
+        return None
+    return max(sorted(evidence), key=lambda name: float(evidence[name]))  # type: ignore[arg-type]
 
 
 def _measure_map(

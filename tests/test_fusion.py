@@ -288,25 +288,48 @@ def test_cli_refuses_a_fusion_member_in_a_mode_it_does_not_support_in_one_line(t
     assert not out.exists()
 
 
+def _uniform_grey(half_width, seed):
+    rng = np.random.default_rng(seed)
+    return np.clip(120 + rng.uniform(-half_width, half_width, (48, 48, 1)).repeat(3, axis=2), 0, 255).astype(np.uint8)
+
+
+def _varied_normals():
+    """12 normals whose noise varies (sigma 6 to 10), so each member's evidence has a tail of some width."""
+    return [_images(1, seed=100 + i, noise=float(n))[0] for i, n in enumerate(np.linspace(6, 10, 12))]
+
+
 def test_findings_locate_a_local_defect_even_when_the_image_level_member_fires_too(toys):
     from myriad.inspection import Inspector
 
-    inspector = Inspector("local-toy+whole-toy", lmm="none").fit(_images(8, seed=3))
+    inspector = Inspector("local-toy+whole-toy", lmm="none").fit(_varied_normals())
     spotted = _spot(_images(1, seed=70)[0])  # spot at rows 10-14, cols 20-24 of 48 px: the "top" cell
-    # texture-wide: uniform grey-level noise of +-16, a larger interquartile range than the normals' Gaussian
-    # noise of 8 (whole-toy fires), but no pixel further from the mean than the normals' extremes (local-toy does not)
-    rng = np.random.default_rng(71)
-    wide = np.clip(120 + rng.uniform(-16, 16, (48, 48, 1)).repeat(3, axis=2), 0, 255).astype(np.uint8)
-    both = _spot(wide)
+    # texture-wide: uniform grey-level noise of +-25, a larger interquartile range than the normals' (whole-toy
+    # fires), but no pixel further from the mean than the normals' extremes (local-toy does not)
+    wide = _uniform_grey(25, 71)
+    # both fire on a slightly noisier image with the spot; the spot is the rarer event among the normals
+    both = _spot(_images(1, seed=72, noise=12.0)[0])
     results = inspector.inspect([spotted, wide, both])
     fired = [{n for n, m in r.members.items() if m["anomalous"]} for r in results]
     assert fired[0] == {"local-toy"} and fired[2] == {"local-toy", "whole-toy"}
     assert results[0].findings.region == "top" and not results[0].findings.texture_wide
     assert fired[1] == {"whole-toy"}
     assert results[1].findings.region == "across the whole image" and results[1].findings.texture_wide
+    evidence = {n: m["evidence"] for n, m in results[2].members.items()}
+    assert evidence["local-toy"] > evidence["whole-toy"]
     # the fused map is above the threshold everywhere (whole-toy's constant map), yet the spot is found
     assert (results[2].anomaly_map > 0.5).all()
-    assert results[2].findings.region == "top" and results[2].findings.count >= 1
+    assert results[2].findings.region == "top" and results[2].findings.count >= 1 and not results[2].findings.texture_wide
+
+
+def test_a_texture_wide_change_that_also_lifts_a_local_members_map_is_texture_wide(toys):
+    from myriad.inspection import Inspector
+
+    inspector = Inspector("local-toy+whole-toy", lmm="none").fit(_varied_normals())
+    # noise of +-40: a few pixels pass local-toy's threshold, but the spread change is far rarer among the normals
+    (result,) = inspector.inspect([_uniform_grey(40, 73)])
+    assert {n for n, m in result.members.items() if m["anomalous"]} == {"local-toy", "whole-toy"}
+    assert result.members["whole-toy"]["evidence"] > result.members["local-toy"]["evidence"]
+    assert result.findings.texture_wide and result.findings.region == "across the whole image"
 
 
 def test_a_fusion_reports_the_rate_of_any_member_alarming(toys):
