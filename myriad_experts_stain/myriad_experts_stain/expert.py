@@ -10,8 +10,7 @@ from 20 normal images on, they z-score every grid position (``position_baseline`
 border or a part of an object that varies more among normals needs more to stand out.
 Predict: each cell's distance to its nearest normal cell (z-scored), a Gaussian of
 ``score_sigma`` cells over the grid; the image score is its maximum and the anomaly map is
-that grid at the image's size, so the map is high over the whole changed area, not only
-its peak.
+that grid at the image's size (the map's peak is the score the calibration judges).
 """
 
 from __future__ import annotations
