@@ -78,7 +78,7 @@ class StainExpert(Expert):
         return max(1, round(height * factor)), max(1, round(width * factor))
 
     def _features(self, images: list["np.ndarray"]) -> "np.ndarray":
-        """``N x h x w x D`` standardised features of the images at the working resolution."""
+        """``N x h x w x D`` features of the images at the working resolution (not standardised)."""
         import numpy as np
         from PIL import Image
 
@@ -92,10 +92,7 @@ class StainExpert(Expert):
             if image.shape[:2] != (height, width):
                 image = np.asarray(Image.fromarray(image).resize((width, height), Image.BILINEAR))
             out.append(tone_features(image, cfg.scales, cfg.context, cfg.stride))
-        features = np.stack(out)
-        if self.feature_mean is not None and self.feature_scale is not None:
-            features = (features - self.feature_mean) / self.feature_scale
-        return features.astype(np.float32)
+        return np.stack(out)
 
     def _search(self) -> Any:
         """The bank's exact nearest-neighbour search (``search(queries, k) -> (squared distances, rows)``)."""
@@ -119,7 +116,7 @@ class StainExpert(Expert):
                 f"the stain expert works at {self.work_shape[0]} x {self.work_shape[1]} px, too small for stride "
                 f"{cfg.stride}: give larger images or a smaller stride"
             )
-        self.feature_mean = self.feature_scale = self.baseline_mean = self.baseline_std = None
+        self.baseline_mean = self.baseline_std = None
         self._index = None
         with self.progress_stage("stain features", len(images), unit="img") as stage:
             parts = []
@@ -144,7 +141,7 @@ class StainExpert(Expert):
         distinct = len(set(groups.tolist()))
         if cfg.position_baseline and distinct >= BASELINE_MIN_IMAGES:
             self.baseline_mean, self.baseline_std, heldout = _position_baseline(heldout)
-        self._heldout = np.stack([self._smoothed(grid) for grid in heldout])
+        self._heldout = self._smoothed(heldout)
         self._heldout_groups = [int(g) for g in groups[:: h * w]]
 
     def _heldout_distances(
@@ -170,27 +167,30 @@ class StainExpert(Expert):
         return out.reshape(shape)
 
     # -- predict -----------------------------------------------------------------------------
-    def _smoothed(self, grid: "np.ndarray") -> "np.ndarray":
-        """The score grid after a Gaussian of ``score_sigma`` cells (float32)."""
+    def _smoothed(self, grids: "np.ndarray") -> "np.ndarray":
+        """``N x h x w`` score grids, each after a Gaussian of ``score_sigma`` cells (float32)."""
         import numpy as np
         from scipy.ndimage import gaussian_filter
 
+        grids = grids.astype(np.float32)
         if self.config.score_sigma <= 0:
-            return grid.astype(np.float32)
-        return gaussian_filter(grid.astype(np.float32), self.config.score_sigma, mode="nearest", truncate=3.0)
+            return grids
+        sigma = self.config.score_sigma
+        return gaussian_filter(grids, (0.0, sigma, sigma), mode="nearest", truncate=3.0)
 
     def _grids(self, images: list["np.ndarray"]) -> "np.ndarray":
         """``N x h x w`` smoothed score grids of images (z-scores with the position baseline, else distances)."""
         import numpy as np
 
-        features = self._features(images)
+        assert self.feature_mean is not None and self.feature_scale is not None
+        features = (self._features(images) - self.feature_mean) / self.feature_scale
         n, h, w, dim = features.shape
         with _faiss_threads(self.config.num_threads):
-            squared, _ = self._search()(np.ascontiguousarray(features.reshape(-1, dim)), 1)
+            squared, _ = self._search()(np.ascontiguousarray(features.reshape(-1, dim), dtype=np.float32), 1)
         grids = np.sqrt(np.maximum(squared[:, 0], 0.0)).reshape(n, h, w)
         if self.baseline_mean is not None and self.baseline_std is not None:
             grids = (grids - self.baseline_mean) / self.baseline_std
-        return np.stack([self._smoothed(grid) for grid in grids])
+        return self._smoothed(grids)
 
     def _predict(self, images: list["np.ndarray"]) -> list[Prediction]:
         return [_prediction(grid, image) for grid, image in zip(self._grids(images), images)]
