@@ -74,14 +74,14 @@ from __future__ import annotations
 import json
 from dataclasses import asdict, dataclass
 from pathlib import Path
-from typing import TYPE_CHECKING, Callable, Sequence
+from typing import TYPE_CHECKING, Any, Callable, Sequence
 
 from myriad.errors import ConfigError, MyriadError
 
 if TYPE_CHECKING:  # pragma: no cover
     import numpy as np
 
-    from myriad.experts import Expert
+    from myriad.experts import Expert, Prediction
 
 #: The calibrated decision threshold (fixed for every expert).
 DECISION_THRESHOLD = 0.5
@@ -385,6 +385,7 @@ def fit_calibrated(
     false_alarm_rate: float | None = None,
     method: str = "auto",
     name: str = "",
+    heldout: "list[Prediction] | None" = None,
 ) -> tuple["Expert", Calibrator]:
     """Fit an expert on all normal images and calibrate it on held-out normals.
 
@@ -402,7 +403,9 @@ def fit_calibrated(
 
     A single reference is calibrated on its mirror images. ``false_alarm_rate``: see
     :meth:`Calibrator.from_normal_outputs`. The held-out scores are kept in image order
-    (:attr:`Calibrator.heldout`).
+    (:attr:`Calibrator.heldout`). ``heldout``: a list that receives the held-out predictions in
+    image order (maps included, e.g. to calibrate what reads them); left empty for a single
+    reference, whose held-out normals are its mirror images rather than the image itself.
     """
     import numpy as np
 
@@ -416,6 +419,8 @@ def fit_calibrated(
         calibrator = Calibrator.from_normal_outputs(
             [p.score for p in preds], [p.anomaly_map for p in preds], "zero-shot-normals", false_alarm_rate
         )
+        if heldout is not None:
+            heldout.extend(preds)
         return expert, calibrator
 
     if len(images) == 1:
@@ -437,6 +442,8 @@ def fit_calibrated(
                     f"for {len(images)} images"
                 )
             held = [expert._checked(p, image, i, len(images)) for i, (p, image) in enumerate(zip(held, images))]
+            if heldout is not None:
+                heldout.extend(held)
             return expert, Calibrator.from_normal_outputs(
                 [p.score for p in held], [p.anomaly_map for p in held], f"leave-one-out(n={len(images)})", false_alarm_rate
             )
@@ -447,11 +454,15 @@ def fit_calibrated(
             )
     scores: list[float] = [0.0] * len(images)
     maps: list[np.ndarray] = [np.zeros(1, np.float32)] * len(images)
+    fold_preds: list[Any] = [None] * len(images)
     for fit_idx, held_idx in heldout_splits(len(images), folds, seed):
         fold_expert = make_expert()
         fold_expert.fit([images[i] for i in fit_idx])
         for i, pred in zip(held_idx, fold_expert.predict([images[i] for i in held_idx])):
             scores[i], maps[i] = pred.score, pred.anomaly_map
+            fold_preds[i] = pred
+    if heldout is not None:
+        heldout.extend(fold_preds)
     if not expert.fitted:
         expert.fit(images)
     return expert, Calibrator.from_normal_outputs(scores, maps, f"kfold-max(k={min(folds, len(images))})", false_alarm_rate)

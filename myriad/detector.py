@@ -54,6 +54,10 @@ if TYPE_CHECKING:  # pragma: no cover
 #: File of a saved detector's control normals (safetensors, one uint8 H x W x 3 tensor each).
 CONTROLS_FILE = "controls.safetensors"
 
+#: Longest side of the held-out normal maps a detector keeps when asked (``fit(keep_heldout=True)``):
+#: enough for what reads them (the LMM sees 224 x 224 maps), small enough to keep hundreds.
+HELDOUT_MAP_SIDE = 256
+
 
 @dataclass(frozen=True)
 class Detection:
@@ -100,6 +104,9 @@ class Detector:
         self.controls: list["np.ndarray"] = []
         #: the calibration :meth:`detect` used for its last batch
         self.last_calibrator: Calibrator | None = None
+        #: the normal images' held-out predictions (maps shrunk to :data:`HELDOUT_MAP_SIDE`), in image order,
+        #: when fit was asked to keep them and the calibration scored each normal image itself
+        self.heldout_predictions: list["Prediction"] | None = None
 
     @property
     def mode(self) -> str:
@@ -154,6 +161,7 @@ class Detector:
         controls: int | None = None,
         false_alarm_rate: float | None = None,
         calibration: str = "auto",
+        keep_heldout: bool = False,
     ) -> "Detector":
         """Fit the expert on normal images and calibrate it (see :mod:`myriad.calibration`).
 
@@ -164,7 +172,9 @@ class Detector:
         ``false_alarm_rate``: None for the paper's threshold (maximum held-out normal),
         else the target rate of :func:`myriad.calibration.tail_threshold`. ``calibration``: how
         held-out normals are scored (:data:`myriad.calibration.CALIBRATION_METHODS`; ``auto``:
-        leave-one-out where the expert can, else k folds).
+        leave-one-out where the expert can, else k folds). ``keep_heldout``: keep the normal images'
+        held-out predictions (:attr:`heldout_predictions`, :meth:`heldout_detections`), e.g. to calibrate
+        what reads the maps.
         """
         import numpy as np
 
@@ -189,10 +199,12 @@ class Detector:
                 f"expert {self.expert_name!r} is calibrated in each batch by control normals (threshold = their "
                 "maximum, false-alarm rate <= 1/(controls+1)); a target false-alarm rate applies to other experts"
             )
+        held: list["Prediction"] | None = [] if keep_heldout else None
         self.expert, self.calibrator = fit_calibrated(
             make_expert, images, folds=folds, seed=seed, false_alarm_rate=false_alarm_rate, method=calibration,
-            name=self.expert_name,
+            name=self.expert_name, heldout=held,
         )
+        self.heldout_predictions = _shrunk(held) if held and len(held) == len(images) else None
         self.controls = []
         self.last_calibrator = None
         if self.expert.transductive and not self.expert.needs_fit:
@@ -203,11 +215,19 @@ class Detector:
                 chosen = sorted(int(i) for i in np.random.default_rng(seed).permutation(len(images))[:count])
                 self.controls = [images[i] for i in chosen]
             elif controls:
+                self.heldout_predictions = None
                 raise ConfigError(
                     f"in-batch calibration needs at least {MIN_CONTROLS} control normals, "
                     f"got {len(images)} normal images and controls={controls}"
                 )
         return self
+
+    def heldout_detections(self) -> list[Detection] | None:
+        """The normal images' held-out predictions as calibrated detections (None when not kept, or when the
+        detector calibrates each batch with control normals)."""
+        if self.heldout_predictions is None or self.calibrator is None or self.controls:
+            return None
+        return [self._detection(pred, self.calibrator) for pred in self.heldout_predictions]
 
     def _plan_tiling(self, images: list["np.ndarray"]) -> Tiling | None:
         """The tiling for these normal images (None when the expert gets them whole)."""
@@ -327,6 +347,7 @@ class Detector:
         detector.calibrator = Calibrator.load(calib) if calib.is_file() else None
         detector.controls = []
         detector.last_calibrator = None
+        detector.heldout_predictions = None
         if record.get("controls"):
             from myriad.io import load_tensors
 
@@ -337,3 +358,19 @@ class Detector:
                     f"{directory / CONTROLS_FILE}: {len(detector.controls)} control images, detector.json says {record['controls']}"
                 )
         return detector
+
+
+def _shrunk(predictions: list["Prediction"]) -> list["Prediction"]:
+    """Predictions with maps bilinearly shrunk so the longer side is at most :data:`HELDOUT_MAP_SIDE`."""
+    from myriad.experts import Prediction
+    from myriad.images import resize_map
+
+    out = []
+    for pred in predictions:
+        height, width = pred.anomaly_map.shape[:2]
+        scale = HELDOUT_MAP_SIDE / max(height, width)
+        values = pred.anomaly_map
+        if scale < 1:
+            values = resize_map(values, max(1, round(height * scale)), max(1, round(width * scale)))
+        out.append(Prediction(anomaly_map=values, score=float(pred.score)))
+    return out

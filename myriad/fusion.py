@@ -191,6 +191,7 @@ class FusedDetector:
         controls: int | None = None,
         false_alarm_rate: float | None = None,
         calibration: str = "auto",
+        keep_heldout: bool = False,
     ) -> "FusedDetector":
         """Fit and calibrate every member on the same normal images, then the fusion (see the module docstring).
 
@@ -203,7 +204,10 @@ class FusedDetector:
         images = check_batch(normal_images, what="normal images")
         share = None if false_alarm_rate is None else false_alarm_rate / len(self.members)
         for member in self.members:
-            member.fit(images, folds=folds, seed=seed, controls=controls, false_alarm_rate=share, calibration=calibration)
+            member.fit(
+                images, folds=folds, seed=seed, controls=controls, false_alarm_rate=share, calibration=calibration,
+                keep_heldout=keep_heldout,
+            )
         self.fused_calibrator, self.tails = None, None
         if self.rule == "tail":
             self._calibrate_tail(false_alarm_rate)
@@ -237,9 +241,6 @@ class FusedDetector:
 
     def detect(self, images: Sequence["np.ndarray"]) -> list[Detection]:
         """Score images with every member and fuse (see the module docstring)."""
-        import numpy as np
-
-        from myriad.calibration import combined_false_alarm_rate
         from myriad.images import check_batch
 
         batch = check_batch(images)
@@ -247,8 +248,43 @@ class FusedDetector:
         for member in self.members:
             detections = member.detect(batch)
             per_member.append((member, detections, member.last_calibrator))
+        return self._fuse(per_member, len(batch))
+
+    def heldout_detections(self) -> list[Detection] | None:
+        """The normal images' held-out detections, fused as :meth:`detect` fuses (None unless every member
+        kept its held-out predictions: ``fit(keep_heldout=True)``)."""
+        per_member = []
+        for member in self.members:
+            held = member.heldout_detections()
+            if held is None:
+                return None
+            per_member.append((member, held, member.calibrator))
+        if len({len(d) for _, d, _ in per_member}) != 1:
+            return None
+        fused = self._fuse(per_member, len(per_member[0][1]))
+        if self.fused_calibrator is None or self.tails is None:
+            return fused
+        # each normal's evidence as its calibration saw it: under the tail model of the *other* normals
+        from dataclasses import replace
+
+        from myriad.tail_evidence import heldout_evidence
+
+        evidence = heldout_evidence([[d.raw_score for d in held] for _, held, _ in per_member])
+        calibrator = self.fused_calibrator
+        return [
+            replace(d, raw_score=float(calibrator.scale(e)), score=float(min(max(calibrator.scale(e), 0.0), 1.0)),
+                    anomalous=bool(calibrator.is_anomalous(e)))
+            for d, e in zip(fused, evidence)
+        ]
+
+    def _fuse(self, per_member: list[tuple[Detector, list[Detection], Any]], count: int) -> list[Detection]:
+        """One fused :class:`Detection` per image from each member's detections and calibration."""
+        import numpy as np
+
+        from myriad.calibration import combined_false_alarm_rate
+
         fused = []
-        for i in range(len(batch)):
+        for i in range(count):
             scores, raw_maps, maps, members = [], [], [], {}
             for member, detections, calibrator in per_member:
                 det = detections[i]

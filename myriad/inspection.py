@@ -71,6 +71,12 @@ class Inspector:
       LMM (``lmm=None``) the verdict is the expert's.
     - ``lmm``: the paper's route: the LMM's own text for the question asked, and follow-ups continue
       the conversation with it; ``grounded_answer`` still holds the map's facts beside it.
+
+    ``verdict`` (route ``facts``) decides how the expert's decision and the LMM's combine
+    (:mod:`myriad.verdict`): ``either`` (default) lets the LMM add an alarm above a threshold
+    calibrated at :meth:`fit` on the normals' held-out maps and never overrule the expert's alarm;
+    ``lmm`` is the LMM's answer as it is (the paper's); ``expert`` the expert's decision. Route
+    ``lmm`` keeps the LMM's answer to the question asked as the verdict, as the paper does.
     """
 
     def __init__(
@@ -85,9 +91,11 @@ class Inspector:
         tile: int | str | None = "auto",
         answers: str = DEFAULT_ANSWER_ROUTE,
         calibration: str = "auto",
+        verdict: str = "either",
     ) -> None:
         from myriad.calibration import check_calibration_method, check_false_alarm_rate
         from myriad.fusion import member_configs
+        from myriad.verdict import check_verdict_rule
 
         if answers not in ANSWER_ROUTES:
             raise ConfigError(f"answers={answers!r}: choose one of {', '.join(ANSWER_ROUTES)}")
@@ -99,7 +107,10 @@ class Inspector:
         self.false_alarm_rate = check_false_alarm_rate(false_alarm_rate)
         self.calibration = check_calibration_method(calibration)
         self.tile = tile
+        self.verdict_rule = check_verdict_rule(verdict)
         self.detector: Any = None
+        #: how the verdict is decided for the fitted expert (:mod:`myriad.verdict`; set by :meth:`fit`)
+        self.verdict: Any = None
         self.model = model if model is not None else load_lmm(lmm, device, precision)
 
     def fit(self, normal_images: Sequence["np.ndarray | str | Path"]) -> "Inspector":
@@ -113,15 +124,34 @@ class Inspector:
         config = choose_mode(self.expert_name, self.expert_config, len(images))
         config = with_device(self.expert_name, config, self.device)
         detector = make_detector(self.expert_name, config, tile=self.tile)
+        calibrate = self.model is not None and self.answers == "facts"
         try:
-            detector.fit(images, false_alarm_rate=self.false_alarm_rate, calibration=self.calibration)
+            detector.fit(
+                images, false_alarm_rate=self.false_alarm_rate, calibration=self.calibration,
+                keep_heldout=calibrate and self.verdict_rule == "either",
+            )
         except ImageError as exc:  # one image at fault (e.g. another size): name its file when we know it
             index = getattr(exc, "index", None)
             if isinstance(index, int) and 0 <= index < len(normal_images) and isinstance(normal_images[index], (str, Path)):
                 raise _renamed(exc, f"{normal_images[index]}: {exc}") from exc
             raise
         self.detector = detector
+        self.verdict = None
+        if calibrate:
+            from myriad.lmm_verdict import calibrate_lmm_verdict
+
+            self.verdict, _ = calibrate_lmm_verdict(
+                self.model, images, detector, self.verdict_rule, self.false_alarm_rate, self.device
+            )
+            for member in getattr(detector, "members", [detector]):  # calibrated: the held-out maps are not needed
+                member.heldout_predictions = None
         return self
+
+    @property
+    def verdict_false_alarm_rate(self) -> float | None:
+        """The share of normal images the verdict is expected to flag (the expert's without an LMM); None unknown."""
+        rate = getattr(self.detector, "false_alarm_rate", None)
+        return rate if self.verdict is None else self.verdict.false_alarm_rate(rate)
 
     @property
     def mode(self) -> str:
@@ -147,10 +177,8 @@ class Inspector:
         to ``ask`` built from them (without ``ask``: the verdict and every finding). An ``ask`` that is
         empty or over :data:`myriad.answers_text.MAX_QUESTION_CHARS` characters raises ConfigError.
         """
-        import numpy as np
-
         from myriad.answers_text import DEFAULT_QUESTION_TYPE, check_question, classify_question
-        from myriad.images import check_batch, resize_map
+        from myriad.images import check_batch
 
         if ask is not None:
             check_question(ask, "ask")
@@ -171,31 +199,34 @@ class Inspector:
         decisions = list(expert_decisions)
         facts = self.model is not None and self.answers == "facts"
         lmm_ms = 0.0
+        margins: list[float | None] = [None] * len(pixels)
+        sources = ["expert"] * len(pixels)
         if self.model is not None:
-            import torch
-
             from myriad.lmm.prompting import parse_answer
+            from myriad.lmm_verdict import ask_lmm
 
             t1 = time.perf_counter()
-            size = self.model.config.prompt_generators.map_size
-            maps = torch.from_numpy(np.stack([resize_map(d.anomaly_map, size, size) for d in detections]))[:, None]
-            batch = self.model.preprocess(pixels).to(self.device)
-            with torch.inference_mode():
-                answers = self.model.generate(batch, maps.to(self.device), None if facts else ask,
-                                              false_alarm_rates=[d.false_alarm_rate for d in detections])
-            decisions = [parse_answer(a) for a in answers]
-            if facts:  # an LMM answer without a verdict leaves the expert's
-                decisions = [e if d == "unknown" else d for d, e in zip(decisions, expert_decisions)]
+            answers, lmm_margins = ask_lmm(self.model, pixels, detections, None if facts else ask, self.device)
+            margins = list(lmm_margins)
+            labels = [parse_answer(a) for a in answers]
+            if facts:  # the verdict rule decides (an LMM answer without a verdict leaves the expert's)
+                verdict = self.verdict or _uncalibrated_verdict(self.verdict_rule)
+                decided = [verdict.decide(d.anomalous, m, lab) for d, m, lab in zip(detections, margins, labels)]
+                decisions = ["anomalous" if anomalous else "normal" for anomalous, _ in decided]
+                sources = [source for _, source in decided]
             else:  # a junk text ("No, no, no.") is withheld, and so is the verdict it seems to give
                 from myriad.answers_text import is_degenerate
 
-                decisions = [e if d != "unknown" and is_degenerate(a) else d
-                             for d, a, e in zip(decisions, answers, expert_decisions)]
+                withheld = [lab != "unknown" and is_degenerate(a) for lab, a in zip(labels, answers)]
+                decisions = [e if w else lab for w, lab, e in zip(withheld, labels, expert_decisions)]
+                sources = ["expert" if w else ("both" if lab == e else "lmm")
+                           for w, lab, e in zip(withheld, labels, expert_decisions)]
             lmm_ms = (time.perf_counter() - t1) * 1000 / len(pixels)
+        verdict_rate = self.verdict_false_alarm_rate if facts else None
         results = []
         few_shot = self._few_shot
-        for name, image, det, answer, decision, expert_decision in zip(
-            names, pixels, detections, answers, decisions, expert_decisions
+        for name, image, det, answer, decision, expert_decision, margin, source in zip(
+            names, pixels, detections, answers, decisions, expert_decisions, margins, sources
         ):
             findings, located_map = _measure(det, image, decision if facts else None, few_shot=few_shot)
             grounded = _compose(findings, question_type)
@@ -219,6 +250,9 @@ class Inspector:
                     answer_route=self.answers,
                     lmm_answer=answer,
                     false_alarm_rate=getattr(det, "false_alarm_rate", None),
+                    verdict_source=source,
+                    lmm_margin=margin,
+                    verdict_false_alarm_rate=verdict_rate,
                 )
             )
         return results
@@ -303,6 +337,15 @@ class Inspector:
         from myriad.plugins import get_expert_info
 
         return all(get_expert_info(name).modes == (Mode.ZERO_SHOT,) for name in member_names(self.expert_name))
+
+
+def _uncalibrated_verdict(rule: str) -> Any:
+    """The verdict of an Inspector used before :meth:`Inspector.fit` calibrated it (a zero-shot expert)."""
+    from myriad.verdict import VerdictCalibration
+
+    if rule == "either":
+        return VerdictCalibration(rule=rule, active="expert", fallback="no normal images to calibrate the LMM on")
+    return VerdictCalibration(rule=rule, active=rule)
 
 
 def _measure(

@@ -49,6 +49,13 @@ class InspectionResult:
     #: the share of normal images the expert's calibration is expected to flag (``Detection.false_alarm_rate``:
     #: 1/(n+1) for n held-out normals, combined over a fusion's members); None when unknown
     false_alarm_rate: float | None = None
+    #: who decided ``decision`` (:meth:`myriad.verdict.VerdictCalibration.decide`): ``expert``, ``lmm`` or ``both``
+    verdict_source: str = "expert"
+    #: the LMM's verdict margin ``log P(yes) - log P(no)`` on the paper's question (None without LMM)
+    lmm_margin: float | None = None
+    #: the share of normal images the verdict is expected to flag (the expert's plus what the LMM adds;
+    #: :meth:`myriad.verdict.VerdictCalibration.false_alarm_rate`); None when unknown
+    verdict_false_alarm_rate: float | None = None
 
     @property
     def answer_problems(self) -> list[str]:
@@ -91,6 +98,11 @@ class InspectionResult:
         if self.lmm_answer:
             extra["answer_route"] = self.answer_route
             extra["lmm_answer"] = self.lmm_answer
+            extra["verdict_source"] = self.verdict_source
+            if self.lmm_margin is not None:
+                extra["lmm_margin"] = round(self.lmm_margin, 4)
+            if self.verdict_false_alarm_rate is not None:
+                extra["verdict_false_alarm_rate"] = round(self.verdict_false_alarm_rate, 4)
         return {
             "image": self.image,
             "expert": self.expert,

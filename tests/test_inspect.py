@@ -143,11 +143,11 @@ def test_the_facts_route_takes_the_lmm_verdict_and_states_the_map_facts(folders,
     def says_yes(images, maps, question=None, **generation):
         asked.append(question)
         rates.append(generation.get("false_alarm_rates"))
-        return [ANSWER_ANOMALOUS] * len(images)
+        return [ANSWER_ANOMALOUS] * len(images), torch.full((len(images),), 5.0)
 
-    monkeypatch.setattr(model, "generate", says_yes)
+    monkeypatch.setattr(model, "answer_with_margin", says_yes)
     normal, test = folders
-    inspector = Inspector("colour-stats", {"size": 32}, model=model).fit(sorted(normal.glob("*.png")))
+    inspector = Inspector("colour-stats", {"size": 32}, model=model, verdict="lmm").fit(sorted(normal.glob("*.png")))
     assert inspector.answers == "facts"
     results = inspector.inspect([str(p) for p in sorted(test.glob("t*.png"))], ask="Where is the defect?")
     assert asked == [None]  # the question it was trained on, not the one asked
@@ -193,7 +193,8 @@ def test_the_lmm_route_takes_no_verdict_from_a_junk_answer(folders, monkeypatch)
     torch.manual_seed(0)
     model = MyriadLMM(tiny_paper_config(len(tokenizer), max_new_tokens=6), tokenizer).eval()
     reply = {"text": "No, no, no."}
-    monkeypatch.setattr(model, "generate", lambda images, maps, question=None, **generation: [reply["text"]] * len(images))
+    monkeypatch.setattr(model, "answer_with_margin", lambda images, maps, question=None, **generation: (
+        [reply["text"]] * len(images), torch.zeros(len(images))))
     normal, test = folders
     inspector = Inspector("colour-stats", {"size": 32}, model=model, answers="lmm").fit(sorted(normal.glob("*.png")))
     images = [str(p) for p in sorted(test.glob("t*.png"))]

@@ -7,7 +7,7 @@ from typing import Any
 
 import click
 
-from myriad.commands.options import calibration_option, false_alarm_rate_option, precision_option, tile_option
+from myriad.commands.options import calibration_option, false_alarm_rate_option, precision_option, tile_option, verdict_option
 from myriad.defaults import DEFAULT_EXPERT
 from myriad.inspection import DEFAULT_PRECISION
 
@@ -77,6 +77,7 @@ def _names(values: tuple[str, ...]) -> tuple[str, ...] | None:
 @click.option("--lmm", default=None, metavar="mini|FILE",
               help="Also evaluate Myriad's text answers: 'mini' (shipped weights) or a trained weights file.")
 @click.option("--ask", default=None, help="Instruction for --lmm instead of the default question.")
+@verdict_option
 @precision_option
 @false_alarm_rate_option
 @calibration_option
@@ -104,6 +105,7 @@ def eval_command(
     false_alarm_rate: float | None = None,
     calibration: str = "auto",
     tile: int | str | None = "auto",
+    verdict: str = "either",
 ) -> None:
     """Evaluate an expert: image/pixel AUROC, AUPRO, F1-max and accuracy at the calibrated threshold.
 
@@ -145,7 +147,10 @@ def eval_command(
         from myriad.evaluation.lmm_step import LMMStep
         from myriad.inspection import load_lmm
 
-        steps.append(LMMStep(load_lmm(lmm, device or "cpu", precision), instruction=ask, device=device or "cpu"))
+        steps.append(LMMStep(
+            load_lmm(lmm, device or "cpu", precision), instruction=ask, device=device or "cpu", verdict_rule=verdict,
+            false_alarm_rate=false_alarm_rate,
+        ))
     result = evaluate(settings, steps=steps, warn=warn)
     report = write_outputs(result, output, plots=not no_plots)
     if not quiet:

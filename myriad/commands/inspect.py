@@ -17,6 +17,7 @@ from myriad.commands.options import (
     false_alarm_rate_option,
     precision_option,
     tile_option,
+    verdict_option,
 )
 from myriad.defaults import DEFAULT_EXPERT
 
@@ -65,9 +66,10 @@ def collect_images(sources: tuple[Path, ...] | list[Path], what: str) -> tuple[l
 @calibration_option
 @tile_option
 @answers_option
+@verdict_option
 def inspect_command(
     images, normal, expert, config_json, ask, output, lmm, batch_size, device, precision, false_alarm_rate, calibration,
-    tile, answers,
+    tile, answers, verdict,
 ) -> None:
     """Fit EXPERT on --normal images, then inspect IMAGES (files or folders).
 
@@ -90,7 +92,7 @@ def inspect_command(
         raise click.ClickException(f"no readable images to inspect in {', '.join(map(str, images))}")
     inspector = Inspector(
         expert, config, lmm=lmm, device=device, precision=precision, false_alarm_rate=false_alarm_rate, tile=tile,
-        answers=answers, calibration=calibration,
+        answers=answers, calibration=calibration, verdict=verdict,
     )
     calibration_note = ""
     if normal_paths:
@@ -100,7 +102,7 @@ def inspect_command(
             calibration_note = (
                 f"calibrated on {len(normal_paths)} normal images, {expert} is expected to flag about "
                 f"{_percent(rate)} of good images (more normal images lower it; --false-alarm-rate sets it)"
-            )
+            ) + _verdict_note(inspector)
     elif normal:
         raise click.ClickException(f"no readable normal images in {', '.join(map(str, normal))}")
     elif inspector.zero_shot_only:
@@ -199,6 +201,21 @@ def _parse_config(value: str | None) -> dict:
     if not isinstance(data, dict):
         raise click.BadParameter("must be a JSON object", param_hint="--config")
     return data
+
+
+def _verdict_note(inspector: Any) -> str:
+    """``; Myriad's verdict ...``: its expected false-alarm rate beside the expert's ('' without a calibrated LMM)."""
+    verdict = inspector.verdict
+    if verdict is None:
+        return ""
+    if verdict.fallback:
+        return f"; Myriad's verdict is the expert's decision ({verdict.fallback})"
+    rate = inspector.verdict_false_alarm_rate
+    if rate is None:
+        return "; Myriad's verdict is the LMM's own answer (--verdict lmm: its false-alarm rate is not calibrated)"
+    if verdict.active == "expert":
+        return "; Myriad's verdict is the expert's decision (--verdict expert)"
+    return f"; Myriad's verdict, which may add the LMM's confident alarms, about {_percent(rate)}"
 
 
 def _percent(rate: float) -> str:

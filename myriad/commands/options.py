@@ -5,6 +5,7 @@ from __future__ import annotations
 import click
 
 from myriad.inspection import ANSWER_ROUTES, DEFAULT_ANSWER_ROUTE, DEFAULT_PRECISION, PRECISIONS
+from myriad.verdict import DEFAULT_VERDICT_RULE, VERDICT_RULES
 
 #: ``--precision``: the LMM's inference precision (``inspect``, ``eval``, ``serve``).
 precision_option = click.option(
@@ -27,6 +28,17 @@ answers_option = click.option(
     help="facts: the LMM gives the verdict (on the question it was trained on) and the answer states the map's "
     "measured facts for the question asked; follow-ups likewise, consistent with it. lmm: the LMM's own text "
     "(the paper's route; follow-ups continue its conversation).",
+)
+
+
+verdict_option = click.option(
+    "--verdict",
+    type=click.Choice(list(VERDICT_RULES)),
+    default=DEFAULT_VERDICT_RULE,
+    show_default=True,
+    help="How the verdict is decided: either = the expert's alarm, or the LMM's Yes where it is more confident than "
+    "on every normal image it was calibrated on (it never overrules an alarm); lmm = the LMM's answer as it is "
+    "(the paper's, uncalibrated); expert = the expert's decision.",
 )
 
 

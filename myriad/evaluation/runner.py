@@ -133,6 +133,12 @@ class EvalStep(Protocol):
         """Metrics over one category-run's records (merged into the run's metrics)."""
 
 
+def _fitted_hooks(steps: Sequence[EvalStep]) -> list[Any]:
+    """Steps that look at the fitted detector (an optional ``fitted(category, detector, normal_images)`` method;
+    a step with ``needs_heldout = True`` also gets the normal images' held-out detections kept)."""
+    return [step for step in steps if callable(getattr(step, "fitted", None))]
+
+
 # --------------------------------------------------------------------------- helpers
 
 
@@ -207,7 +213,8 @@ def _batch_size(settings: EvalSettings, detector: "Detector", test_images: int) 
     (its scores compare each image with the others of its batch, so one batch keeps them on one scale)."""
     if settings.batch_size is not None:
         return settings.batch_size
-    return max(1, test_images) if detector.expert.transductive else DEFAULT_BATCH_SIZE
+    members = getattr(detector, "members", [detector])  # a fusion batches for its transductive members
+    return max(1, test_images) if any(m.expert.transductive for m in members) else DEFAULT_BATCH_SIZE
 
 
 def _batches(samples: list["Sample"], size: int, min_batch: int) -> list[list["Sample"]]:
@@ -402,11 +409,15 @@ def _run_category(
     normal_images = [load_image(s.path) for s in references]
     detector = make_detector(settings.expert, config, tile=settings.tile)
     started = time.perf_counter()
+    hooks = _fitted_hooks(steps)
     detector.fit(
         normal_images, folds=settings.folds, seed=seed, controls=settings.controls,
         false_alarm_rate=settings.false_alarm_rate, calibration=settings.calibration,
+        keep_heldout=any(getattr(step, "needs_heldout", False) for step in hooks),
     )
     fit_seconds = time.perf_counter() - started
+    for step in hooks:
+        step.fitted(category, detector, normal_images)
     del normal_images
 
     examples = {s.path for s in _pick_examples(category.test, settings.examples)} if run == 0 else set()

@@ -38,6 +38,9 @@ class GenerationResult:
     token_ids: list[list[int]]
     finish_reasons: list[str]  # "stop" | "eos" | "length" | "decided"
     prompt_lengths: list[int]
+    #: the first answer token's log-probabilities of the ``score_ids`` asked for (``B x len(score_ids)``, float32);
+    #: None when none were asked for
+    first_scores: torch.Tensor | None = None
 
 
 def left_pad(sequences: Sequence[torch.Tensor]) -> tuple[torch.Tensor, torch.Tensor]:
@@ -128,6 +131,7 @@ def generate_from_embeds(
     stop_fn: Callable[[str], bool] | None = None,
     min_new_tokens: int = 0,
     prefix: PrefixCache | None = None,
+    score_ids: Sequence[int] | None = None,
 ) -> GenerationResult:
     """Decode up to ``max_new_tokens`` per row of a left-padded embedding batch.
 
@@ -136,6 +140,8 @@ def generate_from_embeds(
     ``min_new_tokens`` tokens, EOS is suppressed and stops are not checked (benchmarks).
     With ``prefix``, ``embeds`` continue that cached prefix (padding then sits between
     the prefix and each row's own tokens; positions still count only real tokens).
+    ``score_ids``: token ids whose log-probability as the *first* answer token is returned
+    (:attr:`GenerationResult.first_scores`), read from the prefill's logits at no extra cost.
     """
     batch = embeds.shape[0]
     cache_kw, keep_last = _forward_names(language_model)
@@ -149,6 +155,10 @@ def generate_from_embeds(
     cache, logits = _forward_cached(
         language_model, cache_kw, inputs_embeds=embeds, attention_mask=attention_mask, position_ids=position_ids, **keep_last, **extra
     )
+    first_scores = None
+    if score_ids is not None:
+        ids = torch.as_tensor(list(score_ids), dtype=torch.long, device=logits.device)
+        first_scores = torch.log_softmax(logits.float(), dim=-1).index_select(-1, ids).cpu()
     generated: list[list[int]] = [[] for _ in range(batch)]
     reasons: list[str | None] = [None] * batch
     next_pos = position_ids[:, -1:] + 1
@@ -196,7 +206,7 @@ def generate_from_embeds(
         if stop and stop in text:
             text = text[: text.index(stop)]
         texts.append(text.strip())
-    return GenerationResult(texts, generated, [str(r) for r in reasons], attention_mask.sum(-1).tolist())
+    return GenerationResult(texts, generated, [str(r) for r in reasons], attention_mask.sum(-1).tolist(), first_scores)
 
 
 def generate_answers(
@@ -211,6 +221,7 @@ def generate_answers(
     generator: torch.Generator | None = None,
     stop_fn: Any = None,
     min_new_tokens: int = 0,
+    score_ids: Sequence[int] | None = None,
 ) -> GenerationResult:
     """The next answer of each conversation (row ``i`` about ``image_embeds[i]``, ``B x K x H``)."""
     tokenizer = require_tokenizer(model)
@@ -242,6 +253,7 @@ def generate_answers(
         stop_fn=stop_fn,
         min_new_tokens=min_new_tokens,
         prefix=prefix,
+        score_ids=score_ids,
     )
 
 

@@ -359,6 +359,30 @@ class MyriadLMM(nn.Module):
         return result if return_result else result.texts
 
     @torch.no_grad()
+    def answer_with_margin(
+        self,
+        pixel_values: torch.Tensor,
+        anomaly_maps: Any = None,
+        instructions: str | Sequence[str] | None = None,
+        *,
+        false_alarm_rates: Sequence[float | None] | None = None,
+        **generation: Any,
+    ) -> tuple[list[str], torch.Tensor]:
+        """Answers (as :meth:`generate`) and each one's verdict margin ``log P(yes) - log P(no)`` of its first
+        token (:mod:`myriad.lmm.verdict`), from the same forward pass."""
+        from myriad.lmm.generation import GenerationResult
+        from myriad.lmm.prompt_assembly import require_tokenizer
+        from myriad.lmm.verdict import verdict_margins, verdict_token_ids
+
+        yes, no = verdict_token_ids(require_tokenizer(self))
+        result = self.generate(
+            pixel_values, anomaly_maps, instructions, return_result=True, false_alarm_rates=false_alarm_rates,
+            score_ids=yes + no, **generation,
+        )
+        assert isinstance(result, GenerationResult) and result.first_scores is not None
+        return result.texts, verdict_margins(result.first_scores, len(yes))
+
+    @torch.no_grad()
     def classify(
         self,
         pixel_values: torch.Tensor,

@@ -132,6 +132,17 @@ class InspectionOut(BaseModel):
         None, description="the share of normal images the expert's calibration is expected to flag: 1/(n+1) for the "
         "paper's threshold over n held-out normals, combined over a fused expert's members; null when unknown"
     )
+    verdict_source: Optional[str] = Field(
+        None, description="who decided 'decision': 'expert', 'lmm' (the LMM's calibrated Yes added an alarm, or on "
+        "the 'lmm' route its answer differed from the expert's) or 'both'; null without an LMM"
+    )
+    lmm_margin: Optional[float] = Field(
+        None, description="the LMM's verdict margin log P(yes) - log P(no) on its first answer token; null without an LMM"
+    )
+    verdict_false_alarm_rate: Optional[float] = Field(
+        None, description="the share of normal images Myriad's verdict is expected to flag: the expert's plus what the "
+        "LMM's calibrated alarms add; null when unknown (the 'lmm' route, or an uncalibrated verdict rule)"
+    )
     members: Optional[dict[str, MemberOut]] = Field(
         None, description="a fused expert: each member's calibrated score and decision, by member name (the fused "
         "score is their maximum, anomalous when any member is); null for one expert"
