@@ -25,7 +25,7 @@ answers_option = click.option(
     type=click.Choice(list(ANSWER_ROUTES)),
     default=DEFAULT_ANSWER_ROUTE,
     show_default=True,
-    help="facts: the LMM gives the verdict (on the question it was trained on) and the answer states the map's "
+    help="facts: the LMM answers the question it was trained on, which gives the verdict (see --verdict), and the answer states the map's "
     "measured facts for the question asked; follow-ups likewise, consistent with it. lmm: the LMM's own text "
     "(the paper's route; follow-ups continue its conversation).",
 )
