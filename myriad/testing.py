@@ -31,6 +31,8 @@ import pytest
 __all__ = [
     "ExpertContractTests",
     "brick_crops",
+    "brightness_expert",
+    "brightness_expert_plugin",
     "constant_expert",
     "constant_expert_plugin",
     "registered_plugin",
@@ -161,6 +163,57 @@ def constant_expert_plugin(name: str = "constant", description: str = "Constant 
     @hookimpl
     def register_experts(register: Any) -> None:
         register(name, factory=expert, config=expert.Config, modes=["zero_shot"], description=description, **options)
+
+    return types.SimpleNamespace(register_experts=register_experts)
+
+
+@functools.cache
+def brightness_expert() -> Any:
+    """A one-class toy :class:`~myriad.experts.Expert`: its map is each pixel's distance from the normal images'
+    mean grey level, its score the map's maximum (a bright or dark spot scores high, blind to texture). Its
+    config class (``brightness_expert().Config``) has only ``mode``. Built once, on first use."""
+    import numpy as np
+    from pydantic import BaseModel
+
+    from myriad.experts import Expert, Mode, Prediction
+
+    class BrightnessConfig(BaseModel):
+        mode: str = "one_class"
+
+    class BrightnessExpert(Expert):
+        Config = BrightnessConfig
+
+        def __init__(self, config: BrightnessConfig) -> None:
+            super().__init__(config, Mode.ONE_CLASS)
+
+        def _fit(self, images: Any) -> None:
+            self.level = float(np.mean([i.mean() for i in images]))
+
+        def state_tensors(self) -> dict[str, Any]:
+            return {"level": np.array([self.level], np.float32)}
+
+        def load_state_tensors(self, tensors: Any, metadata: Any) -> None:
+            self.level = float(tensors["level"][0])
+
+        def _predict(self, images: Any) -> list[Any]:
+            maps = [np.abs(i.mean(axis=2) - self.level).astype(np.float32) for i in images]
+            return [Prediction(m, float(m.max())) for m in maps]
+
+    return BrightnessExpert
+
+
+def brightness_expert_plugin(name: str = "brightness", description: str = "Brightness distance (tests).") -> Any:
+    """An in-process plugin registering :func:`brightness_expert` as ``name`` (one-class). Register it with the
+    ``myriad_plugin`` fixture."""
+    import types
+
+    from myriad.hookspecs import hookimpl
+
+    expert = brightness_expert()
+
+    @hookimpl
+    def register_experts(register: Any) -> None:
+        register(name, factory=expert, config=expert.Config, modes=["one_class"], description=description)
 
     return types.SimpleNamespace(register_experts=register_experts)
 

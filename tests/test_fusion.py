@@ -13,33 +13,11 @@ from myriad.errors import ConfigError, UnknownExpertError
 from myriad.experts import Expert, Mode, Prediction
 from myriad.fusion import FusedDetector, load_detector, make_detector, member_configs, member_names
 from myriad.hookspecs import hookimpl
-from myriad.testing import run_cli
+from myriad.testing import brightness_expert, run_cli
 
 
 class _Config(BaseModel):
     mode: str = "one_class"
-
-
-class LocalExpert(Expert):
-    """Toy local expert: map = |brightness - normal mean| per pixel, score = map max."""
-
-    Config = _Config
-
-    def __init__(self, config):
-        super().__init__(config, Mode.ONE_CLASS)
-
-    def _fit(self, images):
-        self.level = float(np.mean([i.mean() for i in images]))
-
-    def state_tensors(self):
-        return {"level": np.array([self.level], np.float32)}
-
-    def load_state_tensors(self, tensors, metadata):
-        self.level = float(tensors["level"][0])
-
-    def _predict(self, images):
-        maps = [np.abs(i.mean(axis=2) - self.level).astype(np.float32) for i in images]
-        return [Prediction(m, float(m.max())) for m in maps]
 
 
 def _iqr(image):
@@ -75,7 +53,8 @@ class WholeExpert(Expert):
 
 @hookimpl
 def register_experts(register):
-    register("local-toy", factory=LocalExpert, config=_Config, modes=["one_class"], description="toy local")
+    register("local-toy", factory=brightness_expert(), config=brightness_expert().Config, modes=["one_class"],
+             description="toy local: |brightness - the normals' mean| per pixel")
     register("whole-toy", factory=WholeExpert, config=_Config, modes=["one_class"], description="toy whole")
 
 

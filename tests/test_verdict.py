@@ -8,45 +8,29 @@ import types
 
 import numpy as np
 import pytest
-from pydantic import BaseModel
-
 from myriad.errors import ConfigError
 from myriad.experts import Expert, Mode, Prediction
 from myriad.hookspecs import hookimpl
+from myriad.testing import brightness_expert, brightness_expert_plugin
 from myriad.verdict import MIN_VERDICT_NORMALS, VerdictCalibration, calibrate_verdict
 
 
-class _Config(BaseModel):
-    mode: str = "one_class"
+class SpreadExpert(Expert):
+    """Toy image-level expert: a constant map at |std - the normals' std|."""
 
-
-class BrightExpert(Expert):
-    """Toy local expert: map = |brightness - the normals' mean| per pixel, score = map max."""
-
-    Config = _Config
+    Config = brightness_expert().Config
 
     def __init__(self, config):
         super().__init__(config, Mode.ONE_CLASS)
 
     def _fit(self, images):
-        self.level = float(np.mean([i.mean() for i in images]))
+        self.level = float(np.mean([i.std() for i in images]))
 
     def state_tensors(self):
         return {"level": np.array([self.level], np.float32)}
 
     def load_state_tensors(self, tensors, metadata):
         self.level = float(tensors["level"][0])
-
-    def _predict(self, images):
-        maps = [np.abs(i.mean(axis=2) - self.level).astype(np.float32) for i in images]
-        return [Prediction(m, float(m.max())) for m in maps]
-
-
-class SpreadExpert(BrightExpert):
-    """Toy image-level expert: a constant map at |std - the normals' std|."""
-
-    def _fit(self, images):
-        self.level = float(np.mean([i.std() for i in images]))
 
     def _predict(self, images):
         out = []
@@ -58,13 +42,13 @@ class SpreadExpert(BrightExpert):
 
 @hookimpl
 def register_experts(register):
-    register("bright-toy", factory=BrightExpert, config=_Config, modes=["one_class"], description="toy local")
-    register("spread-toy", factory=SpreadExpert, config=_Config, modes=["one_class"], description="toy spread")
+    register("spread-toy", factory=SpreadExpert, config=SpreadExpert.Config, modes=["one_class"], description="toy spread")
 
 
 @pytest.fixture
 def toys(myriad_plugin):
-    myriad_plugin(types.SimpleNamespace(register_experts=register_experts), name="verdict-toys")
+    myriad_plugin(brightness_expert_plugin("bright-toy"), name="verdict-bright")
+    myriad_plugin(types.SimpleNamespace(register_experts=register_experts), name="verdict-spread")
 
 
 def _images(n, seed, size=32):
