@@ -215,7 +215,6 @@ class Detector:
                 chosen = sorted(int(i) for i in np.random.default_rng(seed).permutation(len(images))[:count])
                 self.controls = [images[i] for i in chosen]
             elif controls:
-                self.heldout_predictions = None
                 raise ConfigError(
                     f"in-batch calibration needs at least {MIN_CONTROLS} control normals, "
                     f"got {len(images)} normal images and controls={controls}"

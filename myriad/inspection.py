@@ -210,7 +210,9 @@ class Inspector:
             margins = list(lmm_margins)
             labels = [parse_answer(a) for a in answers]
             if facts:  # the verdict rule decides (an LMM answer without a verdict leaves the expert's)
-                verdict = self.verdict or _uncalibrated_verdict(self.verdict_rule)
+                from myriad.verdict import VerdictCalibration
+
+                verdict = self.verdict or VerdictCalibration.uncalibrated(self.verdict_rule)
                 decided = [verdict.decide(d.anomalous, m, lab) for d, m, lab in zip(detections, margins, labels)]
                 decisions = ["anomalous" if anomalous else "normal" for anomalous, _ in decided]
                 sources = [source for _, source in decided]
@@ -337,15 +339,6 @@ class Inspector:
         from myriad.plugins import get_expert_info
 
         return all(get_expert_info(name).modes == (Mode.ZERO_SHOT,) for name in member_names(self.expert_name))
-
-
-def _uncalibrated_verdict(rule: str) -> Any:
-    """The verdict of an Inspector used before :meth:`Inspector.fit` calibrated it (a zero-shot expert)."""
-    from myriad.verdict import VerdictCalibration
-
-    if rule == "either":
-        return VerdictCalibration(rule=rule, active="expert", fallback="no normal images to calibrate the LMM on")
-    return VerdictCalibration(rule=rule, active=rule)
 
 
 def _measure(

@@ -16,7 +16,7 @@ if TYPE_CHECKING:  # pragma: no cover
 
     from myriad.detector import Detection
 
-__all__ = ["HELDOUT_BATCH", "ask_lmm", "calibrate_lmm_verdict", "heldout_flags"]
+__all__ = ["HELDOUT_BATCH", "ask_lmm", "calibrate_lmm_verdict", "heldout_flags", "verdict_margins"]
 
 #: Images per LMM call when scoring held-out normals.
 HELDOUT_BATCH = 8
@@ -62,14 +62,22 @@ def calibrate_lmm_verdict(
         return calibrate_verdict([], [], rule), []
     held = detector.heldout_detections()
     if held is None or len(held) != len(normal_images):
-        fallback = "the expert keeps no held-out normal maps (it is calibrated in each batch, or on one reference)"
-        return VerdictCalibration(rule=rule, active="expert", fallback=fallback), []
-    margins: list[float] = []
-    for start in range(0, len(held), HELDOUT_BATCH):
-        part = slice(start, start + HELDOUT_BATCH)
-        _, batch_margins = ask_lmm(model, normal_images[part], held[part], device=device, max_new_tokens=1)
-        margins.extend(batch_margins)
+        reason = "the expert keeps no held-out normal maps (it is calibrated in each batch, or on one reference)"
+        return VerdictCalibration.uncalibrated(rule, reason), []
+    margins = verdict_margins(model, normal_images, held, device)
     return calibrate_verdict(margins, heldout_flags(held), rule, false_alarm_rate), margins
+
+
+def verdict_margins(
+    model: Any, images: Sequence["np.ndarray"], detections: Sequence["Detection"], device: str = "cpu"
+) -> list[float]:
+    """The LMM's verdict margin on each image with its detection, in batches of :data:`HELDOUT_BATCH`, decoding
+    one token only (the margin is read from the prefill)."""
+    margins: list[float] = []
+    for start in range(0, len(detections), HELDOUT_BATCH):
+        part = slice(start, start + HELDOUT_BATCH)
+        margins += ask_lmm(model, images[part], detections[part], device=device, max_new_tokens=1)[1]
+    return margins
 
 
 def heldout_flags(held: Sequence["Detection"]) -> list[bool]:

@@ -32,6 +32,7 @@ __all__ = [
     "pixel_f1_max",
     "aupro",
     "accuracy",
+    "best_threshold_accuracy",
     "kfold_indices",
     "max_normal_threshold",
     "accuracy_threshold",
@@ -355,6 +356,19 @@ def accuracy(labels: object, predictions: object) -> float:
     if y.size == 0:
         raise ValueError("labels and predictions are empty")
     return float(np.count_nonzero(y == p) / y.size)
+
+
+def best_threshold_accuracy(labels: object, scores: object) -> float:
+    """The best accuracy any single threshold on ``scores`` gives (``score > t`` anomalous): the oracle a
+    calibrated decision is compared with (its gap is what the calibration loses)."""
+    y, s, _, _ = _labels_scores(labels, scores)
+    order = np.argsort(s, kind="stable")
+    s, y = s[order], y[order]
+    # threshold below every score, then at each distinct score: everything above it is called anomalous
+    last = np.r_[np.nonzero(np.diff(s))[0], s.size - 1]
+    normals_at_or_below = np.r_[0, np.cumsum(~y)[last]]
+    defects_above = np.r_[np.count_nonzero(y), np.count_nonzero(y) - np.cumsum(y)[last]]
+    return float(np.max(normals_at_or_below + defects_above) / s.size)
 
 
 def kfold_indices(n: int, k: int = 3, seed: int = 0) -> list[tuple[np.ndarray, np.ndarray]]:

@@ -75,6 +75,15 @@ class VerdictCalibration:
     #: why the rule fell back to the expert's decision (None: it did not)
     fallback: str | None = None
 
+    @classmethod
+    def uncalibrated(cls, rule: str, reason: str = "no normal images to calibrate the LMM on") -> "VerdictCalibration":
+        """The verdict before (or without) a calibration: ``either`` falls back to the expert's decision for
+        ``reason``; the other rules need no calibration."""
+        check_verdict_rule(rule)
+        if rule == "either":
+            return cls(rule=rule, active="expert", fallback=reason)
+        return cls(rule=rule, active=rule)
+
     def decide(self, expert_anomalous: bool, margin: float | None, lmm_label: str | None) -> tuple[bool, str]:
         """``(anomalous, source)``: the verdict and who decided it (``expert``, ``lmm`` or ``both``)."""
         if self.active == "expert" or margin is None and lmm_label is None:

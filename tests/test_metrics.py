@@ -252,3 +252,19 @@ def test_summarise() -> None:
     assert set(result) >= {"pixel_auroc", "pixel_ap", "pixel_f1_max", "aupro"}
     with pytest.raises(ValueError, match="both masks and maps"):
         M.summarise(labels, scores, masks=masks)
+
+
+def test_best_threshold_accuracy_is_the_best_single_cut():
+    """The oracle accuracy: every cut below, between and at the scores tried, ties kept together."""
+    import numpy as np
+
+    rng = np.random.default_rng(0)
+    for _ in range(50):
+        y = rng.integers(0, 2, 30)
+        y[:2] = [0, 1]
+        s = np.round(rng.normal(size=30) + y, 1)  # rounded: tied scores
+        cuts = np.concatenate([[s.min() - 1], np.unique(s)])
+        expected = max(float(np.mean((s > t) == (y == 1))) for t in cuts)
+        assert M.best_threshold_accuracy(y, s) == pytest.approx(expected)
+    assert M.best_threshold_accuracy([0, 0, 1, 1], [0.1, 0.2, 0.3, 0.4]) == 1.0
+    assert M.best_threshold_accuracy([1, 1, 0, 0], [0.1, 0.2, 0.3, 0.4]) == 0.5

@@ -149,7 +149,7 @@ def score_category(
 def _metrics(labels: list[int], scores: list[float], decisions: list[bool] | None) -> dict:
     import numpy as np
 
-    from myriad.metrics import image_auroc
+    from myriad.metrics import best_threshold_accuracy, image_auroc
 
     y = np.asarray(labels)
     s = np.asarray(scores, dtype=np.float64)
@@ -161,9 +161,7 @@ def _metrics(labels: list[int], scores: list[float], decisions: list[bool] | Non
             cut = float(np.quantile(normals, 1 - rate, method="higher"))
             out[f"detect@{rate:g}"] = float(np.mean(defects > cut))
     if len(normals) and len(defects):
-        order = np.unique(s)
-        best = max(float(np.mean((s > t) == (y == 1))) for t in np.concatenate([[order[0] - 1], order]))
-        out["best_accuracy"] = best
+        out["best_accuracy"] = best_threshold_accuracy(y, s)
     if decisions is not None:
         d = np.asarray(decisions, dtype=bool)
         out["accuracy"] = float(np.mean(d == (y == 1)))

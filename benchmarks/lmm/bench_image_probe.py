@@ -36,7 +36,7 @@ def run_row(name: str, setting: str, data: Path, expert: str, model: Any, cache:
     if cache.is_file():
         return json.loads(cache.read_text())
     from myriad.evaluation.runner import EvalSettings, evaluate
-    from myriad.lmm_verdict import HELDOUT_BATCH, ask_lmm, heldout_flags
+    from myriad.lmm_verdict import heldout_flags, verdict_margins
 
     fits: list[dict] = []
 
@@ -49,15 +49,13 @@ def run_row(name: str, setting: str, data: Path, expert: str, model: Any, cache:
             record: dict[str, Any] = {"category": category.name, "flags": None, "with": [], "without": []}
             if held is not None:
                 record["flags"] = heldout_flags(held)
-                for start in range(0, len(held), HELDOUT_BATCH):
-                    part = slice(start, start + HELDOUT_BATCH)
-                    record["with"] += ask_lmm(model, normal_images[part], held[part], max_new_tokens=1)[1]
-                    record["without"] += ask_lmm(model, _grey(normal_images[part]), held[part], max_new_tokens=1)[1]
+                record["with"] = verdict_margins(model, normal_images, held)
+                record["without"] = verdict_margins(model, _grey(normal_images), held)
             fits.append(record)
 
         def process(self, category: Any, samples: Any, images: Any, detections: Any, records: Any) -> None:
-            _, with_image = ask_lmm(model, images, detections, max_new_tokens=1)
-            _, without = ask_lmm(model, _grey(images), detections, max_new_tokens=1)
+            with_image = verdict_margins(model, images, detections)
+            without = verdict_margins(model, _grey(images), detections)
             for record, a, b in zip(records, with_image, without):
                 record.extra["margin_with_image"] = round(a, 4)
                 record.extra["margin_without_image"] = round(b, 4)

@@ -11,7 +11,9 @@ LMM's answer and its verdict margin. The rules are then compared on the same ima
 - ``either, Yes only``: ``either`` with the threshold raised to 0 where it is lower (explored, not shipped).
 
 Per row: TPR, false-alarm rate, balanced and plain accuracy, the measured false alarms against
-the stated ones, the expert's true alarms each rule vetoes and the catches it adds, and an exact
+the stated ones, the oracle gap (the accuracy of the best single threshold per category on the LMM's
+margin, chosen on the test images, minus the calibrated verdict's), the expert's true alarms each rule
+vetoes and the catches it adds, and an exact
 McNemar test of each rule against the expert on the same images (one-sided p that the rule is
 below the expert). Rows where ``either`` fell back to the expert's decision are marked. Each row
 is cached under ``OUT/rows/`` (resumable); writes ``OUT.json`` and ``OUT.md``::
@@ -126,7 +128,19 @@ def summarise(row: dict) -> dict:
     fallback = any(c and c.get("fallback") for c in stated)
     expert_rates = [c["expert_rate"] for c in row["calibrations"] if c["expert_rate"] is not None]
     added = [c.get("added_rate") for c in stated if c and c.get("added_rate") is not None]
+    from myriad.metrics import best_threshold_accuracy
+
+    # the oracle: one threshold per category on the LMM's margin, chosen on the test images themselves
+    oracle = 0
+    for name in dict.fromkeys(r["category"] for r in row["records"]):
+        part = [r for r in row["records"] if r["category"] == name]
+        ys = [r["label"] for r in part]
+        if 0 < sum(ys) < len(ys):
+            oracle += round(best_threshold_accuracy(ys, [r["lmm_margin"] for r in part]) * len(part))
+        else:
+            oracle += max(sum(ys), len(ys) - sum(ys))
     out: dict[str, Any] = {"images": len(labels), "defective": positives, "normal": negatives, "fallback": fallback,
+                           "oracle_accuracy_margin": oracle / len(labels),
                            "stated_expert_rate": sum(expert_rates) / len(expert_rates) if expert_rates else None,
                            "stated_added_rate": sum(added) / len(added) if added else None, "rules": {}}
     for rule, values in dec.items():
@@ -168,15 +182,17 @@ def markdown(rows: list[dict], summaries: list[dict], about: str) -> str:
         below = sum(s["rules"][rule]["p_below_expert"] < 0.05 for s in summaries)
         lines.append(f"| {rule} | {f(sum(bal) / len(bal) if bal else None)} | {f(sum(acc) / len(acc))} | {below} |")
     lines += ["", "Stated against measured false alarms of the default verdict (`either`):", "",
-              "| row | expert stated | expert measured | verdict stated | verdict measured | calibration s per fit | held-out normals per fit |",
-              "|---|---:|---:|---:|---:|---:|---:|"]
+              "| row | expert stated | expert measured | verdict stated | verdict measured | oracle gap (margin) | calibration s per fit | held-out normals per fit |",
+              "|---|---:|---:|---:|---:|---:|---:|---:|"]
     for row, summary in zip(rows, summaries):
         e, a = summary["stated_expert_rate"], summary["stated_added_rate"]
         verdict_stated = None if e is None else (e if a is None else 1 - (1 - e) * (1 - a))
         secs = [c["seconds"] for c in row["calibrations"]]
         held = [len(c["heldout_margins"]) for c in row["calibrations"]]
         lines.append(f"| {row['name']}, {row['setting'].replace('_', '-')} | {f(e)} | {f(summary['rules']['expert']['false_alarm_rate'])} | "
-                     f"{f(verdict_stated)} | {f(summary['rules']['either']['false_alarm_rate'])} | {sum(secs) / len(secs):.1f} | {sum(held) / len(held):.0f} |")
+                     f"{f(verdict_stated)} | {f(summary['rules']['either']['false_alarm_rate'])} | "
+                     f"{f(summary['oracle_accuracy_margin'] - summary['rules']['either']['accuracy'])} | "
+                     f"{sum(secs) / len(secs):.1f} | {sum(held) / len(held):.0f} |")
     return "\n".join(lines) + "\n"
 
 

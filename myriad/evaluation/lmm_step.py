@@ -19,7 +19,7 @@ import time
 from dataclasses import dataclass, field
 from typing import TYPE_CHECKING, Any, Sequence
 
-from myriad.verdict import DEFAULT_VERDICT_RULE, VerdictCalibration, calibrate_verdict, check_verdict_rule
+from myriad.verdict import DEFAULT_VERDICT_RULE, VerdictCalibration, check_verdict_rule
 
 if TYPE_CHECKING:  # pragma: no cover
     import numpy as np
@@ -27,6 +27,7 @@ if TYPE_CHECKING:  # pragma: no cover
     from myriad.datasets import Category, Sample
     from myriad.detector import Detection
     from myriad.evaluation.records import ImageRecord
+
 
 @dataclass
 class LMMStep:
@@ -84,7 +85,7 @@ class LMMStep:
 
         start = time.perf_counter()
         answers, margins = self._ask(images, detections)
-        calibration = self.calibration or VerdictCalibration(rule=self.verdict_rule, active="expert", fallback="not calibrated")
+        calibration = self.calibration or VerdictCalibration.uncalibrated(self.verdict_rule)
         for record, answer, margin, det in zip(records, answers, margins, detections):
             label = parse_answer(answer)
             verdict, source = calibration.decide(bool(det.anomalous), margin, label)
