@@ -72,6 +72,10 @@ class DataConfig(BaseModel):
     image_size: int = Field(256, ge=32)
     #: "nsa" (Poisson-blended patches, the reference) or "cutpaste"
     synthesis: Literal["nsa", "cutpaste"] = "nsa"
+    #: share of the anomalous items painted with one of the visible preset's *local training* kinds
+    #: (blotch, colour patch, smear, chip: small, 0.1-3 % of the image, at least ``medium`` visibility) on
+    #: any category: the small true alarms an LMM must learn to confirm (0: none, the recipes up to v5)
+    visible_fraction: float = Field(0.0, ge=0.0, le=1.0)
 
     @field_validator("photos")
     @classmethod

@@ -16,6 +16,14 @@ native-resolution crops rendered as the realistic dev set renders its normals (p
 lighting, sensor noise). Their painted anomalies are the realistic *training* kinds
 (scuff, dent shade, texture contrast, texture warp), drawn on the very crop of the normal
 item; the realistic dev set's photos and kinds never appear in training.
+
+With ``data.visible_fraction`` > 0 that share of the anomalous items (drawn from its own seeded
+stream, so the other items stay as they were) is one of the visible preset's *local training*
+kinds (:data:`~myriad.synthetic.visible_defects.VISIBLE_TRAIN_KINDS`: blotch, colour patch, smear,
+chip), painted on the normal item itself, on any category, and redrawn until it is small (the
+preset's area range, 0.1-3 % of the image) and at least ``medium`` by the preset's own visibility
+measure: the small, faint but true alarms an LMM must learn to confirm. The visible preset's
+evaluation kinds and photos never appear in training.
 """
 
 from __future__ import annotations
@@ -185,6 +193,12 @@ class TrainingPool:
         image = self.normal(category, index)
         if not anomalous:
             return Item(category, index, False, image, None)
+        if self.data.visible_fraction > 0:
+            visible_rng = np.random.default_rng([self.seed, category, index, 11])
+            if visible_rng.random() < self.data.visible_fraction:
+                made = visible_item(image, visible_rng)
+                if made is not None:
+                    return Item(category, index, True, *made)
         rng = np.random.default_rng([self.seed, category, index, 7])
         painted = rng.random() < self.painted_fraction
         if painted and self.categories[category].kind == "photo":
@@ -225,3 +239,44 @@ class TrainingPool:
 
         cat = self.categories[category]
         return cat.kind != "texture" or TEXTURES[cat.name].oriented
+
+
+#: Draws of a visible training kind before the item falls back to the other anomalies.
+VISIBLE_ATTEMPTS = 12
+
+
+def visible_item(image: np.ndarray, rng: np.random.Generator) -> tuple[np.ndarray, np.ndarray] | None:
+    """``(image, mask)``: one of the visible preset's local training kinds painted on ``image``
+    (uint8 H x W x 3, square), small and at least ``medium`` visibility; None when no draw qualifies.
+    """
+    from myriad.synthetic.realistic_defects import Scene, local_visibility
+    from myriad.synthetic.visible_defects import (
+        VISIBLE_AREA_RANGE,
+        VISIBLE_KINDS,
+        VISIBLE_MIN_VISIBILITY,
+        VISIBLE_TRAIN_KINDS,
+    )
+
+    height, width = image.shape[:2]
+    if height != width or image.ndim != 3:
+        return None
+    grey = bool(np.all(image[..., 0] == image[..., 1]) and np.all(image[..., 1] == image[..., 2]))
+    material = image[..., :1].astype(np.float32) if grey else image.astype(np.float32)
+
+    def no_other_view(*_: object) -> np.ndarray:
+        raise RuntimeError("visible training kinds paint on the item itself")
+
+    scene = Scene("training", material, None, height, not grey, False, render=no_other_view, donor=no_other_view)  # type: ignore[arg-type]
+    local = [k for k in VISIBLE_TRAIN_KINDS if VISIBLE_KINDS[k].family == "local"]
+    kind = VISIBLE_KINDS[local[int(rng.integers(len(local)))]]
+    for _ in range(VISIBLE_ATTEMPTS):
+        alteration = kind.paint(scene, rng)
+        mask = alteration.alpha > 0
+        if not VISIBLE_AREA_RANGE[0] <= float(mask.mean()) <= VISIBLE_AREA_RANGE[1]:
+            continue
+        painted = np.clip(np.rint(alteration.material), 0, 255).astype(np.uint8)
+        if grey:
+            painted = np.repeat(painted, 3, axis=2)
+        if local_visibility(image, painted, mask)[0] >= VISIBLE_MIN_VISIBILITY[0]:
+            return painted, mask
+    return None

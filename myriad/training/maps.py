@@ -50,6 +50,8 @@ def cache_key(pool: TrainingPool, expert: str, expert_config: dict, map_size: in
     # how many the data config holds: raising ``reference_shots`` for one source keeps the others' caches.
     data = pool.data.model_dump(mode="json")
     data.pop("reference_shots")
+    if not data.get("visible_fraction"):  # added later: recipes without it keep their caches
+        data.pop("visible_fraction", None)
     payload = {
         "expert": expert,
         **described,

@@ -229,6 +229,34 @@ def test_realistic_training_photos_are_categories_with_training_kinds_only():
     assert set(REALISTIC_TRAIN_KINDS) == {"scuff", "dent_shade", "texture_contrast", "texture_warp"}
 
 
+def test_visible_training_kinds_are_small_visible_and_leave_other_items_alone():
+    """data.visible_fraction: that share of anomalies is a visible *training* kind painted on the item itself, small
+    and at least medium visibility; the other items are exactly what they were without it (v5's recipe unchanged)."""
+    import numpy as np
+
+    from myriad.synthetic.realistic_defects import local_visibility
+    from myriad.synthetic.visible_defects import VISIBLE_AREA_RANGE, VISIBLE_EVAL_KINDS, VISIBLE_MIN_VISIBILITY
+    from myriad.training.data import TrainingPool, visible_item
+    from myriad.training.maps import cache_key
+
+    data = dict(textures=["tissue"], images_per_category=12, image_size=128)
+    plain, mixed = TrainingPool(DataConfig(**data), 5), TrainingPool(DataConfig(**data, visible_fraction=0.5), 5)
+    changed = 0
+    for index in range(12):
+        a, b = plain.item(0, index, True), mixed.item(0, index, True)
+        if np.array_equal(a.image, b.image):
+            continue
+        changed += 1
+        base = plain.normal(0, index)
+        assert VISIBLE_AREA_RANGE[0] <= b.mask.mean() <= VISIBLE_AREA_RANGE[1]
+        assert np.array_equal(b.image[~b.mask], base[~b.mask])  # painted on the item itself, only under its mask
+        assert local_visibility(base, b.image, b.mask)[0] >= VISIBLE_MIN_VISIBILITY[0]
+    assert 2 <= changed <= 10
+    assert cache_key(plain, "colour-stats", {}, 224) != cache_key(mixed, "colour-stats", {}, 224)
+    assert visible_item(np.zeros((64, 32, 3), np.uint8), np.random.default_rng(0)) is None  # not square: skipped
+    assert not {"blotch", "colour_patch", "smear", "chip"} & set(VISIBLE_EVAL_KINDS)
+
+
 def test_map_sources_are_checked_and_train(tmp_path):
     from pydantic import ValidationError
 
