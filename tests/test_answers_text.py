@@ -93,7 +93,7 @@ def test_at_least_ten_paraphrases_of_each_type_are_classified(qtype):
 
 
 def development_questions() -> list[tuple[str, str]]:
-    """(type, question) of the paraphrase sets read while developing the classifier (session 9)."""
+    """(type, question) of the paraphrase sets read while developing the classifier."""
     lmm = Path(__file__).resolve().parents[1] / "benchmarks" / "lmm"
     pairs = []
     for name in ("heldout_questions.json", "dev_questions.json"):

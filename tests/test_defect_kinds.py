@@ -66,7 +66,7 @@ def test_a_faint_blurred_blob_is_a_texture_change_not_a_stain():
 @pytest.mark.parametrize("seed", range(3))
 def test_a_large_blob_over_unchanged_texture_is_cannot_tell_not_a_stain(seed):
     """A map blob over 0.5 % of the image where neither tone nor sharpness changed: the map shows where, not what
-    (the rule before session 10 called every faint region over 0.5 % a stain)."""
+    (the previous rule called every faint region over 0.5 % a stain)."""
     result = guess(texture(20 + seed), (YY - 128) ** 2 + (XX - 128) ** 2 < 400)
     assert result.kind is None and result.measurements["tone_shift"] < 0.5 and result.measurements["fine_detail"] > 0.6
 

@@ -5,7 +5,7 @@ and defect kinds are disjoint from Myriad-mini's training data) and every expert
 (one-class on ``--normals`` training images, k-shot on the first k), an :class:`myriad.inspection.Inspector`
 with the shipped LMM on the chosen answer route inspects each test image, then answers one held-out
 paraphrase of every question type (``benchmarks/lmm/heldout_questions_v3.json``, never used to develop
-the question classifier; the first two sets were read while developing it in session 9 and joined its
+the question classifier; the first two sets were read while developing it and joined its
 development paraphrases) as a follow-up about it. Reported, per setting:
 
 - **verdict accuracy** of the text answers (the Yes / No of the answer to a verdict question) beside

@@ -15,7 +15,9 @@ the stated ones, the oracle gap (the accuracy of the best single threshold per c
 margin, chosen on the test images, minus the calibrated verdict's), the expert's true alarms each rule
 vetoes and the catches it adds, and an exact
 McNemar test of each rule against the expert on the same images (one-sided p that the rule is
-below the expert). Rows where ``either`` fell back to the expert's decision are marked. Each row
+below the expert). Rows where ``either`` fell back to the expert's decision are marked. Per kind and
+(where the dev set's ``devset.json`` records them) size and visibility bucket: each rule's detection
+rate and the vetoes and added catches of ``either``. Each row
 is cached under ``OUT/rows/`` (resumable); writes ``OUT.json`` and ``OUT.md``::
 
     .venv/bin/python benchmarks/lmm/bench_verdict.py --row default:one_class=data/devset \\
@@ -163,6 +165,59 @@ def summarise(row: dict) -> dict:
     return out
 
 
+#: Groups of defective images the per-bucket table reports: the kind (its folder) and the dev set's buckets.
+BUCKET_GROUPS = ("defect", "size_bucket", "visibility_bucket")
+
+
+def _manifest(data: str) -> dict[str, dict]:
+    """The dev set's per-image record (``devset.json``), keyed by the image path's last four parts."""
+    path = Path(data) / "devset.json"
+    if not path.is_file():
+        return {}
+    files = json.loads(path.read_text()).get("files", [])
+    return {"/".join(Path(f["image"]).parts[-4:]): f for f in files}
+
+
+def buckets(row: dict) -> dict[str, dict[str, dict]]:
+    """Per group and bucket of the row's defective images: how many, each rule's detection rate, and the
+    expert's true alarms the default verdict vetoes and the catches it adds (a weakness cannot hide in a mean)."""
+    manifest = _manifest(row["data"])
+    dec = decisions(row)
+    out: dict[str, dict[str, dict]] = {}
+    for group in BUCKET_GROUPS:
+        table: dict[str, dict] = {}
+        for i, rec in enumerate(row["records"]):
+            if not rec["label"]:
+                continue
+            info = rec if group == "defect" else manifest.get("/".join(Path(rec["path"]).parts[-4:]), {})
+            key = str(info.get(group, "")) or None
+            if key is None:
+                continue
+            cell = table.setdefault(key, {"images": 0, **{rule: 0 for rule in RULES}, "vetoed": 0, "added": 0})
+            cell["images"] += 1
+            for rule in RULES:
+                cell[rule] += int(dec[rule][i])
+            cell["vetoed"] += int(dec["expert"][i] and not dec["either"][i])
+            cell["added"] += int(dec["either"][i] and not dec["expert"][i])
+        if table:
+            out[group] = dict(sorted(table.items()))
+    return out
+
+
+def bucket_lines(rows: list[dict]) -> list[str]:
+    """The per-bucket tables of the report (detection rate per rule on each bucket's defective images)."""
+    lines = ["", "Per kind and bucket (defective images only; detection rate per rule; vetoes and added catches of `either`):", "",
+             "| row | group | bucket | images | expert | lmm | either | vetoed | added |", "|---|---|---|---:|---:|---:|---:|---:|---:|"]
+    for row in rows:
+        label = f"{row['name']}, {row['setting'].replace('_', '-')}"
+        for group, table in buckets(row).items():
+            for bucket, c in table.items():
+                n = c["images"]
+                lines.append(f"| {label} | {group.replace('_bucket', '')} | {bucket} | {n} | {c['expert'] / n:.3f} | "
+                             f"{c['lmm'] / n:.3f} | {c['either'] / n:.3f} | {c['vetoed']} | {c['added']} |")
+    return lines
+
+
 def markdown(rows: list[dict], summaries: list[dict], about: str) -> str:
     """The report: one table per row group and a mean over rows."""
     lines = ["# Myriad's verdict against its expert", "", about, "",
@@ -181,6 +236,7 @@ def markdown(rows: list[dict], summaries: list[dict], about: str) -> str:
         acc = [s["rules"][rule]["accuracy"] for s in summaries]
         below = sum(s["rules"][rule]["p_below_expert"] < 0.05 for s in summaries)
         lines.append(f"| {rule} | {f(sum(bal) / len(bal) if bal else None)} | {f(sum(acc) / len(acc))} | {below} |")
+    lines += bucket_lines(rows)
     lines += ["", "Stated against measured false alarms of the default verdict (`either`):", "",
               "| row | expert stated | expert measured | verdict stated | verdict measured | oracle gap (margin) | calibration s per fit | held-out normals per fit |",
               "|---|---:|---:|---:|---:|---:|---:|---:|"]
@@ -218,6 +274,8 @@ def main() -> None:
         print(f"{name} {setting}: {row['seconds']:.0f} s", flush=True)
     about = (f"Expert {args.expert}, Myriad-mini ({args.lmm}), machine {platform.machine()}; few-shot rows pool "
              f"{args.draws} reference draws. Rule `either` is the default verdict (docs/lmm.md, 'The verdict').")
+    for row, summary in zip(rows, summaries):
+        summary["buckets"] = buckets(row)
     Path(f"{out}.json").write_text(json.dumps({"about": about, "summaries": summaries,
                                                "rows": [{k: v for k, v in r.items() if k != "records"} for r in rows]}, indent=1))
     Path(f"{out}.md").write_text(markdown(rows, summaries, about))
