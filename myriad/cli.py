@@ -18,6 +18,8 @@ COMMANDS = {
     "model-info": "myriad.commands.model_info:model_info_command",
     "train": "myriad.commands.train:train_command",
     "inspect": "myriad.commands.inspect:inspect_command",
+    "fit": "myriad.commands.fit:fit_command",
+    "profile": "myriad.commands.profile:profile_command",
     "serve": "myriad.commands.serve:serve_command",
 }
 

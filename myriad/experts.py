@@ -125,6 +125,9 @@ class Expert(ABC):
     registered_name: str | None = None
     #: Smallest batch a transductive expert can score.
     min_batch: ClassVar[int] = 1
+    #: Version of what :meth:`save` writes; raise it when :meth:`state_tensors` or :meth:`state_metadata`
+    #: change meaning, so a saved state (a profile) of the old format is refused with "refit" instead of misread.
+    STATE_FORMAT: ClassVar[int] = 1
     #: set by the host to receive progress as ``callback(stage, done, total)`` (see :mod:`myriad.progress`);
     #: None: each stage is a tqdm bar on a terminal
     progress_callback: "ProgressCallback | None" = None
@@ -222,6 +225,7 @@ class Expert(ABC):
             save_tensors(tensors, directory / "state.safetensors")
         meta = {
             "class": f"{type(self).__module__}:{type(self).__qualname__}",
+            "state_format": type(self).STATE_FORMAT,
             "mode": self.mode.value,
             "fitted": self.fitted,
             "config": json.loads(self.config.model_dump_json()),
@@ -245,7 +249,14 @@ class Expert(ABC):
             raise WeightsError(f"{meta_path}: not valid JSON: {exc}") from exc
         saved_class = meta.get("class", "")
         expected = f"{cls.__module__}:{cls.__qualname__}"
-        if cls is not Expert and saved_class != expected:
+        # Loaded through a registered class: its state format decides (the module path may have moved since).
+        if cls is not Expert and "state_format" in meta:
+            if meta["state_format"] != cls.STATE_FORMAT:
+                raise WeightsError(
+                    f"{meta_path}: saved in state format {meta['state_format']}, {expected} reads format "
+                    f"{cls.STATE_FORMAT}; fit it again"
+                )
+        elif cls is not Expert and saved_class != expected:
             raise WeightsError(f"{meta_path}: saved by {saved_class}, cannot load into {expected}")
         target: type[Expert] = cls
         if cls is Expert:

@@ -111,6 +111,8 @@ class Inspector:
         self.detector: Any = None
         #: how the verdict is decided for the fitted expert (:mod:`myriad.verdict`; set by :meth:`fit`)
         self.verdict: Any = None
+        #: what ``lmm`` named (None when a model object was passed in): a profile records it with its sha256
+        self.lmm_source = None if model is not None else lmm
         self.model = model if model is not None else load_lmm(lmm, device, precision)
 
     def fit(self, normal_images: Sequence["np.ndarray | str | Path"]) -> "Inspector":
@@ -145,6 +147,47 @@ class Inspector:
             )
             for member in getattr(detector, "members", [detector]):  # calibrated: the held-out maps are not needed
                 member.heldout_predictions = None
+        return self
+
+    def lmm_identity(self) -> dict[str, Any] | None:
+        """``{"name", "sha256"}`` of the LMM weights in use (sha256 None when unknown); None without an LMM."""
+        if self.model is None:
+            return None
+        source = self.lmm_source
+        if source is None:
+            return {"name": "(a model object)", "sha256": None}
+        from myriad.lmm_loading import SHIPPED_MINI_WEIGHTS
+        from myriad.profiles import file_sha256
+
+        path = SHIPPED_MINI_WEIGHTS if source == "mini" else Path(source)
+        return {"name": str(source), "sha256": file_sha256(path) if path.is_file() else None}
+
+    def use_profile(self, profile: Any) -> "Inspector":
+        """Inspect with a fitted profile (:func:`myriad.profiles.load_profile`) instead of fitting.
+
+        The profile's verdict calibration is used when it was made for this verdict rule with the
+        same LMM weights (sha256); otherwise ``either`` falls back to the expert's decision and the
+        answers say why (refit the profile with this LMM to calibrate it).
+        """
+        from myriad.verdict import VerdictCalibration
+
+        self.detector = profile.detector
+        self.expert_name = profile.expert
+        self.verdict = None
+        if self.model is None or self.answers != "facts":
+            return self
+        saved, made_with = profile.verdict, profile.record.get("verdict_lmm") or {}
+        current = self.lmm_identity() or {}
+        if saved is not None and saved.rule == self.verdict_rule and made_with.get("sha256") and made_with.get("sha256") == current.get("sha256"):
+            self.verdict = saved
+        elif saved is None:
+            self.verdict = VerdictCalibration.uncalibrated(self.verdict_rule, "the profile was fitted without an LMM")
+        elif saved.rule != self.verdict_rule:
+            self.verdict = VerdictCalibration.uncalibrated(self.verdict_rule, f"the profile was calibrated for --verdict {saved.rule}")
+        else:
+            self.verdict = VerdictCalibration.uncalibrated(
+                self.verdict_rule, f"the profile's verdict was calibrated with other LMM weights ({made_with.get('name')})"
+            )
         return self
 
     @property

@@ -52,6 +52,8 @@ def collect_images(sources: tuple[Path, ...] | list[Path], what: str) -> tuple[l
 @click.command("inspect")
 @click.argument("images", nargs=-1, required=True, type=click.Path(path_type=Path))
 @click.option("--normal", "normal", multiple=True, type=click.Path(path_type=Path), help="Normal reference images or folders (repeatable).")
+@click.option("--profile", "profile_dir", default=None, type=click.Path(path_type=Path),
+              help="A profile written by `myriad fit`: inspect with its fitted expert and verdict, without refitting.")
 @click.option("--expert", default=DEFAULT_EXPERT, show_default=True,
               help="Expert plugin (see `myriad experts`), or several fused with '+', e.g. patchcore+global.")
 @click.option("--config", "config_json", default=None,
@@ -68,10 +70,10 @@ def collect_images(sources: tuple[Path, ...] | list[Path], what: str) -> tuple[l
 @answers_option
 @verdict_option
 def inspect_command(
-    images, normal, expert, config_json, ask, output, lmm, batch_size, device, precision, false_alarm_rate, calibration,
-    tile, answers, verdict,
+    images, normal, profile_dir, expert, config_json, ask, output, lmm, batch_size, device, precision, false_alarm_rate,
+    calibration, tile, answers, verdict,
 ) -> None:
-    """Fit EXPERT on --normal images, then inspect IMAGES (files or folders).
+    """Fit EXPERT on --normal images (or load a fitted --profile), then inspect IMAGES (files or folders).
 
     Prints one line per image (Myriad's answer is withheld when it is degenerate) and the grounded
     answer measured on the map, and writes OUTPUT/results.jsonl and OUTPUT/<path>_overlay.png.
@@ -79,6 +81,13 @@ def inspect_command(
     from myriad.inspection import Inspector
     from myriad.io import atomic_write_text
 
+    profile = None
+    if profile_dir is not None:
+        from myriad.profiles import load_profile
+
+        _refuse_fit_options(click.get_current_context())
+        profile = load_profile(profile_dir)
+        expert = profile.expert
     config = _parse_config(config_json)
     if ask is not None:
         from myriad.answers_text import check_question
@@ -95,7 +104,14 @@ def inspect_command(
         answers=answers, calibration=calibration, verdict=verdict,
     )
     calibration_note = ""
-    if normal_paths:
+    if profile is not None:
+        inspector.use_profile(profile)
+        rate = getattr(inspector.detector, "false_alarm_rate", None)
+        calibration_note = f"profile {profile_dir}: {expert} fitted on {profile.record.get('num_normals')} normal images"
+        if rate is not None:
+            calibration_note += f", expected to flag about {_percent(rate)} of good images"
+        calibration_note += _verdict_note(inspector)
+    elif normal_paths:
         inspector.fit(normal_paths)
         rate = getattr(inspector.detector, "false_alarm_rate", None)
         if rate is not None:
@@ -130,6 +146,20 @@ def inspect_command(
     click.echo(f"wrote {output / 'results.jsonl'} ({len(records)} images) and overlays in {output}")
     if calibration_note:
         click.echo(calibration_note)
+
+
+#: Options that only mean something when fitting: with --profile they were set by `myriad fit`.
+FIT_OPTIONS = ("normal", "expert", "config_json", "false_alarm_rate", "calibration", "tile")
+
+
+def _refuse_fit_options(ctx: click.Context) -> None:
+    """With --profile, a fitting option given on the command line is an error naming it (the profile fixed it)."""
+    from click.core import ParameterSource
+
+    given = [p for p in ctx.command.params if p.name in FIT_OPTIONS and ctx.get_parameter_source(p.name) == ParameterSource.COMMANDLINE]
+    if given:
+        names = ", ".join(p.opts[0] for p in given)
+        raise click.UsageError(f"{names}: set when the profile was fitted; refit it with `myriad fit ... -o PROFILE` to change")
 
 
 def _inspect_all(inspector: Any, test_paths: list[Path], batch_size: int, ask: str | None, folder: Path) -> list[dict]:
