@@ -74,6 +74,12 @@ def _expert_config(value: str | None) -> dict[str, dict[str, Any]]:
 @click.option("--max-sessions", type=click.IntRange(1), default=128, show_default=True, help="Inspected images (with their chats) kept, all clients.")
 @click.option("--per-client-profiles", type=click.IntRange(1), default=None, help="Profiles one client may keep [default: a quarter of --max-profiles].")
 @click.option("--per-client-sessions", type=click.IntRange(1), default=None, help="Sessions one client may keep [default: a quarter of --max-sessions].")
+@click.option("--profile", "profiles", multiple=True, metavar="NAME=PROFILE",
+              help="Preload a profile folder written by `myriad fit` as NAME, shared by every client, read-only (repeatable).")
+@click.option("--state-dir", type=click.Path(file_okay=False, path_type=Path), default=None,
+              help="Keep clients' fitted profiles in this folder across restarts (saved when fitted, loaded at start).")
+@click.option("--max-folder-images", type=click.IntRange(1), default=10_000, show_default=True,
+              help="Most normal images per profile fitted from a --data-root folder (uploads: --max-files).")
 @click.option("--no-ui", is_flag=True, help="Serve the REST API only, without the web page.")
 @click.option("--log-level", type=click.Choice(["critical", "error", "warning", "info", "debug"]), default="info", show_default=True)
 def serve_command(
@@ -102,6 +108,9 @@ def serve_command(
     max_sessions: int,
     per_client_profiles: int | None,
     per_client_sessions: int | None,
+    profiles: tuple[str, ...],
+    state_dir: Path | None,
+    max_folder_images: int,
     no_ui: bool,
     log_level: str,
 ) -> None:
@@ -117,6 +126,8 @@ def serve_command(
     except ImportError as exc:
         raise click.ClickException(f"`myriad serve` needs the serve extra ({exc.name} is missing): pip install 'myriad[serve]'") from exc
     from myriad.errors import WeightsError
+    from myriad.profiles import ProfileError
+    from myriad.serve.profiles import check_profile_name
     from myriad.fusion import member_names
     from myriad.serve.limits import Limits
     from myriad.serve.security import AccessPolicy, check_bind
@@ -128,10 +139,22 @@ def serve_command(
         raise click.ClickException(str(exc)) from None
     member_names(expert)  # an unknown default expert (or member) is a start-up error naming the installed ones
     operator = _expert_config(expert_config)
+    preload = {}
+    for value in profiles:
+        name, sep, folder = value.partition("=")
+        if not sep or not name or not folder:
+            raise click.BadParameter(f"{value!r}: give NAME=PROFILE_FOLDER", param_hint="--profile")
+        try:
+            check_profile_name(name)
+        except Exception as exc:  # noqa: BLE001 - the server's 422 error, here a usage error
+            raise click.BadParameter(str(exc), param_hint="--profile") from None
+        if name in preload:
+            raise click.BadParameter(f"{name!r} given twice", param_hint="--profile")
+        preload[name] = Path(folder)
     limits = Limits(
         max_upload_bytes=int(max_upload_mb * 1024 * 1024), max_files=max_files, max_side=max_side, max_pixels=max_pixels,
         max_body_bytes=int(max_request_mb * 1024 * 1024), max_question_chars=max_question_chars, max_turns=max_turns,
-        max_new_tokens=max_new_tokens, max_generation_s=max_generation_s,
+        max_new_tokens=max_new_tokens, max_generation_s=max_generation_s, max_folder_images=max_folder_images,
     )
     policy = AccessPolicy.for_bind(host, tokens, allowed_hosts, max_body_bytes=limits.max_request_bytes)
     click.echo(f"loading the LMM ({lmm}) ...", err=True)
@@ -140,7 +163,10 @@ def serve_command(
             lmm=lmm, expert=expert, device=device, precision=precision, limits=limits, data_root=data_root,
             max_profiles=max_profiles, max_sessions=max_sessions, per_client_profiles=per_client_profiles,
             per_client_sessions=per_client_sessions, expert_config=operator, false_alarm_rate=false_alarm_rate, answers=answers, policy=policy, ui=not no_ui,
+            profiles=preload, state_dir=state_dir,
         )
+    except ProfileError as exc:  # a --profile folder that does not load: named, nothing served
+        raise click.ClickException(str(exc)) from exc
     except WeightsError as exc:
         raise click.ClickException(
             f"{exc}\nStart with `--lmm none` for expert-only answers, or `--lmm PATH` for trained weights."

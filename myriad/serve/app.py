@@ -92,6 +92,8 @@ def create_app(
     answers: str = "facts",
     policy: AccessPolicy | None = None,
     ui: bool = True,
+    profiles: dict[str, str | Path] | None = None,
+    state_dir: str | Path | None = None,
 ) -> FastAPI:
     """Build the Myriad server.
 
@@ -105,6 +107,10 @@ def create_app(
     paper's maximum held-out normal. ``answers`` is the answer route of every profile
     (:class:`myriad.inspection.Inspector`). ``policy`` says who may connect
     (default: loopback host names, no token). ``ui=False`` leaves out the web page.
+    ``profiles`` maps names to profile folders written by ``myriad fit``: loaded at start, shared by
+    every client, read-only (a folder that does not load is a start-up error naming it).
+    ``state_dir`` keeps clients' fitted profiles across restarts: each is saved there when fitted
+    and every saved one is loaded back at start (one that no longer loads is logged and skipped).
     """
     if service is None:
         from myriad.serve.profiles import ProfileStore
@@ -119,11 +125,23 @@ def create_app(
             "expert_config": expert_config,
             "false_alarm_rate": false_alarm_rate,
             "answers": answers,
+            "state_dir": state_dir,
         }
         if model is not None:
             service = InspectionService(model, lmm_label="injected", **options)
         else:
             service = InspectionService.load(lmm, precision=precision, **options)
+    for name, folder in (profiles or {}).items():
+        service.preload(name, folder)
+    if service.state_dir is not None:
+        import logging
+
+        restored, problems = service.restore()
+        log = logging.getLogger("myriad.serve")
+        for problem in problems:
+            log.warning("saved profile not loaded: %s", problem)
+        if restored:
+            log.info("%d saved profiles loaded from %s", restored, service.state_dir)
     policy = policy or AccessPolicy()
     if policy.max_body_bytes != service.limits.max_request_bytes:
         policy = AccessPolicy(policy.tokens, policy.allowed_hosts, service.limits.max_request_bytes)
@@ -255,7 +273,8 @@ def _add_routes(app: FastAPI, service: InspectionService) -> None:
                     shown = display_name(upload.filename, i)
                     path = save_upload(upload.file, upload.filename, tmp, i, limits)
                     images.append(load_checked_image(path, shown, limits))
-        return service.fit_profile(name, images, expert=expert, config=settings, owner=_owner(request)).describe()
+        return service.fit_profile(name, images, expert=expert, config=settings, owner=_owner(request),
+                                   from_folder=bool(folder)).describe()
 
     @app.get("/api/profiles/{name}", response_model=ProfileOut, responses=_ERRORS, tags=["profiles"])
     def get_profile(request: Request, name: str = _NAME) -> dict[str, Any]:
@@ -265,7 +284,7 @@ def _add_routes(app: FastAPI, service: InspectionService) -> None:
     @app.delete("/api/profiles/{name}", status_code=204, responses=_ERRORS, tags=["profiles"])
     def delete_profile(request: Request, name: str = _NAME) -> Response:
         """Forget one of your profiles."""
-        service.store.delete_profile(name, _owner(request))
+        service.delete_profile(name, _owner(request))
         return Response(status_code=204)
 
     @app.post("/api/profiles/{name}/inspect", response_model=InspectionOut, responses=_ERRORS, tags=["inspection"])

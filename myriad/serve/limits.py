@@ -33,8 +33,10 @@ class Limits:
 
     #: bytes per uploaded file
     max_upload_bytes: int = 20 * 1024 * 1024
-    #: normal images per profile (uploaded or read from a folder)
+    #: normal images per uploaded profile (one request)
     max_files: int = 64
+    #: normal images per profile read from a server-side folder (the operator's data; a bound on memory)
+    max_folder_images: int = 10_000
     #: pixels per image side
     max_side: int = 4096
     #: pixels per image (width x height)
@@ -53,7 +55,7 @@ class Limits:
     max_generation_s: float = 20.0
 
     def __post_init__(self) -> None:
-        for name in ("max_upload_bytes", "max_files", "max_side", "max_pixels", "min_side", "max_body_bytes",
+        for name in ("max_upload_bytes", "max_files", "max_folder_images", "max_side", "max_pixels", "min_side", "max_body_bytes",
                      "max_question_chars", "max_turns", "max_new_tokens", "max_generation_s"):
             if getattr(self, name) <= 0:
                 raise ValueError(f"Limits.{name} must be positive, got {getattr(self, name)}")

@@ -7,6 +7,10 @@ neither see, use, overwrite nor delete them. Each client has a quota; past it, i
 recently used item is dropped. When the whole server is full, a client's own items go first, then
 items of others idle for longer than ``idle_s``; otherwise the request is refused (429), so no client
 can push out another's recent work.
+
+*Preloaded* profiles (``myriad serve --profile NAME=PROFILE``, fitted with ``myriad fit``) belong to
+the operator: every client sees and uses them, none may refit or delete them, and they count in no
+quota.
 """
 
 from __future__ import annotations
@@ -19,7 +23,7 @@ from collections import OrderedDict
 from dataclasses import dataclass, field
 from typing import Any
 
-from myriad.serve.errors import BusyError, NotFoundError, ServeError
+from myriad.serve.errors import BusyError, ConflictError, NotFoundError, ServeError
 from myriad.serve.limits import clip
 
 _PROFILE_NAME = re.compile(r"^[A-Za-z0-9][A-Za-z0-9._-]{0,63}$")
@@ -49,6 +53,8 @@ class Profile:
     created: float = field(default_factory=time.time)
     owner: str = "local/default"
     last_used: float = field(default_factory=time.monotonic, repr=False)
+    #: loaded from a profile folder by the operator (``--profile``): shared by every client, read-only
+    preloaded: bool = False
 
     def describe(self) -> dict[str, Any]:
         """The JSON description of the profile (the inspector left out)."""
@@ -60,6 +66,8 @@ class Profile:
             "num_normal": self.num_normal,
             "fit_ms": round(self.fit_ms, 2),
             "created": self.created,
+            "preloaded": self.preloaded,
+            "false_alarm_rate": getattr(getattr(self.inspector, "detector", None), "false_alarm_rate", None),
         }
 
 
@@ -159,6 +167,7 @@ class ProfileStore:
         self.max_sessions = max_sessions
         self._lock = threading.Lock()
         self._profiles = _OwnedLRU("profiles", max_profiles, min(per_profiles, max_profiles), idle_s)
+        self._preloaded: dict[str, Profile] = {}
         self._sessions = _OwnedLRU("sessions", max_sessions, min(per_sessions, max_sessions), idle_s)
 
     @property
@@ -170,36 +179,53 @@ class ProfileStore:
     def check_room(self, owner: str, name: str) -> None:
         """Raise :class:`BusyError` now if a profile ``name`` of ``owner`` could not be kept (before fitting it)."""
         with self._lock:
+            self._refuse_preloaded(name, "refitted")
             self._profiles.victims(owner, (owner, name))
+
+    def preload(self, profile: Profile) -> None:
+        """Keep an operator's profile, shared by every client (read-only, outside every quota)."""
+        check_profile_name(profile.name)
+        profile.preloaded = True
+        with self._lock:
+            self._preloaded[profile.name] = profile
+
+    def _refuse_preloaded(self, name: str, doing: str) -> None:
+        if name in self._preloaded:
+            raise ConflictError(f"profile {clip(name, 64)!r} is preloaded by the server's operator: it cannot be {doing}; "
+                                "choose another name")
 
     def put_profile(self, profile: Profile) -> list[str]:
         """Add or replace a profile of ``profile.owner``; returns the names of that owner's profiles dropped.
 
-        Raises :class:`BusyError` (429) when the server is full of other clients' recent profiles.
+        Raises :class:`BusyError` (429) when the server is full of other clients' recent profiles, and
+        :class:`ConflictError` (409) for the name of a preloaded profile.
         """
         check_profile_name(profile.name)
         with self._lock:
+            self._refuse_preloaded(profile.name, "refitted")
             dropped = self._profiles.put((profile.owner, profile.name), profile)
         return [name for owner, name in dropped if owner == profile.owner]
 
     def get_profile(self, name: str, owner: str = "local/default") -> Profile:
         """The profile ``name`` of ``owner``; a 404 error lists that owner's fitted ones."""
         with self._lock:
-            profile = self._profiles.get((owner, name), owner)
+            profile = self._profiles.get((owner, name), owner) or self._preloaded.get(name)
             if profile is None:
-                known = ", ".join(n for _, n in self._profiles.owned(owner)) or "none (fit one first: POST /api/profiles/{name})"
+                names = [*self._preloaded, *(n for _, n in self._profiles.owned(owner))]
+                known = ", ".join(names) or "none (fit one first: POST /api/profiles/{name})"
                 raise NotFoundError(f"unknown profile {clip(name, 64)!r}; your fitted profiles: {known}")
             return profile
 
     def list_profiles(self, owner: str | None = None) -> list[Profile]:
-        """The profiles of ``owner`` (every profile when None), least recently used first."""
+        """The preloaded profiles, then those of ``owner`` (every client's when None), least recently used first."""
         with self._lock:
-            return [p for p in self._profiles.items.values() if owner is None or p.owner == owner]
+            return [*self._preloaded.values(), *(p for p in self._profiles.items.values() if owner is None or p.owner == owner)]
 
     def delete_profile(self, name: str, owner: str = "local/default") -> None:
         """Forget profile ``name`` of ``owner`` (its sessions keep working until they are dropped)."""
         with self._lock:
             if self._profiles.get((owner, name), owner) is None:
+                self._refuse_preloaded(name, "deleted")
                 raise NotFoundError(f"unknown profile {clip(name, 64)!r}")
             del self._profiles.items[(owner, name)]
 
@@ -238,4 +264,4 @@ class ProfileStore:
     def counts(self) -> dict[str, int]:
         """How many profiles and sessions are held (all clients)."""
         with self._lock:
-            return {"profiles": len(self._profiles.items), "sessions": len(self._sessions.items)}
+            return {"profiles": len(self._profiles.items) + len(self._preloaded), "sessions": len(self._sessions.items)}

@@ -105,6 +105,8 @@ class ProfileOut(BaseModel):
     num_normal: int
     fit_ms: float
     created: float
+    preloaded: bool = Field(False, description="loaded by the server's operator (--profile): shared by every client, read-only")
+    false_alarm_rate: Optional[float] = Field(None, description="the share of good images its calibration is expected to flag")
 
 
 class InspectionOut(BaseModel):

@@ -18,7 +18,7 @@ from typing import TYPE_CHECKING, Any, Sequence
 from myriad.defaults import DEFAULT_EXPERT
 from myriad.inspection import DEFAULT_PRECISION
 from myriad.serve.bounds import BoundedModel
-from myriad.serve.errors import BadImageError, ConflictError, ForbiddenError, NotFoundError, ServeError
+from myriad.serve.errors import BadImageError, ConflictError, ForbiddenError, NotFoundError, ServeError, TooLargeError
 from myriad.serve.experts import check_expert_name, client_config, operator_config
 from myriad.serve.limits import Limits, check_count, check_file_size, clip, load_checked_image
 from myriad.serve.profiles import Profile, ProfileStore, Session, check_profile_name
@@ -45,6 +45,8 @@ class InspectionService:
         expert_config: dict[str, dict[str, Any]] | None = None,
         false_alarm_rate: float | None = None,
         answers: str = "facts",
+        lmm_source: str | Path | None = None,
+        state_dir: str | Path | None = None,
     ) -> None:
         from myriad.calibration import check_false_alarm_rate
         from myriad.inspection import ANSWER_ROUTES
@@ -67,6 +69,12 @@ class InspectionService:
         self.data_root = Path(data_root).resolve() if data_root is not None else None
         self.started = time.time()
         self._inference = threading.Lock()
+        #: what the LMM was loaded from (a profile's verdict calibration is kept only for the same weights)
+        self.lmm_source = lmm_source
+        #: where clients' fitted profiles are written (as ``myriad fit`` writes them) and read back at start
+        self.state_dir = Path(state_dir) if state_dir is not None else None
+        if self.state_dir is not None:
+            self.state_dir.mkdir(parents=True, exist_ok=True)
 
     @classmethod
     def load(cls, lmm: str | Path | None = "mini", device: str = "cpu", precision: str = DEFAULT_PRECISION, **kwargs: Any) -> "InspectionService":
@@ -78,7 +86,7 @@ class InspectionService:
 
         model = load_lmm(lmm, device, precision)
         label = "none" if model is None else str(lmm)
-        return cls(model, lmm_label=label, device=device, **kwargs)
+        return cls(model, lmm_label=label, device=device, lmm_source=None if model is None else lmm, **kwargs)
 
     @property
     def has_lmm(self) -> bool:
@@ -139,6 +147,88 @@ class InspectionService:
         return [e["name"] for e in self.experts()]
 
     # -- profiles ---------------------------------------------------------------------
+    def _inspector(self, expert: str, config: dict[str, Any]) -> Any:
+        from myriad.inspection import Inspector
+
+        inspector = Inspector(
+            expert, config, lmm="none", device=self.device, model=self.model, false_alarm_rate=self.false_alarm_rate,
+            answers=self.answers,
+        )
+        inspector.lmm_source = self.lmm_source
+        return inspector
+
+    def preload(self, name: str, directory: str | Path) -> Profile:
+        """Load a profile folder written by ``myriad fit`` as the operator's profile ``name``, shared by every
+        client (read-only). Its verdict calibration is kept when it was made with this server's LMM weights."""
+        from myriad.profiles import load_profile
+
+        check_profile_name(name)
+        saved = load_profile(directory)
+        inspector = self._inspector(saved.expert, {}).use_profile(saved)
+        profile = Profile(name=name, expert=saved.expert, config={}, mode=saved.detector.mode,
+                          num_normal=int(saved.record.get("num_normals", 0)), inspector=inspector, owner="operator")
+        self.store.preload(profile)
+        return profile
+
+    def _state_folder(self, owner: str) -> Path:
+        """The folder of ``owner``'s saved profiles under ``state_dir`` (named by a hash: owners are not paths)."""
+        import hashlib
+
+        assert self.state_dir is not None
+        return self.state_dir / hashlib.sha256(owner.encode()).hexdigest()[:24]
+
+    def _persist(self, profile: Profile) -> None:
+        """Write a client's fitted profile under ``state_dir`` (atomically; it replaces the previous one)."""
+        if self.state_dir is None or profile.mode == "zero_shot":
+            return
+        import json
+
+        from myriad.io import atomic_write_text
+        from myriad.profiles import save_profile
+
+        folder = self._state_folder(profile.owner)
+        folder.mkdir(parents=True, exist_ok=True)
+        atomic_write_text(folder / "owner.json", json.dumps({"owner": profile.owner}))
+        save_profile(profile.inspector, folder / profile.name, profile.num_normal, force=True)
+
+    def restore(self) -> tuple[int, list[str]]:
+        """Load every client's profile saved under ``state_dir`` (at start); ``(loaded, problems)``, one line each
+        for a profile that no longer loads (kept on disk, not served)."""
+        import json
+
+        from myriad.profiles import load_profile
+
+        if self.state_dir is None:
+            return 0, []
+        loaded, problems = 0, []
+        for folder in sorted(p for p in self.state_dir.iterdir() if p.is_dir()):
+            try:
+                owner = str(json.loads((folder / "owner.json").read_text())["owner"])
+            except (OSError, ValueError, KeyError, TypeError) as exc:
+                problems.append(f"{folder}: no readable owner.json ({exc})")
+                continue
+            for path in sorted(p for p in folder.iterdir() if p.is_dir() and not p.name.startswith(".")):
+                try:
+                    check_profile_name(path.name)
+                    saved = load_profile(path)
+                    inspector = self._inspector(saved.expert, {}).use_profile(saved)
+                    self.store.put_profile(Profile(
+                        name=path.name, expert=saved.expert, config={}, mode=saved.detector.mode,
+                        num_normal=int(saved.record.get("num_normals", 0)), inspector=inspector, owner=owner,
+                    ))
+                    loaded += 1
+                except Exception as exc:  # noqa: BLE001 - one bad profile must not stop the server; it is reported
+                    problems.append(f"{path}: {exc}")
+        return loaded, problems
+
+    def delete_profile(self, name: str, owner: str = DEFAULT_OWNER) -> None:
+        """Forget ``owner``'s profile ``name``, and its saved copy under ``state_dir``."""
+        import shutil
+
+        self.store.delete_profile(name, owner)
+        if self.state_dir is not None:
+            shutil.rmtree(self._state_folder(owner) / name, ignore_errors=True)
+
     def fit_profile(
         self,
         name: str,
@@ -146,27 +236,26 @@ class InspectionService:
         expert: str | None = None,
         config: dict[str, Any] | None = None,
         owner: str = DEFAULT_OWNER,
+        from_folder: bool = False,
     ) -> Profile:
         """Fit ``expert`` (default: the server's) on normal ``images`` and keep it as ``owner``'s profile ``name``.
 
         ``expert`` may be a fusion (``"patchcore+global"``); ``config`` holds the client's settings
         (per member for a fusion): only :data:`myriad.serve.experts.CLIENT_FIELDS`, bounded, over the
         operator's. Calibration uses the server's ``false_alarm_rate`` when it has one. A zero-shot-only expert (e.g. ``musc``) may be given no
-        images: it is used unfitted.
+        images: it is used unfitted. Uploads are capped at ``limits.max_files`` images; a server-side
+        folder (``from_folder``) is not. With a ``state_dir`` the fitted profile is also saved there.
         """
         from myriad.experts import Mode
-        from myriad.inspection import Inspector
 
         check_profile_name(name)
         expert = check_expert_name(expert, self.default_expert)
         client = dict(config or {})
         config = client_config(expert, client, operator_config(expert, self.expert_config))
-        check_count(len(images), "normal images", self.limits)
+        if not from_folder:
+            check_count(len(images), "normal images", self.limits)
         self.store.check_room(owner, name)
-        inspector = Inspector(
-            expert, config, lmm="none", device=self.device, model=self.model, false_alarm_rate=self.false_alarm_rate,
-            answers=self.answers,
-        )
+        inspector = self._inspector(expert, config)
         fit_ms = 0.0
         if images:
             with self._inference:
@@ -183,6 +272,7 @@ class InspectionService:
             owner=owner,
         )
         self.store.put_profile(profile)
+        self._persist(profile)
         return profile
 
     def folder_images(self, folder: str) -> list["np.ndarray"]:
@@ -204,7 +294,9 @@ class InspectionService:
         files = list_images(path)
         if not files:
             raise BadImageError(f"{clip(folder)}: no image files in this folder")
-        check_count(len(files), f"images in {clip(folder)}", self.limits)
+        if len(files) > self.limits.max_folder_images:  # not the upload cap: a bound on memory the operator sets
+            raise TooLargeError(f"{len(files)} images in {clip(folder)}: the limit is {self.limits.max_folder_images} "
+                                "images per folder (--max-folder-images)")
         images = []
         for file in files:
             shown = str(file.relative_to(self.data_root))
