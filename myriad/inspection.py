@@ -156,7 +156,6 @@ class Inspector:
         source = self.lmm_source
         if source is None:
             return {"name": "(a model object)", "sha256": None}
-        from myriad.lmm_loading import SHIPPED_MINI_WEIGHTS
         from myriad.profiles import file_sha256
 
         path = SHIPPED_MINI_WEIGHTS if source == "mini" else Path(source)

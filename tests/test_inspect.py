@@ -38,8 +38,12 @@ def test_inspect_expert_only_writes_records_and_overlays(folders, tmp_path, caps
         capsys,
     )
     assert code == 0, stderr
-    assert "skipped" in stderr and "broken.png" in stderr
-    records = [json.loads(line) for line in (out / "results.jsonl").read_text().splitlines()]
+    assert "warning:" in stderr and "broken.png: not a readable image" in stderr
+    rows = [json.loads(line) for line in (out / "results.jsonl").read_text().splitlines()]
+    errors = [r for r in rows if "error" in r]  # an unreadable image is an error row; the run goes on
+    assert len(errors) == 1 and errors[0]["image"].endswith("broken.png") and "not a readable image" in errors[0]["error"]
+    assert "5 images: 2 flagged, 2 normal, 1 errors" in stdout
+    records = [r for r in rows if "error" not in r]
     assert len(records) == 4
     keys = {"image", "expert", "mode", "score", "threshold", "expert_decision", "decision", "answer", "timings_ms", "overlay"}
     assert all(keys <= set(r) for r in records)
@@ -72,7 +76,8 @@ def test_overlay_and_shown_names_follow_the_folder_layout(folders, tmp_path, cap
     overlays = sorted(json.loads(line)["overlay"] for line in (out / "results.jsonl").read_text().splitlines())
     assert overlays == ["good_000_overlay.png", "good_001_overlay.png", "scratch_000_jpg_overlay.png", "scratch_000_png_overlay.png"]
     lines = stdout.splitlines()
-    shown = sorted(line.split(":")[0] for line in lines if ": " in line and "overlays" not in line and not line.startswith(" "))
+    shown = sorted(line.split(":")[0] for line in lines
+                   if ": " in line and "overlays" not in line and not line.startswith(" ") and " images: " not in line)
     assert shown == ["good/000.png", "good/001.png", "scratch/000.jpg", "scratch/000.png"]
     # every image's line is followed by the grounded answer measured on its map, verdict first
     grounded = [line for line in lines if line.startswith("  from the map: ")]
@@ -240,6 +245,7 @@ def test_cli_withholds_a_degenerate_lmm_answer_and_prints_the_grounded_one(monke
     )
     assert code == 0, stderr
     records = [json.loads(line) for line in (out / "results.jsonl").read_text().splitlines()]
+    records = [r for r in records if "error" not in r]  # broken.png is an error row
     assert records and all(r["answer_degenerate"] for r in records)  # the random model's text fails the check
     for r in records:
         assert r["answer"] not in stdout  # never shown
@@ -253,6 +259,7 @@ def test_cli_withholds_a_degenerate_lmm_answer_and_prints_the_grounded_one(monke
     )
     assert code == 0, stderr
     records = [json.loads(line) for line in (out / "results.jsonl").read_text().splitlines()]
+    records = [r for r in records if "error" not in r]
     for r in records:
         assert r["answer"] == r["grounded_answer"] and not r["answer_degenerate"] and r["answer_route"] == "facts"
         assert r["decision"] == r["expert_decision"] and f'"{r["answer"]}"' in stdout
@@ -260,7 +267,8 @@ def test_cli_withholds_a_degenerate_lmm_answer_and_prints_the_grounded_one(monke
 
 
 def test_cli_names_the_file_of_another_size_in_a_tiled_run(tmp_path, capsys):
-    """Tiled scoring needs one size: an odd normal image or test image is named by its file, nothing is written."""
+    """Tiled scoring needs one size: an odd normal image stops the fit, named, nothing written; an odd test image is
+    an error row naming it, and the others are inspected."""
     rng = np.random.default_rng(0)
 
     def save(path: Path, side: int) -> None:
@@ -278,6 +286,7 @@ def test_cli_names_the_file_of_another_size_in_a_tiled_run(tmp_path, capsys):
     (tmp_path / "good" / "odd.png").unlink()
     save(tmp_path / "test" / "b.png", 300)
     code, _, err = run_cli(["inspect", str(tmp_path / "test"), "--normal", str(tmp_path / "good"), *args], capsys)
-    assert code not in (0, None) and len(err.strip().splitlines()) == 1
+    assert code == 0 and len(err.strip().splitlines()) == 1
     assert "b.png" in err and "a.png" not in err and "fitted on 400 x 400" in err
-    assert not (tmp_path / "out").exists()
+    rows = [json.loads(line) for line in (tmp_path / "out" / "results.jsonl").read_text().splitlines()]
+    assert [("error" in r, Path(r["image"]).name) for r in rows] == [(False, "a.png"), (True, "b.png")]

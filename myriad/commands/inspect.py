@@ -3,9 +3,6 @@
 from __future__ import annotations
 
 import json
-import os
-import shutil
-import tempfile
 from pathlib import Path
 from typing import Any
 
@@ -49,6 +46,21 @@ def collect_images(sources: tuple[Path, ...] | list[Path], what: str) -> tuple[l
     return readable, skipped
 
 
+def list_candidates(sources: tuple[Path, ...] | list[Path], what: str) -> list[Path]:
+    """Image files named by ``sources`` (files, or folders searched recursively), by suffix; nothing decoded."""
+    from myriad.images import is_image_file
+
+    found: list[Path] = []
+    for source in sources:
+        if source.is_dir():
+            found += sorted(p for p in source.rglob("*") if p.is_file() and not p.name.startswith(".") and is_image_file(p))
+        elif source.is_file():
+            found.append(source)
+        else:
+            raise click.UsageError(f"{what}: {source} does not exist")
+    return found
+
+
 @click.command("inspect")
 @click.argument("images", nargs=-1, required=True, type=click.Path(path_type=Path))
 @click.option("--normal", "normal", multiple=True, type=click.Path(path_type=Path), help="Normal reference images or folders (repeatable).")
@@ -63,6 +75,9 @@ def collect_images(sources: tuple[Path, ...] | list[Path], what: str) -> tuple[l
 @click.option("--lmm", default="mini", show_default=True, help="'mini' (shipped weights), a weights file, or 'none' (expert only).")
 @click.option("--batch-size", "-b", default=8, show_default=True, type=int)
 @click.option("--device", default="cpu", show_default=True)
+@click.option("--resume", is_flag=True, help="Continue an unfinished (or finished) run in OUTPUT: images already done are skipped.")
+@click.option("--format", "formats", type=click.Choice(["jsonl", "parquet"]), default="jsonl", show_default=True,
+              help="Results as JSON lines only, or also as Parquet (OUTPUT/results.parquet; needs pyarrow).")
 @precision_option
 @false_alarm_rate_option
 @calibration_option
@@ -70,16 +85,20 @@ def collect_images(sources: tuple[Path, ...] | list[Path], what: str) -> tuple[l
 @answers_option
 @verdict_option
 def inspect_command(
-    images, normal, profile_dir, expert, config_json, ask, output, lmm, batch_size, device, precision, false_alarm_rate,
-    calibration, tile, answers, verdict,
+    images, normal, profile_dir, expert, config_json, ask, output, lmm, batch_size, device, resume, formats, precision,
+    false_alarm_rate, calibration, tile, answers, verdict,
 ) -> None:
     """Fit EXPERT on --normal images (or load a fitted --profile), then inspect IMAGES (files or folders).
 
     Prints one line per image (Myriad's answer is withheld when it is degenerate) and the grounded
-    answer measured on the map, and writes OUTPUT/results.jsonl and OUTPUT/<path>_overlay.png.
+    answer measured on the map, and appends each batch to OUTPUT/results.jsonl.part (renamed
+    results.jsonl when every image is done; --resume continues a killed run) and writes
+    OUTPUT/<path>_overlay.png. An image that cannot be read or inspected is an error row; the run goes on.
     """
+    import time
+
     from myriad.inspection import Inspector
-    from myriad.io import atomic_write_text
+    from myriad.run_results import ResultsWriter, check_output
 
     profile = None
     if profile_dir is not None:
@@ -93,12 +112,15 @@ def inspect_command(
         from myriad.answers_text import check_question
 
         check_question(ask, "--ask")  # empty or over-long: refused before any fitting
-    test_paths, skipped = collect_images(images, "IMAGES")
+    if batch_size < 1:
+        raise click.BadParameter("must be at least 1", param_hint="--batch-size")
+    test_paths = list_candidates(images, "IMAGES")
     normal_paths, skipped_normal = collect_images(normal, "--normal") if normal else ([], [])
-    for path, reason in skipped + skipped_normal:
+    for path, reason in skipped_normal:
         click.echo(f"warning: skipped {path}: {reason}", err=True)
     if not test_paths:
         raise click.ClickException(f"no readable images to inspect in {', '.join(map(str, images))}")
+    check_output(output, resume)  # before a long fit: an unfinished run here is continued only with --resume
     inspector = Inspector(
         expert, config, lmm=lmm, device=device, precision=precision, false_alarm_rate=false_alarm_rate, tile=tile,
         answers=answers, calibration=calibration, verdict=verdict,
@@ -127,23 +149,23 @@ def inspect_command(
             "threshold). A few normal images given with --normal calibrate a zero-shot expert; it does not train on them.",
             err=True,
         )
-    # Overlays are written to a hidden folder inside OUTPUT and moved into place only once every image is
-    # inspected: a run that fails half-way leaves OUTPUT as it was (no new overlays, no results.jsonl).
-    created = not output.exists()
-    output.mkdir(parents=True, exist_ok=True)
-    staging = Path(tempfile.mkdtemp(prefix=".inspect-", dir=output))
-    try:
-        records = _inspect_all(inspector, test_paths, batch_size, ask, staging)
-        for record in records:
-            os.replace(staging / record["overlay"], output / record["overlay"])
-        atomic_write_text(output / "results.jsonl", "".join(json.dumps(r) + "\n" for r in records))
-    except BaseException:
-        if created:
-            shutil.rmtree(output, ignore_errors=True)
-        raise
-    finally:
-        shutil.rmtree(staging, ignore_errors=True)
-    click.echo(f"wrote {output / 'results.jsonl'} ({len(records)} images) and overlays in {output}")
+    identity = {
+        "expert": expert, "config": config, "lmm": lmm, "ask": ask, "answers": answers, "verdict": verdict,
+        "profile": None if profile_dir is None else str(Path(profile_dir).resolve()),
+        "normal": [str(Path(p).resolve()) for p in normal_paths],
+        "false_alarm_rate": false_alarm_rate, "calibration": calibration, "tile": str(tile),
+    }
+    writer = ResultsWriter(output, identity, resume=resume, parquet=formats == "parquet")
+    todo = [p for p in test_paths if str(p.resolve()) not in writer.done]
+    if resume and len(todo) < len(test_paths):
+        click.echo(f"resuming: {len(test_paths) - len(todo)} of {len(test_paths)} images already done", err=True)
+    started = time.perf_counter()
+    _inspect_all(inspector, test_paths, todo, batch_size, ask, output, writer)
+    seconds = time.perf_counter() - started
+    final = writer.finish()
+    click.echo(f"wrote {final} ({len(writer.rows)} images) and overlays in {output}")
+    for line in _summary(writer.rows, len(todo), seconds, inspector):
+        click.echo(line, err=line.startswith("warning"))
     if calibration_note:
         click.echo(calibration_note)
 
@@ -162,38 +184,110 @@ def _refuse_fit_options(ctx: click.Context) -> None:
         raise click.UsageError(f"{names}: set when the profile was fitted; refit it with `myriad fit ... -o PROFILE` to change")
 
 
-def _inspect_all(inspector: Any, test_paths: list[Path], batch_size: int, ask: str | None, folder: Path) -> list[dict]:
-    """Inspect every image in batches, print its lines and write its overlay into ``folder``; the records."""
+def _inspect_all(
+    inspector: Any, all_paths: list[Path], todo: list[Path], batch_size: int, ask: str | None, folder: Path, writer: Any
+) -> None:
+    """Inspect ``todo`` in batches: print each image's lines, write its overlay into ``folder`` and append the
+    batch's rows to ``writer`` (an image that cannot be read or inspected is an error row, the run goes on)."""
+    from tqdm import tqdm
+
+    from myriad.errors import ImageError
+    from myriad.images import load_image
+
+    shown_names = _display_names(all_paths)
+    overlay_names = _unique_overlay_names(shown_names)
+    with tqdm(total=len(all_paths), initial=len(all_paths) - len(todo), unit="img", desc="inspect",
+              disable=None, leave=False, dynamic_ncols=True) as bar:
+        for start in range(0, len(todo), batch_size):
+            batch = todo[start : start + batch_size]
+            rows: dict[Path, dict] = {}
+            readable: list[tuple[Path, Any]] = []
+            for path in batch:
+                try:
+                    readable.append((path, load_image(path)))
+                except ImageError as exc:
+                    rows[path] = _error_row(path, shown_names[path], str(exc))
+            for path, result in _inspect_batch(inspector, readable, ask, rows, shown_names):
+                rows[path] = _result_row(path, result, shown_names[path], overlay_names[path], folder)
+            writer.append(rows[p] for p in batch)
+            bar.update(len(batch))
+
+
+def _inspect_batch(inspector: Any, readable: list[tuple[Path, Any]], ask: str | None, rows: dict, shown: dict) -> list:
+    """``(path, result)`` of each readable image: the batch at once, or one by one when an image fails it."""
+    from myriad.errors import ImageError
+
+    if not readable:
+        return []
+    try:
+        results = inspector.inspect([image for _, image in readable], ask=ask, names=[str(p) for p, _ in readable])
+        return list(zip([p for p, _ in readable], results))
+    except ImageError as exc:
+        if len(readable) == 1:
+            path = readable[0][0]
+            rows[path] = _error_row(path, shown[path], str(exc))
+            return []
+    out = []
+    for path, image in readable:  # isolate the image at fault; the others are inspected
+        try:
+            out.append((path, inspector.inspect([image], ask=ask, names=[str(path)])[0]))
+        except ImageError as exc:
+            rows[path] = _error_row(path, shown[path], str(exc))
+    return out
+
+
+def _error_row(path: Path, shown: str, reason: str) -> dict:
+    """The row of an image that could not be read or inspected (printed as a warning too)."""
+    message = reason if str(path) in reason else f"{path}: {reason}"
+    click.echo(f"warning: {message}", err=True)
+    return {"image": str(path), "path": str(path.resolve()), "error": message}
+
+
+def _result_row(path: Path, result: Any, shown: str, overlay_name: str, folder: Path) -> dict:
+    """Print an image's lines, write its overlay, and return its row."""
     from PIL import Image
 
     from myriad.evaluation.overlay import overlay
     from myriad.io import atomic_path
 
-    shown_names = _display_names(test_paths)
-    overlay_names = _unique_overlay_names(shown_names)
-    records = []
-    for start in range(0, len(test_paths), batch_size):
-        batch = test_paths[start : start + batch_size]
-        for path, result in zip(batch, inspector.inspect(batch, ask=ask, names=[str(p) for p in batch])):
-            flag = result.decision.upper()
-            withheld = result.answer_problems
-            if withheld:
-                answer = f" (Myriad's answer withheld: {', '.join(withheld)})"
-            else:
-                answer = f' "{result.answer}"' if result.answer else ""
-            fired = ""
-            if result.members:
-                fired = " [" + ", ".join(f"{n} {m['score']:.2f}" for n, m in result.members.items()) + "]"
-            click.echo(
-                f"{shown_names[path]}: {flag} (expert score {result.score:.2f}{fired}, "
-                f"threshold {result.threshold:.2f}){answer}"
+    flag = result.decision.upper()
+    withheld = result.answer_problems
+    if withheld:
+        answer = f" (Myriad's answer withheld: {', '.join(withheld)})"
+    else:
+        answer = f' "{result.answer}"' if result.answer else ""
+    fired = ""
+    if result.members:
+        fired = " [" + ", ".join(f"{n} {m['score']:.2f}" for n, m in result.members.items()) + "]"
+    click.echo(f"{shown}: {flag} (expert score {result.score:.2f}{fired}, threshold {result.threshold:.2f}){answer}")
+    if result.grounded_answer and result.answer != result.grounded_answer:
+        click.echo(f"  from the map: {result.grounded_answer}")
+    with atomic_path(folder / overlay_name) as tmp:
+        Image.fromarray(overlay(result.pixels, result.overlay_map(), caption=result.caption())).save(tmp, format="PNG")
+    return {**result.as_record(), "path": str(path.resolve()), "overlay": overlay_name}
+
+
+def _summary(rows: list[dict], inspected: int, seconds: float, inspector: Any) -> list[str]:
+    """The run's summary: counts, alarms, errors, throughput, and a warning when alarms run far above the stated rate."""
+    from scipy.stats import binomtest
+
+    errors = sum(1 for r in rows if "error" in r)
+    decided = [r for r in rows if "error" not in r]
+    alarms = sum(1 for r in decided if r.get("decision") == "anomalous")
+    speed = f", {inspected / seconds:.2f} images/s" if inspected and seconds > 0 else ""
+    lines = [f"{len(rows)} images: {alarms} flagged, {len(decided) - alarms} normal, {errors} errors; "
+             f"{inspected} inspected in this call in {seconds:.0f} s{speed}"]
+    rate = inspector.verdict_false_alarm_rate
+    if decided and rate:
+        share = alarms / len(decided)
+        p = binomtest(alarms, len(decided), min(max(rate, 1e-9), 1.0), alternative="greater").pvalue
+        if share > 2 * rate and p < 1e-3:
+            lines.append(
+                f"warning: {_percent(share)} of the images were flagged, far above the {_percent(rate)} of good parts "
+                "the calibration expects: many defects, a drift of the line (light, camera, material), a bad batch, "
+                "or normal images of another product"
             )
-            if result.grounded_answer and result.answer != result.grounded_answer:
-                click.echo(f"  from the map: {result.grounded_answer}")
-            with atomic_path(folder / overlay_names[path]) as tmp:
-                Image.fromarray(overlay(result.pixels, result.overlay_map(), caption=result.caption())).save(tmp, format="PNG")
-            records.append({**result.as_record(), "overlay": overlay_names[path]})
-    return records
+    return lines
 
 
 def _display_names(paths: list[Path]) -> dict[Path, str]:
