@@ -111,6 +111,9 @@ class Inspector:
         self.detector: Any = None
         #: how the verdict is decided for the fitted expert (:mod:`myriad.verdict`; set by :meth:`fit`)
         self.verdict: Any = None
+        #: the line's acceptance rules applied after the verdict (:meth:`set_rules`; None: none)
+        self.rules: Any = None
+        self._review_floor: float | None = None
         #: what ``lmm`` named (None when a model object was passed in): a profile records it with its sha256
         self.lmm_source = None if model is not None else lmm
         self.model = model if model is not None else load_lmm(lmm, device, precision)
@@ -149,6 +152,18 @@ class Inspector:
                 member.heldout_predictions = None
         return self
 
+    def set_rules(self, rules: Any) -> "Inspector":
+        """Apply acceptance rules (:class:`myriad.acceptance.AcceptanceRules`, or None for none) after the
+        verdict. Call after :meth:`fit` / :meth:`use_profile`: ``review_rate`` is calibrated on the fitted
+        expert's held-out normals (ConfigError when it keeps none)."""
+        from myriad.acceptance import review_floor
+
+        if rules is not None and rules.review_rate is not None and self.detector is None:
+            raise ConfigError("fit the expert (or use a profile) before setting a review_rate rule")
+        self._review_floor = None if rules is None else review_floor(rules, _heldout_calibrated(self.detector), DECISION_THRESHOLD)
+        self.rules = rules
+        return self
+
     def lmm_identity(self) -> dict[str, Any] | None:
         """``{"name", "sha256"}`` of the LMM weights in use (sha256 None when unknown); None without an LMM."""
         if self.model is None:
@@ -173,6 +188,7 @@ class Inspector:
         self.detector = profile.detector
         self.expert_name = profile.expert
         self.verdict = None
+        self.set_rules(getattr(profile, "rules", None))
         if self.model is None or self.answers != "facts":
             return self
         saved, made_with = profile.verdict, profile.record.get("verdict_lmm") or {}
@@ -274,6 +290,11 @@ class Inspector:
         ):
             findings, located_map = _measure(det, image, decision if facts else None, few_shot=few_shot)
             grounded = _compose(findings, question_type)
+            before, rule = None, ""
+            if self.rules is not None:
+                outcome = self._apply_rules(decision, det.score, findings, located_map, image)
+                before, decision, rule = decision, outcome.decision, outcome.rule
+                findings = outcome.findings
             results.append(
                 InspectionResult(
                     image=name,
@@ -297,9 +318,27 @@ class Inspector:
                     verdict_source=source,
                     lmm_margin=margin,
                     verdict_false_alarm_rate=verdict_rate,
+                    decision_before_rules=before,
+                    rule=rule,
                 )
             )
         return results
+
+    def _apply_rules(self, decision: str, score: float, findings: Any, located_map: Any, image: Any) -> Any:
+        """The acceptance rules' outcome for one image (findings re-measured where an area is ignored)."""
+        from myriad.acceptance import apply_rules
+        from myriad.findings import measure_findings
+
+        def remeasure(masked: Any) -> Any:
+            import numpy as np
+
+            peak = float(masked.max()) if masked.size else 0.0
+            return measure_findings(masked, max(min(score, peak), 0.0) if peak < DECISION_THRESHOLD else score,
+                                    peak >= DECISION_THRESHOLD, threshold=DECISION_THRESHOLD,
+                                    texture_wide=False, image=image if np.asarray(image).ndim == 3 else None)
+
+        return apply_rules(self.rules, decision, score, findings, located_map, remeasure, self._review_floor,
+                           DECISION_THRESHOLD)
 
     def follow_up(self, result: InspectionResult, question: str, conversation: Any = None) -> tuple[str, Any]:
         """Ask a follow-up about an inspected image; returns (answer, conversation to continue).
@@ -427,6 +466,25 @@ def _measure(
         anomaly_map, detection.score, anomalous, threshold=DECISION_THRESHOLD, texture_wide=texture_wide, image=image
     )
     return findings, anomaly_map
+
+
+def _heldout_calibrated(detector: Any) -> "np.ndarray | None":
+    """The calibrated scores of the held-out normals the expert was calibrated on (None when it kept none)."""
+    import numpy as np
+
+    members = getattr(detector, "members", None)
+    if members is None:
+        calibrator = getattr(detector, "calibrator", None)
+        if calibrator is None or not calibrator.heldout:
+            return None
+        return np.asarray(calibrator.apply(np.asarray(calibrator.heldout, dtype=np.float64)), dtype=np.float64)
+    fused = getattr(detector, "fused_calibrator", None)
+    held = [m.calibrator.heldout if m.calibrator is not None else None for m in members]
+    if fused is None or any(not h for h in held):
+        return None
+    from myriad.tail_evidence import heldout_evidence
+
+    return np.asarray(fused.apply(heldout_evidence(held)), dtype=np.float64)
 
 
 def _strongest(members: dict[str, dict[str, Any]], fired: set[str]) -> str | None:

@@ -56,6 +56,10 @@ class InspectionResult:
     #: the share of normal images the verdict is expected to flag (the expert's plus what the LMM adds;
     #: :meth:`myriad.verdict.VerdictCalibration.false_alarm_rate`); None when unknown
     verdict_false_alarm_rate: float | None = None
+    #: the decision before the line's acceptance rules (:mod:`myriad.acceptance`); None when no rules apply
+    decision_before_rules: str | None = None
+    #: the acceptance rule that changed the decision ('' when none did)
+    rule: str = ""
 
     @property
     def answer_problems(self) -> list[str]:
@@ -95,6 +99,9 @@ class InspectionResult:
             extra["answer_degenerate"] = self.answer_problems
         if self.false_alarm_rate is not None:
             extra["false_alarm_rate"] = round(self.false_alarm_rate, 4)
+        if self.decision_before_rules is not None:
+            extra["decision_before_rules"] = self.decision_before_rules
+            extra["rule"] = self.rule
         if self.lmm_answer:
             extra["answer_route"] = self.answer_route
             extra["lmm_answer"] = self.lmm_answer

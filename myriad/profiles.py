@@ -43,6 +43,8 @@ PROFILE_VERSION = 1
 PROFILE_FILE = "profile.json"
 MANIFEST_FILE = "manifest.json"
 VERDICT_FILE = "verdict.json"
+RULES_FILE = "rules.json"
+RULES_MASK_FILE = "rules_ignore_mask.png"
 DETECTOR_DIR = "detector"
 
 
@@ -58,6 +60,8 @@ class Profile:
     record: dict[str, Any]
     detector: Any
     verdict: "VerdictCalibration | None"
+    #: the line's acceptance rules saved with it (:class:`myriad.acceptance.AcceptanceRules`), or None
+    rules: Any = None
 
     @property
     def expert(self) -> str:
@@ -133,6 +137,14 @@ def save_profile(
         if inspector.verdict is not None:
             verdict = {"calibration": inspector.verdict.to_dict(), "lmm": inspector.lmm_identity()}
             atomic_write_text(staging / VERDICT_FILE, json.dumps(verdict, indent=2))
+        rules = getattr(inspector, "rules", None)
+        rules_data = None
+        if rules is not None:
+            rules_data = rules.model_dump(mode="json")
+            if rules.ignore_mask is not None:  # the mask travels inside the profile (and its manifest)
+                shutil.copyfile(rules.ignore_mask, staging / RULES_MASK_FILE)
+                rules_data["ignore_mask"] = RULES_MASK_FILE
+            atomic_write_text(staging / RULES_FILE, json.dumps(rules_data, indent=2))
         record = {
             "format": PROFILE_FORMAT,
             "format_version": PROFILE_VERSION,
@@ -149,6 +161,7 @@ def save_profile(
             "false_alarm_rate": getattr(detector, "false_alarm_rate", None),
             "verdict_rule": inspector.verdict_rule if verdict else None,
             "verdict_false_alarm_rate": inspector.verdict_false_alarm_rate if verdict else None,
+            "rules": None if rules_data is None else {k: v for k, v in rules_data.items() if v not in (None, [])},
         }
         atomic_write_text(staging / PROFILE_FILE, json.dumps(record, indent=2))
         manifest = {"algorithm": "sha256", "files": {name: file_sha256(staging / name) for name in _files(staging)}}
@@ -259,7 +272,20 @@ def load_profile(directory: str | Path) -> Profile:
         except (KeyError, TypeError, ValueError, ConfigError) as exc:
             raise ProfileError(f"{directory / VERDICT_FILE}: invalid verdict calibration: {exc}") from None
         record = {**record, "verdict_lmm": data.get("lmm")}
-    return Profile(directory, record, detector, verdict)
+    rules = None
+    if (directory / RULES_FILE).is_file():
+        from pydantic import ValidationError
+
+        from myriad.acceptance import AcceptanceRules
+
+        data = _read_json(directory / RULES_FILE, "the acceptance rules")
+        if data.get("ignore_mask"):
+            data["ignore_mask"] = str(directory / str(data["ignore_mask"]))
+        try:
+            rules = AcceptanceRules.model_validate(data)
+        except ValidationError as exc:
+            raise ProfileError(f"{directory / RULES_FILE}: invalid acceptance rules: {exc.errors()[0].get('msg')}") from None
+    return Profile(directory, record, detector, verdict, rules)
 
 
 def describe(record: dict[str, Any]) -> list[str]:
@@ -280,6 +306,8 @@ def describe(record: dict[str, Any]) -> list[str]:
                      + (f" (sha256 {str(lmm['sha256'])[:12]})" if lmm.get("sha256") else ""))
     else:
         lines.append("Myriad's verdict: not calibrated (the expert's decision, or the LMM's own answer with --verdict lmm)")
+    if record.get("rules"):
+        lines.append(f"acceptance rules: {record['rules']}")
     for member in record.get("members", []):
         config = member.get("config", {})
         backbone = config.get("backbone")

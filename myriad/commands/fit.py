@@ -11,7 +11,9 @@ import click
 from myriad.commands.options import (
     calibration_option,
     false_alarm_rate_option,
+    load_rules_option,
     precision_option,
+    rules_option,
     tile_option,
     verdict_option,
 )
@@ -34,8 +36,9 @@ from myriad.defaults import DEFAULT_EXPERT
 @calibration_option
 @tile_option
 @verdict_option
+@rules_option
 def fit_command(normal, output, expert, config_json, lmm, device, force, precision, false_alarm_rate, calibration, tile,
-                verdict) -> None:
+                verdict, rules_file) -> None:
     """Fit EXPERT on NORMAL images (files or folders) and write a profile to --output.
 
     `myriad inspect IMAGES --profile PROFILE` then inspects without refitting; `myriad profile
@@ -48,6 +51,7 @@ def fit_command(normal, output, expert, config_json, lmm, device, force, precisi
     if output.exists() and not force:
         raise ProfileError(f"{output}: already exists (pass --force to replace it)")
     config = _parse_config(config_json)
+    rules = load_rules_option(rules_file)
     paths, skipped = collect_images(normal, "NORMAL")
     for path, reason in skipped:
         click.echo(f"warning: skipped {path}: {reason}", err=True)
@@ -56,13 +60,15 @@ def fit_command(normal, output, expert, config_json, lmm, device, force, precisi
     inspector = Inspector(expert, config, lmm=lmm, device=device, precision=precision, false_alarm_rate=false_alarm_rate,
                           tile=tile, calibration=calibration, verdict=verdict)
     inspector.fit(paths)
+    inspector.set_rules(rules)
     parts = ["myriad", "fit", *map(str, normal), "--expert", expert]
     if config:
         parts += ["--config", json.dumps(config, separators=(",", ":"))]
     if false_alarm_rate is not None:
         parts += ["--false-alarm-rate", str(false_alarm_rate)]
     for flag, value, default in (("--calibration", calibration, "auto"), ("--tile", str(tile), "auto"),
-                                 ("--lmm", str(lmm), "mini"), ("--verdict", verdict, "either")):
+                                 ("--lmm", str(lmm), "mini"), ("--verdict", verdict, "either"),
+                                 ("--rules", str(rules_file), "None")):
         if value != default:
             parts += [flag, value]
     parts += ["-o", str(output)]

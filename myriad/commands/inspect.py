@@ -12,7 +12,9 @@ from myriad.commands.options import (
     answers_option,
     calibration_option,
     false_alarm_rate_option,
+    load_rules_option,
     precision_option,
+    rules_option,
     tile_option,
     verdict_option,
 )
@@ -84,9 +86,10 @@ def list_candidates(sources: tuple[Path, ...] | list[Path], what: str) -> list[P
 @tile_option
 @answers_option
 @verdict_option
+@rules_option
 def inspect_command(
     images, normal, profile_dir, expert, config_json, ask, output, lmm, batch_size, device, resume, formats, precision,
-    false_alarm_rate, calibration, tile, answers, verdict,
+    false_alarm_rate, calibration, tile, answers, verdict, rules_file,
 ) -> None:
     """Fit EXPERT on --normal images (or load a fitted --profile), then inspect IMAGES (files or folders).
 
@@ -114,6 +117,7 @@ def inspect_command(
         check_question(ask, "--ask")  # empty or over-long: refused before any fitting
     if batch_size < 1:
         raise click.BadParameter("must be at least 1", param_hint="--batch-size")
+    rules = load_rules_option(rules_file)
     test_paths = list_candidates(images, "IMAGES")
     normal_paths, skipped_normal = collect_images(normal, "--normal") if normal else ([], [])
     for path, reason in skipped_normal:
@@ -149,11 +153,14 @@ def inspect_command(
             "threshold). A few normal images given with --normal calibrate a zero-shot expert; it does not train on them.",
             err=True,
         )
+    if rules is not None:  # replaces a profile's rules
+        inspector.set_rules(rules)
     identity = {
         "expert": expert, "config": config, "lmm": lmm, "ask": ask, "answers": answers, "verdict": verdict,
         "profile": None if profile_dir is None else str(Path(profile_dir).resolve()),
         "normal": [str(Path(p).resolve()) for p in normal_paths],
         "false_alarm_rate": false_alarm_rate, "calibration": calibration, "tile": str(tile),
+        "rules": None if inspector.rules is None else inspector.rules.model_dump(mode="json"),
     }
     writer = ResultsWriter(output, identity, resume=resume, parquet=formats == "parquet")
     todo = [p for p in test_paths if str(p.resolve()) not in writer.done]
@@ -259,7 +266,10 @@ def _result_row(path: Path, result: Any, shown: str, overlay_name: str, folder: 
     fired = ""
     if result.members:
         fired = " [" + ", ".join(f"{n} {m['score']:.2f}" for n, m in result.members.items()) + "]"
-    click.echo(f"{shown}: {flag} (expert score {result.score:.2f}{fired}, threshold {result.threshold:.2f}){answer}")
+    ruled = ""
+    if result.rule:
+        ruled = f" [{result.decision_before_rules} before the rules; {result.rule}]"
+    click.echo(f"{shown}: {flag}{ruled} (expert score {result.score:.2f}{fired}, threshold {result.threshold:.2f}){answer}")
     if result.grounded_answer and result.answer != result.grounded_answer:
         click.echo(f"  from the map: {result.grounded_answer}")
     with atomic_path(folder / overlay_name) as tmp:
@@ -274,8 +284,11 @@ def _summary(rows: list[dict], inspected: int, seconds: float, inspector: Any) -
     errors = sum(1 for r in rows if "error" in r)
     decided = [r for r in rows if "error" not in r]
     alarms = sum(1 for r in decided if r.get("decision") == "anomalous")
+    reviews = sum(1 for r in decided if r.get("decision") == "review")
+    accepted = sum(1 for r in decided if r.get("rule") and r.get("decision") == "normal")
     speed = f", {inspected / seconds:.2f} images/s" if inspected and seconds > 0 else ""
-    lines = [f"{len(rows)} images: {alarms} flagged, {len(decided) - alarms} normal, {errors} errors; "
+    ruled = f", {reviews} for review, {accepted} alarms accepted by the rules" if any("rule" in r for r in decided) else ""
+    lines = [f"{len(rows)} images: {alarms} flagged, {len(decided) - alarms - reviews} normal, {errors} errors{ruled}; "
              f"{inspected} inspected in this call in {seconds:.0f} s{speed}"]
     rate = inspector.verdict_false_alarm_rate
     if decided and rate:

@@ -2,6 +2,9 @@
 
 from __future__ import annotations
 
+from pathlib import Path
+from typing import Any
+
 import click
 
 from myriad.inspection import ANSWER_ROUTES, DEFAULT_ANSWER_ROUTE, DEFAULT_PRECISION, PRECISIONS
@@ -98,3 +101,27 @@ tile_option = click.option(
     help="Score large images in overlapping tiles at native resolution: auto = 256 px tiles when the shorter side "
     "exceeds 384 px; none = let the expert resize whole images; or a tile side in pixels.",
 )
+
+
+#: ``--rules``: a line's acceptance rules applied after the verdict (``inspect``, ``fit``; :mod:`myriad.acceptance`).
+rules_option = click.option(
+    "--rules",
+    "rules_file",
+    type=click.Path(dir_okay=False, path_type=Path),
+    default=None,
+    metavar="FILE",
+    help="Acceptance rules (TOML): ignore areas, a minimum defect area, a severity floor, a review band, accepted "
+    "kinds; applied after the verdict. With fit, saved in the profile; with inspect, they replace the profile's.",
+)
+
+
+def load_rules_option(rules_file: "Path | None") -> "Any":
+    """The rules of ``--rules`` (None without), their warnings printed to stderr."""
+    if rules_file is None:
+        return None
+    from myriad.acceptance import load_rules
+
+    rules = load_rules(rules_file)
+    for warning in rules.warnings():
+        click.echo(f"warning: {warning}", err=True)
+    return rules

@@ -145,6 +145,11 @@ class InspectionOut(BaseModel):
         None, description="the share of normal images Myriad's verdict is expected to flag: the expert's plus what the "
         "LMM's calibrated alarms add; null when unknown (the 'lmm' route, or an uncalibrated verdict rule)"
     )
+    decision_before_rules: Optional[str] = Field(
+        None, description="the verdict before the profile's acceptance rules ('decision' is after them: 'anomalous', "
+        "'normal' or 'review'); null when the profile has no rules"
+    )
+    rule: Optional[str] = Field(None, description="the acceptance rule that changed the decision ('' when none did)")
     members: Optional[dict[str, MemberOut]] = Field(
         None, description="a fused expert: each member's calibrated score and decision, by member name (the fused "
         "score is their maximum, anomalous when any member is); null for one expert"

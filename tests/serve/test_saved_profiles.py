@@ -109,3 +109,21 @@ def test_a_folder_is_not_held_to_the_upload_cap(samples, tmp_path):
                     base_url="http://localhost") as c:
         response = c.post("/api/profiles/p", data={"folder": "good", **CONFIG})
         assert response.status_code == 413 and "--max-folder-images" in response.json()["detail"]
+
+
+def test_a_preloaded_profile_applies_its_acceptance_rules(samples, tmp_path):
+    from myriad.acceptance import AcceptanceRules
+    from myriad.inspection import Inspector
+    from myriad.profiles import save_profile
+
+    inspector = Inspector(SINGLE, FAST_PATCHCORE, lmm="none").fit([str(p) for p in samples["normal"]])
+    inspector.set_rules(AcceptanceRules(ignore_boxes=[(0.0, 0.0, 1.0, 1.0)], review_band=0.5))
+    saved = save_profile(inspector, tmp_path / "ruled", len(samples["normal"]))
+    app = create_app(expert=SINGLE, lmm="none", ui=False, profiles={"ruled": saved})
+    with TestClient(app, base_url="http://localhost") as c:
+        results = [_inspect(c, "ruled", p, ALICE).json() for p in samples["defect"] + samples["good"]]
+    for r in results:  # a located alarm in the ignored area is accepted; a texture-wide one is never ignored
+        if r["decision_before_rules"] == "anomalous":
+            assert (r["decision"], r["rule"][:6]) == (("anomalous", "") if r["findings"]["texture_wide"] else ("normal", "ignore"))
+    normal = [r for r in results if r["decision_before_rules"] == "normal"]
+    assert normal and all(r["decision"] == "review" and "review band" in r["rule"] for r in normal)

@@ -120,7 +120,8 @@ function renderAnswer(r) {
   const verdict = document.createElement("p");
   verdict.className = "verdict";
   verdict.textContent = r.decision.toUpperCase() + ": calibrated score " + r.score.toFixed(2) +
-    " (threshold " + r.threshold.toFixed(2) + "), expert " + r.expert + " (" + r.mode + ") says " + r.expert_decision + ".";
+    " (threshold " + r.threshold.toFixed(2) + "), expert " + r.expert + " (" + r.mode + ") says " + r.expert_decision + "." +
+    (r.rule ? " Before the line's rules: " + r.decision_before_rules + " (" + r.rule + ")." : "");
   const answer = document.createElement("p");
   const degenerate = (r.answer_degenerate || []).length > 0;
   answer.textContent = !state.hasLmm ? "Expert-only answer: the server runs without the Myriad LMM."
