@@ -198,8 +198,7 @@ def _inspect_all(
     batch's rows to ``writer`` (an image that cannot be read or inspected is an error row, the run goes on)."""
     from tqdm import tqdm
 
-    from myriad.errors import ImageError
-    from myriad.images import load_image
+    from myriad.batch_run import inspect_paths
 
     shown_names = _display_names(all_paths)
     overlay_names = _unique_overlay_names(shown_names)
@@ -207,74 +206,19 @@ def _inspect_all(
               disable=None, leave=False, dynamic_ncols=True) as bar:
         for start in range(0, len(todo), batch_size):
             batch = todo[start : start + batch_size]
-            rows: dict[Path, dict] = {}
-            readable: list[tuple[Path, Any]] = []
-            for path in batch:
-                try:
-                    readable.append((path, load_image(path)))
-                except ImageError as exc:
-                    rows[path] = _error_row(path, shown_names[path], str(exc))
-            for path, result in _inspect_batch(inspector, readable, ask, rows, shown_names):
-                rows[path] = _result_row(path, result, shown_names[path], overlay_names[path], folder)
-            writer.append(rows[p] for p in batch)
+            rows = inspect_paths(inspector, batch, [overlay_names[p] for p in batch], ask, folder)
+            _show(rows, [shown_names[p] for p in batch])
+            writer.append(rows)
             bar.update(len(batch))
 
 
-def _inspect_batch(inspector: Any, readable: list[tuple[Path, Any]], ask: str | None, rows: dict, shown: dict) -> list:
-    """``(path, result)`` of each readable image: the batch at once, or one by one when an image fails it."""
-    from myriad.errors import ImageError
+def _show(rows: list[dict], shown: list[str]) -> None:
+    """Print each row's lines (error rows as warnings on stderr)."""
+    from myriad.batch_run import row_lines
 
-    if not readable:
-        return []
-    try:
-        results = inspector.inspect([image for _, image in readable], ask=ask, names=[str(p) for p, _ in readable])
-        return list(zip([p for p, _ in readable], results))
-    except ImageError as exc:
-        if len(readable) == 1:
-            path = readable[0][0]
-            rows[path] = _error_row(path, shown[path], str(exc))
-            return []
-    out = []
-    for path, image in readable:  # isolate the image at fault; the others are inspected
-        try:
-            out.append((path, inspector.inspect([image], ask=ask, names=[str(path)])[0]))
-        except ImageError as exc:
-            rows[path] = _error_row(path, shown[path], str(exc))
-    return out
-
-
-def _error_row(path: Path, shown: str, reason: str) -> dict:
-    """The row of an image that could not be read or inspected (printed as a warning too)."""
-    message = reason if str(path) in reason else f"{path}: {reason}"
-    click.echo(f"warning: {message}", err=True)
-    return {"image": str(path), "path": str(path.resolve()), "error": message}
-
-
-def _result_row(path: Path, result: Any, shown: str, overlay_name: str, folder: Path) -> dict:
-    """Print an image's lines, write its overlay, and return its row."""
-    from PIL import Image
-
-    from myriad.evaluation.overlay import overlay
-    from myriad.io import atomic_path
-
-    flag = result.decision.upper()
-    withheld = result.answer_problems
-    if withheld:
-        answer = f" (Myriad's answer withheld: {', '.join(withheld)})"
-    else:
-        answer = f' "{result.answer}"' if result.answer else ""
-    fired = ""
-    if result.members:
-        fired = " [" + ", ".join(f"{n} {m['score']:.2f}" for n, m in result.members.items()) + "]"
-    ruled = ""
-    if result.rule:
-        ruled = f" [{result.decision_before_rules} before the rules; {result.rule}]"
-    click.echo(f"{shown}: {flag}{ruled} (expert score {result.score:.2f}{fired}, threshold {result.threshold:.2f}){answer}")
-    if result.grounded_answer and result.answer != result.grounded_answer:
-        click.echo(f"  from the map: {result.grounded_answer}")
-    with atomic_path(folder / overlay_name) as tmp:
-        Image.fromarray(overlay(result.pixels, result.overlay_map(), caption=result.caption())).save(tmp, format="PNG")
-    return {**result.as_record(), "path": str(path.resolve()), "overlay": overlay_name}
+    for row, name in zip(rows, shown):
+        for line in row_lines(name, row):
+            click.echo(line, err=line.startswith("warning:"))
 
 
 def _summary(rows: list[dict], inspected: int, seconds: float, inspector: Any) -> list[str]:
