@@ -74,6 +74,8 @@ class ResultsWriter:
         self.output.mkdir(parents=True, exist_ok=True)
         self.partial = self.output / PARTIAL_FILE
         self.rows: list[dict[str, Any]] = []
+        #: whether an earlier run's rows were taken up (then nothing is discarded on failure)
+        self.resumed = False
         run_file = self.output / RUN_FILE
         finished = self.output / RESULTS_FILE
         check_output(self.output, resume)
@@ -84,6 +86,7 @@ class ResultsWriter:
                 if parquet and (self.output / PARQUET_DIR).is_dir() and not self._parquet_partial.exists():
                     shutil.copytree(self.output / PARQUET_DIR, self._parquet_partial)
             self.rows = read_rows(self.partial)
+            self.resumed = True
             self._truncate_to_rows()
             if parquet and self._parquet_partial.is_dir():  # parts of batches never committed to the rows: redone
                 for part in self._parquet_partial.glob("part-*.parquet"):
@@ -155,6 +158,15 @@ class ResultsWriter:
         table = pa.table({k: pa.array(v) for k, v in columns.items()})
         with atomic_path(self._parquet_partial / f"part-{first:08d}.parquet") as tmp:
             pq.write_table(table, tmp)
+
+    def discard_if_empty(self) -> None:
+        """A run that failed before its first row leaves nothing behind (no ``.part`` to resume, no run.json)."""
+        if self.rows or self.resumed:
+            return
+        for path in (self.partial, self.output / RUN_FILE):
+            path.unlink(missing_ok=True)
+        if self.parquet:
+            shutil.rmtree(self._parquet_partial, ignore_errors=True)
 
     def finish(self) -> Path:
         """Every image done: the ``.part`` results become the run's results (replacing an earlier run's)."""

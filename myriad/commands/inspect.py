@@ -78,6 +78,13 @@ def list_candidates(sources: tuple[Path, ...] | list[Path], what: str) -> list[P
 @click.option("--batch-size", "-b", default=8, show_default=True, type=int)
 @click.option("--device", default="cpu", show_default=True)
 @click.option("--resume", is_flag=True, help="Continue an unfinished (or finished) run in OUTPUT: images already done are skipped.")
+@click.option("--engine", type=click.Choice(["local", "ray"]), default="local", show_default=True,
+              help="local: this process; ray: a Ray cluster's actors (needs myriad-iad[ray]; OUTPUT and the profile on a "
+              "path every node reads and writes).")
+@click.option("--address", default=None, help="--engine ray: the cluster to join (e.g. HOST:6379 or ray://HOST:10001); "
+              "default: RAY_ADDRESS, else a local cluster on this machine.")
+@click.option("--workers", type=click.IntRange(1), default=None,
+              help="--engine ray: inspecting actors [default: one per GPU with --device cuda, else one per CPU but one].")
 @click.option("--format", "formats", type=click.Choice(["jsonl", "parquet"]), default="jsonl", show_default=True,
               help="Results as JSON lines only, or also as Parquet (OUTPUT/results.parquet; needs pyarrow).")
 @precision_option
@@ -88,8 +95,8 @@ def list_candidates(sources: tuple[Path, ...] | list[Path], what: str) -> list[P
 @verdict_option
 @rules_option
 def inspect_command(
-    images, normal, profile_dir, expert, config_json, ask, output, lmm, batch_size, device, resume, formats, precision,
-    false_alarm_rate, calibration, tile, answers, verdict, rules_file,
+    images, normal, profile_dir, expert, config_json, ask, output, lmm, batch_size, device, resume, engine, address,
+    workers, formats, precision, false_alarm_rate, calibration, tile, answers, verdict, rules_file,
 ) -> None:
     """Fit EXPERT on --normal images (or load a fitted --profile), then inspect IMAGES (files or folders).
 
@@ -162,12 +169,27 @@ def inspect_command(
         "false_alarm_rate": false_alarm_rate, "calibration": calibration, "tile": str(tile),
         "rules": None if inspector.rules is None else inspector.rules.model_dump(mode="json"),
     }
+    if engine != "ray" and (address is not None or workers is not None):
+        raise click.UsageError("--address and --workers need --engine ray")
+    created = not output.exists()
     writer = ResultsWriter(output, identity, resume=resume, parquet=formats == "parquet")
     todo = [p for p in test_paths if str(p.resolve()) not in writer.done]
     if resume and len(todo) < len(test_paths):
         click.echo(f"resuming: {len(test_paths) - len(todo)} of {len(test_paths)} images already done", err=True)
     started = time.perf_counter()
-    _inspect_all(inspector, test_paths, todo, batch_size, ask, output, writer)
+    try:
+        if engine == "ray":
+            _inspect_on_ray(inspector, profile_dir, test_paths, todo, output, writer, identity, batch_size, address,
+                            workers, precision, device)
+        else:
+            _inspect_all(inspector, test_paths, todo, batch_size, ask, output, writer)
+    except BaseException:
+        writer.discard_if_empty()  # nothing done: nothing left to resume
+        if created and not writer.rows:
+            import shutil
+
+            shutil.rmtree(output, ignore_errors=True)
+        raise
     seconds = time.perf_counter() - started
     final = writer.finish()
     click.echo(f"wrote {final} ({len(writer.rows)} images) and overlays in {output}")
@@ -210,6 +232,40 @@ def _inspect_all(
             _show(rows, [shown_names[p] for p in batch])
             writer.append(rows)
             bar.update(len(batch))
+
+
+def _inspect_on_ray(
+    inspector: Any, profile_dir: Path | None, all_paths: list[Path], todo: list[Path], output: Path, writer: Any,
+    identity: dict, batch_size: int, address: str | None, workers: int | None, precision: str, device: str,
+) -> None:
+    """``--engine ray``: the actors load the profile (written to OUTPUT/profile first when fitted here); the rows
+    stream back and are shown and written here, each image's once."""
+    from tqdm import tqdm
+
+    from myriad.engines.ray_engine import RaySettings, run_ray
+
+    if profile_dir is None:  # fitted in this process: the actors read it from OUTPUT (a path every node shares)
+        from myriad.profiles import save_profile
+
+        profile_dir = save_profile(inspector, output / "profile", len(identity["normal"]), identity["normal"], force=True)
+    shown_names = _display_names(all_paths)
+    overlay_names = _unique_overlay_names(shown_names)
+    by_path = {str(p.resolve()): p for p in all_paths}
+    settings = {k: identity[k] for k in ("lmm", "answers", "verdict", "ask", "rules")}
+    settings.update(device=device, precision=precision)
+    with tqdm(total=len(all_paths), initial=len(all_paths) - len(todo), unit="img", desc="inspect (ray)",
+              disable=None, leave=False, dynamic_ncols=True) as bar:
+
+        def on_rows(rows: list[dict]) -> None:
+            fresh = [r for r in rows if r["path"] not in writer.done]  # a redone batch's repeats are dropped
+            _show(fresh, [shown_names[by_path[r["path"]]] for r in fresh])
+            writer.append(fresh)
+            bar.update(len(fresh))
+
+        ran = run_ray([(p, overlay_names[p]) for p in todo], Path(profile_dir), settings, output, on_rows,
+                      RaySettings(address=address, workers=workers, batch_size=batch_size))
+    click.echo(f"ray: {ran['workers']} inspecting actors on a cluster of {ran['cpus']:g} CPUs and {ran['gpus']:g} GPUs",
+               err=True)
 
 
 def _show(rows: list[dict], shown: list[str]) -> None:
