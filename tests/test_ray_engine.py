@@ -125,6 +125,26 @@ def test_a_worker_killed_mid_run_loses_no_image_and_repeats_none(data, cluster, 
     assert sorted(Path(r["path"]).name for r in writer.rows) == sorted(p.name for p in paths)  # each image once
 
 
+def test_with_the_lmm_ray_gives_the_single_process_verdicts_and_answers(data, cluster, tmp_path, capsys):
+    """One row with Myriad-mini: each actor loads the LMM once; verdicts, margins and answers as in one process."""
+    pytest.importorskip("transformers")
+    images = tmp_path / "two"
+    images.mkdir()
+    for name in ("t00.png", "t20.png"):  # one normal, one defective
+        (images / name).write_bytes((data["test"] / name).read_bytes())
+    args = ["inspect", str(images), "--profile", str(data["profile"]), "-b", "2"]
+    assert run_cli([*args, "-o", str(tmp_path / "local")], capsys)[0] == 0
+    code, _, stderr = run_cli([*args, "-o", str(tmp_path / "ray"), "--engine", "ray", "--address", cluster.address,
+                               "--workers", "1"], capsys)
+    assert code == 0, stderr
+    a, b = _rows(tmp_path / "local"), _rows(tmp_path / "ray")
+    for key, row in a.items():
+        assert (row["decision"], row["answer"], row["verdict_source"]) == (b[key]["decision"], b[key]["answer"],
+                                                                          b[key]["verdict_source"])
+        # bfloat16 sums depend on the thread count (an actor runs on its CPU share): margins agree to about 0.1
+        assert row["lmm_margin"] == pytest.approx(b[key]["lmm_margin"], abs=0.3)
+
+
 def test_an_address_where_nothing_answers_is_one_line(data, tmp_path, capsys):
     code, _, stderr = run_cli(["inspect", str(data["test"]), "--profile", str(data["profile"]), "--lmm", "none",
                                "--engine", "ray", "--address", "127.0.0.1:9", "-o", str(tmp_path / "o")], capsys)

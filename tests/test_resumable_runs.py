@@ -108,17 +108,23 @@ def test_parquet_results_hold_the_same_rows(folders, tmp_path, capsys):
         "part-00000000.parquet", "part-00000016.parquet", "part-00000032.parquet"]
 
 
-def test_the_summary_counts_and_warns_when_alarms_run_far_above_the_stated_rate(folders, tmp_path, capsys):
+def test_the_summary_counts_and_warns_when_alarms_run_far_above_the_stated_rate(folders, tmp_path, capsys, monkeypatch):
+    import myriad.images
+
     normal, test = folders
     defects = tmp_path / "defects"
     defects.mkdir()
     for i, img in enumerate(synthetic_images(12, 40, seed=5, defect=True)):
         Image.fromarray(img).save(defects / f"d{i}.png")
     (defects / "broken.png").write_bytes(b"not an image")
+    Image.fromarray(synthetic_images(1, 64, seed=6)[0]).save(defects / "huge.png")
+    monkeypatch.setattr(myriad.images, "MAX_PIXELS", 50 * 50)  # 64 x 64 is "too large" here; 40 x 40 is not
     code, stdout, stderr = run_cli(["inspect", str(defects), "--normal", str(normal), *EXPERT, "-o", str(tmp_path / "o")], capsys)
     assert code == 0, stderr
-    summary = next(line for line in stdout.splitlines() if line.startswith("13 images:"))
-    assert "1 errors" in summary and "images/s" in summary
+    summary = next(line for line in stdout.splitlines() if line.startswith("14 images:"))
+    assert "2 errors" in summary and "images/s" in summary
+    rows = _rows(tmp_path / "o" / "results.jsonl")
+    assert any(r["image"].endswith("huge.png") and "image too large" in r["error"] for r in rows if "error" in r)
     assert "far above the" in stderr and "drift of the line" in stderr
     code, stdout, stderr = run_cli(["inspect", str(normal), "--normal", str(normal), *EXPERT, "-o", str(tmp_path / "g")], capsys)
     assert code == 0 and "far above" not in stderr
