@@ -184,13 +184,16 @@ def markdown(r: dict) -> str:
         f"| memory per inspecting actor (largest RSS) | {max(r1['actor_peak_rss_mib'], r2['actor_peak_rss_mib']):.0f} MiB |",
         "",
         f"**Images per day, worked out.** One process here: {single:.2f} images/s x 86,400 s = {per_day:,.0f} images a "
-        f"day per node of this kind ({os.cpu_count()} cores). A cluster of N such nodes, one actor per node, reaches at "
-        f"most N x {per_day:,.0f}; Ray's measured cost here, start-up included, is {1000 * r['ray_overhead_s_per_image']:.0f} ms "
-        "per image on this run's length, and shrinks as a run grows (the cluster and the actors start once). What "
-        "limits it: the LMM's share of each image (its Yes / No) and the expert's, both CPU-bound here, so actors "
-        "beyond the cores a node has add nothing (compare 1 and 2 actors on this 2-core machine); then reading and "
-        "decoding images on the shared path, and the driver, which writes every row (a few hundred bytes per image: "
-        "not a limit before thousands of images per second).",
+        f"day per node of this kind ({r['machine']}). On Ray, after start-up, 2 actors made "
+        f"{r2['images_per_s_after_first_batch'] or 0:.2f} images/s x 86,400 = {(r2['images_per_s_after_first_batch'] or 0) * 86400:,.0f} "
+        f"a day (Ray gives an actor as many threads as CPUs it holds: 1 actor ran at {r1['images_per_s_after_first_batch'] or 0:.2f}, "
+        "one thread; one actor per core beats one process whose torch threads share the cores). N such nodes: N times "
+        "that, less the start-up (cluster, actors loading the profile and the LMM), which this run's length measures as "
+        f"{1000 * r['ray_overhead_s_per_image']:.0f} ms per image and which a long run spreads thin. What limits it: the "
+        "expert and the LMM, CPU-bound here, so actors beyond a node's cores add nothing; each actor holds its own "
+        f"copy of the profile and the LMM ({max(r1['actor_peak_rss_mib'], r2['actor_peak_rss_mib']):,.0f} MiB), so memory "
+        "caps actors per node before cores do on small machines; then reading images from the shared path, and the "
+        "driver, which writes every row (a few hundred bytes per image: not a limit below thousands of images per second).",
     ]
     return "\n".join(lines) + "\n"
 

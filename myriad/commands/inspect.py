@@ -84,7 +84,7 @@ def list_candidates(sources: tuple[Path, ...] | list[Path], what: str) -> list[P
 @click.option("--address", default=None, help="--engine ray: the cluster to join (e.g. HOST:6379 or ray://HOST:10001); "
               "default: RAY_ADDRESS, else a local cluster on this machine.")
 @click.option("--workers", type=click.IntRange(1), default=None,
-              help="--engine ray: inspecting actors [default: one per GPU with --device cuda, else one per CPU but one].")
+              help="--engine ray: inspecting actors [default: one per GPU with --device cuda, else one per CPU].")
 @click.option("--format", "formats", type=click.Choice(["jsonl", "parquet"]), default="jsonl", show_default=True,
               help="Results as JSON lines only, or also as Parquet (OUTPUT/results.parquet; needs pyarrow).")
 @precision_option

@@ -142,9 +142,9 @@ def run_ray(
         use_gpu = str(settings.get("device", "cpu")).startswith("cuda")
         if use_gpu and gpus < 1:
             raise MyriadError("--device cuda: the Ray cluster has no GPU")
-        # an actor pool that takes every CPU starves the read tasks (they need one too): leave one free, and give
-        # each of more actors than fit a share of the rest
-        workers = rs.workers or (int(gpus) if use_gpu else max(1, math.floor((cpus - 1) / rs.cpus_per_worker)))
+        # one actor per CPU (measured: 2 one-thread actors beat one 2-thread process on 2 cores, benchmarks/results/
+        # scale.md); an actor pool that takes every CPU starves the read tasks, so the actors share all but half a CPU
+        workers = rs.workers or (int(gpus) if use_gpu else max(1, math.floor(cpus / rs.cpus_per_worker)))
         cpus_per_worker = rs.cpus_per_worker
         if not use_gpu and workers * cpus_per_worker > cpus - 0.5:
             cpus_per_worker = max(0.05, (cpus - 0.5) / workers)
