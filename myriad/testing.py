@@ -24,6 +24,7 @@ from __future__ import annotations
 
 import contextlib
 import functools
+from pathlib import Path
 from typing import Any, ClassVar, Iterator
 
 import pytest
@@ -33,6 +34,7 @@ __all__ = [
     "brick_crops",
     "brightness_expert",
     "brightness_expert_plugin",
+    "image_folders",
     "constant_expert",
     "constant_expert_plugin",
     "registered_plugin",
@@ -103,6 +105,24 @@ def synthetic_defect_images(n: int, size: int = 64, seed: int = 0) -> tuple[list
 def synthetic_images(n: int, size: int = 64, seed: int = 0, defect: bool = False) -> list[Any]:
     """``n`` RGB uint8 textures (smooth stripes + noise); ``defect`` adds a red square (size/4 wide)."""
     return _textures(n, size, seed, defect)[0]
+
+
+def image_folders(
+    root: Path, normal: int, good: int, defect: int, size: int = 48, digits: int = 1
+) -> tuple[Path, Path]:
+    """``root/normal`` with ``normal`` PNG textures (``n0.png`` ...) and ``root/test`` with ``good`` normal then
+    ``defect`` defective ones (``t0.png`` ...), names zero-padded to ``digits``; returns both folders."""
+    from PIL import Image
+
+    folders = root / "normal", root / "test"
+    for folder in folders:
+        folder.mkdir(parents=True, exist_ok=True)
+    for i, image in enumerate(synthetic_images(normal, size, seed=1)):
+        Image.fromarray(image).save(folders[0] / f"n{i:0{digits}d}.png")
+    tests = synthetic_images(good, size, seed=2) + synthetic_images(defect, size, seed=3, defect=True)
+    for i, image in enumerate(tests):
+        Image.fromarray(image).save(folders[1] / f"t{i:0{digits}d}.png")
+    return folders
 
 
 def _textures(n: int, size: int, seed: int, defect: bool) -> tuple[list[Any], list[Any]]:

@@ -12,18 +12,12 @@ from PIL import Image
 pytest.importorskip("myriad_experts_tutorial")
 
 from myriad.testing import run_cli  # noqa: E402
-from myriad.testing import synthetic_images  # noqa: E402
+from myriad.testing import image_folders, synthetic_images  # noqa: E402
 
 
 @pytest.fixture
 def folders(tmp_path: Path) -> tuple[Path, Path]:
-    normal, test = tmp_path / "normal", tmp_path / "test"
-    normal.mkdir()
-    test.mkdir()
-    for i, img in enumerate(synthetic_images(4, 48, seed=1)):
-        Image.fromarray(img).save(normal / f"n{i}.png")
-    for i, img in enumerate(synthetic_images(2, 48, seed=2) + synthetic_images(2, 48, seed=3, defect=True)):
-        Image.fromarray(img).save(test / f"t{i}.png")
+    normal, test = image_folders(tmp_path, normal=4, good=2, defect=2)
     (test / "broken.png").write_bytes(b"not an image")
     return normal, test
 

@@ -13,21 +13,14 @@ from PIL import Image
 
 pytest.importorskip("myriad_experts_tutorial")
 
-from myriad.testing import run_cli, synthetic_images  # noqa: E402
+from myriad.testing import image_folders, run_cli  # noqa: E402
 
 EXPERT = ["--expert", "colour-stats", "--config", '{"size": 32}']
 
 
 @pytest.fixture
 def folders(tmp_path: Path) -> tuple[Path, Path]:
-    normal, test = tmp_path / "normal", tmp_path / "test"
-    normal.mkdir()
-    test.mkdir()
-    for i, img in enumerate(synthetic_images(12, 48, seed=1)):
-        Image.fromarray(img).save(normal / f"n{i:02d}.png")
-    for i, img in enumerate(synthetic_images(3, 48, seed=2) + synthetic_images(3, 48, seed=3, defect=True)):
-        Image.fromarray(img).save(test / f"t{i}.png")
-    return normal, test
+    return image_folders(tmp_path, normal=12, good=3, defect=3, digits=2)
 
 
 @pytest.fixture
@@ -69,7 +62,7 @@ def test_profile_show_states_what_it_holds(profile, capsys):
     assert "every file matches its sha256" in stdout
     assert "expert: colour-stats (few_shot), fitted on 12 normal images" in stdout
     assert "member colour-stats: myriad-experts-tutorial" in stdout and "state format 1" in stdout
-    assert f"refit with: myriad fit" in stdout and "--expert colour-stats" in stdout
+    assert "refit with: myriad fit" in stdout and "--expert colour-stats" in stdout
     record = json.loads(run_cli(["profile", "show", str(profile), "--json"], capsys)[1])
     assert record["format"] == "myriad-profile" and record["num_normals"] == 12
     assert record["members"][0]["name"] == "colour-stats" and "class" not in record["members"][0]

@@ -8,13 +8,12 @@ import time
 from pathlib import Path
 
 import pytest
-from PIL import Image
 
 ray = pytest.importorskip("ray")
 pytest.importorskip("ray.data")
 pytest.importorskip("myriad_experts_tutorial")
 
-from myriad.testing import run_cli, synthetic_images  # noqa: E402
+from myriad.testing import image_folders, run_cli  # noqa: E402
 
 MiB = 1 << 20
 
@@ -37,13 +36,7 @@ def cluster():
 @pytest.fixture(scope="module")
 def data(tmp_path_factory, cluster) -> dict[str, Path]:
     root = tmp_path_factory.mktemp("ray-data")
-    normal, test = root / "normal", root / "test"
-    normal.mkdir()
-    test.mkdir()
-    for i, img in enumerate(synthetic_images(6, 40, seed=1)):
-        Image.fromarray(img).save(normal / f"n{i}.png")
-    for i, img in enumerate(synthetic_images(12, 40, seed=2) + synthetic_images(12, 40, seed=3, defect=True)):
-        Image.fromarray(img).save(test / f"t{i:02d}.png")
+    normal, test = image_folders(root, normal=6, good=12, defect=12, size=40, digits=2)
     (test / "broken.png").write_bytes(b"not an image")
     from myriad.inspection import Inspector
     from myriad.profiles import save_profile

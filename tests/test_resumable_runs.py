@@ -14,22 +14,14 @@ from PIL import Image
 
 pytest.importorskip("myriad_experts_tutorial")
 
-from myriad.testing import run_cli, synthetic_images  # noqa: E402
+from myriad.testing import image_folders, run_cli, synthetic_images  # noqa: E402
 
 EXPERT = ["--expert", "colour-stats", "--config", '{"size": 32}', "--lmm", "none"]
 
 
 @pytest.fixture
 def folders(tmp_path: Path) -> tuple[Path, Path]:
-    normal, test = tmp_path / "normal", tmp_path / "test"
-    normal.mkdir()
-    test.mkdir()
-    for i, img in enumerate(synthetic_images(6, 40, seed=1)):
-        Image.fromarray(img).save(normal / f"n{i}.png")
-    images = synthetic_images(20, 40, seed=2) + synthetic_images(20, 40, seed=3, defect=True)
-    for i, img in enumerate(images):
-        Image.fromarray(img).save(test / f"t{i:03d}.png")
-    return normal, test
+    return image_folders(tmp_path, normal=6, good=20, defect=20, size=40, digits=3)
 
 
 def _rows(path: Path) -> list[dict]:
