@@ -161,3 +161,16 @@ def test_plugins_with_bad_registrations_do_not_break_the_cli(tmp_path):
     other = run([*args, "--lmm", "none", "-o", str(tmp_path / "out")], env=env, check=False)
     assert other.returncode == 0, other.stderr
     assert (tmp_path / "out" / "results.jsonl").is_file()
+
+
+def test_the_optional_engines_are_imported_only_when_used():
+    """Ray and pyarrow are extras: listing commands, their help and the engine options import neither."""
+    code = (
+        "import sys\nfrom myriad.cli import main\n"
+        "for args in (['--help'], ['inspect', '--help'], ['fit', '--help'], ['serve', '--help']):\n"
+        "    try:\n        main(args)\n    except SystemExit:\n        pass\n"
+        "import myriad.run_results, myriad.commands.inspect\n"
+        "print(sorted(m for m in ('ray', 'pyarrow') if m in sys.modules), file=sys.stderr)"
+    )
+    out = subprocess.run([PY, "-c", code], capture_output=True, text=True, check=True)
+    assert out.stderr.strip().splitlines()[-1] == "[]"
