@@ -225,6 +225,8 @@ def read_profile_record(directory: str | Path) -> dict[str, Any]:
             f"upgrade myriad-iad or refit: {record.get('command') or 'myriad fit NORMAL... -o ' + str(directory)}"
         )
     verify_manifest(directory)
+    if (directory / VERDICT_FILE).is_file():
+        record = {**record, "verdict_lmm": _read_json(directory / VERDICT_FILE, "the verdict's calibration").get("lmm")}
     return record
 
 
@@ -271,7 +273,6 @@ def load_profile(directory: str | Path) -> Profile:
             verdict = VerdictCalibration.from_dict(data["calibration"])
         except (KeyError, TypeError, ValueError, ConfigError) as exc:
             raise ProfileError(f"{directory / VERDICT_FILE}: invalid verdict calibration: {exc}") from None
-        record = {**record, "verdict_lmm": data.get("lmm")}
     rules = None
     if (directory / RULES_FILE).is_file():
         from pydantic import ValidationError

@@ -127,11 +127,12 @@ class ResultsWriter:
             with open(self.partial, "r+b") as handle:
                 handle.truncate(end)
 
-    def append(self, records: Iterable[dict[str, Any]]) -> None:
-        """Write one batch's rows (Parquet first, then the JSONL rows in one flushed write)."""
-        records = list(records)
+    def append(self, records: Iterable[dict[str, Any]]) -> list[dict[str, Any]]:
+        """Write one batch's rows (Parquet first, then the JSONL rows in one flushed write); a row of an image
+        already written (a batch a retried task delivered again) is dropped. Returns the rows written."""
+        records = [r for r in records if str(r.get("path") or r.get("image")) not in self.done]
         if not records:
-            return
+            return records
         if self.parquet:
             self._write_parquet(records, len(self.rows))
         payload = "".join(json.dumps(r) + "\n" for r in records).encode()
@@ -141,6 +142,7 @@ class ResultsWriter:
             os.fsync(handle.fileno())
         self.rows.extend(records)
         self.done.update(str(r.get("path") or r.get("image")) for r in records)
+        return records
 
     def _write_parquet(self, records: list[dict[str, Any]], first: int) -> None:
         import pyarrow as pa

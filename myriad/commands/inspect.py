@@ -26,16 +26,8 @@ def collect_images(sources: tuple[Path, ...] | list[Path], what: str) -> tuple[l
     from myriad.errors import ImageError
     from myriad.images import is_image_file, load_image
 
-    candidates: list[Path] = []
-    for source in sources:
-        if source.is_dir():  # recursive, so an MVTec-style test/ folder with defect sub-folders works
-            candidates += sorted(p for p in source.rglob("*") if p.is_file() and not p.name.startswith(".") and is_image_file(p))
-        elif source.is_file():
-            candidates.append(source)
-        else:
-            raise click.UsageError(f"{what}: {source} does not exist")
     readable, skipped = [], []
-    for path in candidates:
+    for path in list_candidates(sources, what):
         if not is_image_file(path):
             skipped.append((path, "not an image file suffix"))
             continue
@@ -54,7 +46,7 @@ def list_candidates(sources: tuple[Path, ...] | list[Path], what: str) -> list[P
 
     found: list[Path] = []
     for source in sources:
-        if source.is_dir():
+        if source.is_dir():  # recursive, so an MVTec-style test/ folder with defect sub-folders works
             found += sorted(p for p in source.rglob("*") if p.is_file() and not p.name.startswith(".") and is_image_file(p))
         elif source.is_file():
             found.append(source)
@@ -177,12 +169,13 @@ def inspect_command(
     if resume and len(todo) < len(test_paths):
         click.echo(f"resuming: {len(test_paths) - len(todo)} of {len(test_paths)} images already done", err=True)
     started = time.perf_counter()
+    shown = _Delivered(writer, test_paths, len(test_paths) - len(todo), engine)
     try:
         if engine == "ray":
-            _inspect_on_ray(inspector, profile_dir, test_paths, todo, output, writer, identity, batch_size, address,
-                            workers, precision, device)
+            _inspect_on_ray(inspector, profile_dir, todo, output, identity, batch_size, address, workers, precision,
+                            device, shown)
         else:
-            _inspect_all(inspector, test_paths, todo, batch_size, ask, output, writer)
+            _inspect_all(inspector, todo, batch_size, ask, output, shown)
     except BaseException:
         writer.discard_if_empty()  # nothing done: nothing left to resume
         if created and not writer.rows:
@@ -190,6 +183,8 @@ def inspect_command(
 
             shutil.rmtree(output, ignore_errors=True)
         raise
+    finally:
+        shown.close()
     seconds = time.perf_counter() - started
     final = writer.finish()
     click.echo(f"wrote {final} ({len(writer.rows)} images) and overlays in {output}")
@@ -214,58 +209,57 @@ def _refuse_fit_options(ctx: click.Context) -> None:
 
 
 def _inspect_all(
-    inspector: Any, all_paths: list[Path], todo: list[Path], batch_size: int, ask: str | None, folder: Path, writer: Any
+    inspector: Any, todo: list[Path], batch_size: int, ask: str | None, folder: Path, shown: Any
 ) -> None:
-    """Inspect ``todo`` in batches: print each image's lines, write its overlay into ``folder`` and append the
-    batch's rows to ``writer`` (an image that cannot be read or inspected is an error row, the run goes on)."""
-    from tqdm import tqdm
-
+    """Inspect ``todo`` in batches in this process: each batch's rows written (overlays into ``folder``), then shown."""
     from myriad.batch_run import inspect_paths
 
-    shown_names = _display_names(all_paths)
-    overlay_names = _unique_overlay_names(shown_names)
-    with tqdm(total=len(all_paths), initial=len(all_paths) - len(todo), unit="img", desc="inspect",
-              disable=None, leave=False, dynamic_ncols=True) as bar:
-        for start in range(0, len(todo), batch_size):
-            batch = todo[start : start + batch_size]
-            rows = inspect_paths(inspector, batch, [overlay_names[p] for p in batch], ask, folder)
-            _show(rows, [shown_names[p] for p in batch])
-            writer.append(rows)
-            bar.update(len(batch))
+    for start in range(0, len(todo), batch_size):
+        batch = todo[start : start + batch_size]
+        shown(inspect_paths(inspector, batch, [shown.overlay_names[p] for p in batch], ask, folder))
 
 
 def _inspect_on_ray(
-    inspector: Any, profile_dir: Path | None, all_paths: list[Path], todo: list[Path], output: Path, writer: Any,
-    identity: dict, batch_size: int, address: str | None, workers: int | None, precision: str, device: str,
+    inspector: Any, profile_dir: Path | None, todo: list[Path], output: Path, identity: dict, batch_size: int,
+    address: str | None, workers: int | None, precision: str, device: str, shown: Any,
 ) -> None:
     """``--engine ray``: the actors load the profile (written to OUTPUT/profile first when fitted here); the rows
-    stream back and are shown and written here, each image's once."""
-    from tqdm import tqdm
-
+    stream back and are written and shown here."""
     from myriad.engines.ray_engine import RaySettings, run_ray
 
     if profile_dir is None:  # fitted in this process: the actors read it from OUTPUT (a path every node shares)
         from myriad.profiles import save_profile
 
         profile_dir = save_profile(inspector, output / "profile", len(identity["normal"]), identity["normal"], force=True)
-    shown_names = _display_names(all_paths)
-    overlay_names = _unique_overlay_names(shown_names)
-    by_path = {str(p.resolve()): p for p in all_paths}
     settings = {k: identity[k] for k in ("lmm", "answers", "verdict", "ask", "rules")}
     settings.update(device=device, precision=precision)
-    with tqdm(total=len(all_paths), initial=len(all_paths) - len(todo), unit="img", desc="inspect (ray)",
-              disable=None, leave=False, dynamic_ncols=True) as bar:
-
-        def on_rows(rows: list[dict]) -> None:
-            fresh = [r for r in rows if r["path"] not in writer.done]  # a redone batch's repeats are dropped
-            _show(fresh, [shown_names[by_path[r["path"]]] for r in fresh])
-            writer.append(fresh)
-            bar.update(len(fresh))
-
-        ran = run_ray([(p, overlay_names[p]) for p in todo], Path(profile_dir), settings, output, on_rows,
-                      RaySettings(address=address, workers=workers, batch_size=batch_size))
+    ran = run_ray([(p, shown.overlay_names[p]) for p in todo], Path(profile_dir), settings, output, shown,
+                  RaySettings(address=address, workers=workers, batch_size=batch_size))
     click.echo(f"ray: {ran['workers']} inspecting actors on a cluster of {ran['cpus']:g} CPUs and {ran['gpus']:g} GPUs",
                err=True)
+
+
+class _Delivered:
+    """Takes each batch's rows from either engine: writes them (the writer drops repeats), prints them, and moves
+    the progress bar (images per second, time left; drawn on a terminal)."""
+
+    def __init__(self, writer: Any, all_paths: list[Path], done: int, engine: str) -> None:
+        from tqdm import tqdm
+
+        self.writer = writer
+        names = _display_names(all_paths)
+        self.overlay_names = _unique_overlay_names(names)
+        self.names = {str(p.resolve()): name for p, name in names.items()}
+        self.bar = tqdm(total=len(all_paths), initial=done, unit="img", desc=f"inspect ({engine})", disable=None,
+                        leave=False, dynamic_ncols=True)
+
+    def __call__(self, rows: list[dict]) -> None:
+        written = self.writer.append(rows)
+        _show(written, [self.names[r["path"]] for r in written])
+        self.bar.update(len(written))
+
+    def close(self) -> None:
+        self.bar.close()
 
 
 def _show(rows: list[dict], shown: list[str]) -> None:

@@ -19,12 +19,9 @@ def show_command(profile: Path, as_json: bool) -> None:
     """Print what PROFILE holds: expert, members and versions, normals, stated false-alarm rates."""
     import json
 
-    from myriad.profiles import VERDICT_FILE, describe, read_profile_record
+    from myriad.profiles import describe, read_profile_record
 
     record = read_profile_record(profile)
-    verdict_path = profile / VERDICT_FILE
-    if verdict_path.is_file():
-        record = {**record, "verdict_lmm": json.loads(verdict_path.read_text()).get("lmm")}
     if as_json:
         click.echo(json.dumps(record, indent=2))
         return

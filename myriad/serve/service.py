@@ -163,12 +163,15 @@ class InspectionService:
         from myriad.profiles import load_profile
 
         check_profile_name(name)
-        saved = load_profile(directory)
-        inspector = self._inspector(saved.expert, {}).use_profile(saved)
-        profile = Profile(name=name, expert=saved.expert, config={}, mode=saved.detector.mode,
-                          num_normal=int(saved.record.get("num_normals", 0)), inspector=inspector, owner="operator")
+        profile = self._loaded(name, load_profile(directory), owner="operator")
         self.store.preload(profile)
         return profile
+
+    def _loaded(self, name: str, saved: Any, owner: str) -> Profile:
+        """A served profile from a loaded profile folder (:class:`myriad.profiles.Profile`), owned by ``owner``."""
+        inspector = self._inspector(saved.expert, {}).use_profile(saved)
+        return Profile(name=name, expert=saved.expert, config={}, mode=saved.detector.mode,
+                       num_normal=int(saved.record.get("num_normals", 0)), inspector=inspector, owner=owner)
 
     def _state_folder(self, owner: str) -> Path:
         """The folder of ``owner``'s saved profiles under ``state_dir`` (named by a hash: owners are not paths)."""
@@ -210,12 +213,7 @@ class InspectionService:
             for path in sorted(p for p in folder.iterdir() if p.is_dir() and not p.name.startswith(".")):
                 try:
                     check_profile_name(path.name)
-                    saved = load_profile(path)
-                    inspector = self._inspector(saved.expert, {}).use_profile(saved)
-                    self.store.put_profile(Profile(
-                        name=path.name, expert=saved.expert, config={}, mode=saved.detector.mode,
-                        num_normal=int(saved.record.get("num_normals", 0)), inspector=inspector, owner=owner,
-                    ))
+                    self.store.put_profile(self._loaded(path.name, load_profile(path), owner))
                     loaded += 1
                 except Exception as exc:  # noqa: BLE001 - one bad profile must not stop the server; it is reported
                     problems.append(f"{path}: {exc}")
