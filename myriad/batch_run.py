@@ -1,5 +1,9 @@
 """One batch of a run: read the images, inspect them, write their overlays, make their rows.
 
+Two stages, which a cluster may run on different workers: :func:`detect_paths` (read, the expert's
+scores and maps) and :func:`answer_detected` (the LMM's verdict and answers, the findings, the
+overlays, the rows); :func:`inspect_paths` runs both.
+
 Shared by every engine (the single process of ``myriad inspect`` and the Ray actors of
 ``--engine ray``) so that both write the same rows. An image that cannot be read or inspected
 becomes an *error row* (``image``, ``path``, ``error``) and the others go on. Nothing is printed
@@ -8,10 +12,11 @@ here: the caller shows rows (:func:`row_lines`).
 
 from __future__ import annotations
 
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Sequence
 
-__all__ = ["error_row", "inspect_paths", "row_lines"]
+__all__ = ["DetectedPaths", "answer_detected", "detect_paths", "error_row", "inspect_paths", "row_lines"]
 
 
 def error_row(path: Path, reason: str) -> dict[str, Any]:
@@ -32,47 +37,93 @@ def _result_row(path: Path, result: Any, overlay_name: str, folder: Path) -> dic
     return {**result.as_record(), "path": str(Path(path).resolve()), "overlay": overlay_name}
 
 
-def _inspect_readable(inspector: Any, readable: list[tuple[Path, Any]], ask: str | None, rows: dict) -> list[tuple[Path, Any]]:
-    """``(path, result)`` of each readable image: the batch at once, or one by one when an image fails it."""
-    from myriad.errors import ImageError
+@dataclass
+class DetectedPaths:
+    """The expert's stage of a batch (:func:`detect_paths`): the paths in order, the error row of each image that
+    could not be read or scored, and the others' :class:`~myriad.inspection.DetectedBatch` (named by path)."""
 
+    paths: list[Path]
+    errors: dict[str, dict[str, Any]] = field(default_factory=dict)
+    detected: Any = None
+
+    def split(self) -> list["DetectedPaths"]:
+        """One :class:`DetectedPaths` per image, in path order (to pass on image by image)."""
+        from myriad.inspection import DetectedBatch
+
+        found = {} if self.detected is None else {
+            name: DetectedBatch([name], [pixels], [det], self.detected.expert_ms)
+            for name, pixels, det in zip(self.detected.names, self.detected.pixels, self.detected.detections)
+        }
+        return [DetectedPaths([p], {k: v for k, v in self.errors.items() if k == str(p)}, found.get(str(p)))
+                for p in self.paths]
+
+    @classmethod
+    def join(cls, parts: Sequence["DetectedPaths"]) -> "DetectedPaths":
+        """Several as one, in order (the inverse of :meth:`split`)."""
+        out = cls([])
+        for part in parts:
+            out.paths.extend(part.paths)
+            out.errors.update(part.errors)
+            if part.detected is not None:
+                out.detected = part.detected if out.detected is None else out.detected + part.detected
+        return out
+
+
+def detect_paths(inspector: Any, paths: Sequence[Path]) -> DetectedPaths:
+    """Read ``paths`` and score them with the inspector's expert, as one batch when it can be; an image that cannot
+    be read, or that fails the expert, becomes an error row and the others are scored one by one."""
+    from myriad.errors import ImageError
+    from myriad.images import load_image
+
+    out = DetectedPaths([Path(p) for p in paths])
+    readable: list[tuple[Path, Any]] = []
+    for path in out.paths:
+        try:
+            readable.append((path, load_image(path)))
+        except ImageError as exc:
+            out.errors[str(path)] = error_row(path, str(exc))
     if not readable:
-        return []
+        return out
     try:
-        results = inspector.inspect([image for _, image in readable], ask=ask, names=[str(p) for p, _ in readable])
-        return list(zip([p for p, _ in readable], results))
+        out.detected = inspector.detect([image for _, image in readable], names=[str(p) for p, _ in readable])
+        return out
     except ImageError as exc:
         if len(readable) == 1:
-            rows[readable[0][0]] = error_row(readable[0][0], str(exc))
-            return []
-    out = []
-    for path, image in readable:  # isolate the image at fault; the others are inspected
+            out.errors[str(readable[0][0])] = error_row(readable[0][0], str(exc))
+            return out
+    for path, image in readable:  # isolate the image at fault; the others are scored
         try:
-            out.append((path, inspector.inspect([image], ask=ask, names=[str(path)])[0]))
+            one = inspector.detect([image], names=[str(path)])
         except ImageError as exc:
-            rows[path] = error_row(path, str(exc))
+            out.errors[str(path)] = error_row(path, str(exc))
+            continue
+        out.detected = one if out.detected is None else out.detected + one
     return out
+
+
+def answer_detected(
+    inspector: Any, staged: DetectedPaths, overlay_names: Sequence[str], ask: str | None, folder: Path
+) -> list[dict[str, Any]]:
+    """The LMM's stage: the rows of a batch :func:`detect_paths` scored, in path order, each image's overlay written
+    to ``folder / overlay_names[i]``."""
+    rows = dict(staged.errors)
+    names = {str(p): n for p, n in zip(staged.paths, overlay_names)}
+    if staged.detected is not None:
+        for name, result in zip(staged.detected.names, inspector.answer(staged.detected, ask=ask)):
+            rows[name] = _result_row(Path(name), result, names[name], folder)
+    return [rows[str(p)] for p in staged.paths]
 
 
 def inspect_paths(
     inspector: Any, paths: Sequence[Path], overlay_names: Sequence[str], ask: str | None, folder: Path
 ) -> list[dict[str, Any]]:
     """The rows of ``paths``, in order: each image read, inspected (as one batch when it can be) and its overlay
-    written to ``folder / overlay_names[i]``; an image that fails is an error row."""
-    from myriad.errors import ImageError
-    from myriad.images import load_image
+    written to ``folder / overlay_names[i]``; an image that fails is an error row. Both stages in one process."""
+    if ask is not None:
+        from myriad.answers_text import check_question
 
-    rows: dict[Path, dict[str, Any]] = {}
-    readable: list[tuple[Path, Any]] = []
-    for path in paths:
-        try:
-            readable.append((path, load_image(path)))
-        except ImageError as exc:
-            rows[path] = error_row(path, str(exc))
-    names = dict(zip(paths, overlay_names))
-    for path, result in _inspect_readable(inspector, readable, ask, rows):
-        rows[path] = _result_row(path, result, names[path], folder)
-    return [rows[p] for p in paths]
+        check_question(ask, "ask")
+    return answer_detected(inspector, detect_paths(inspector, paths), overlay_names, ask, folder)
 
 
 def row_lines(shown: str, row: dict[str, Any]) -> list[str]:

@@ -13,6 +13,7 @@ The Python API behind ``myriad inspect``::
 from __future__ import annotations
 
 import time
+from dataclasses import dataclass
 from pathlib import Path
 from typing import TYPE_CHECKING, Any, Sequence
 
@@ -56,6 +57,23 @@ def with_device(expert: str, config: dict, device: str) -> dict:
 ANSWER_ROUTES = ("facts", "lmm")
 #: The default answer route.
 DEFAULT_ANSWER_ROUTE = "facts"
+
+
+@dataclass
+class DetectedBatch:
+    """What :meth:`Inspector.detect` hands to :meth:`Inspector.answer`: the images, their names, the expert's
+    detections and its time per image (ms)."""
+
+    names: list[str]
+    pixels: list["np.ndarray"]
+    detections: list[Any]
+    expert_ms: float
+
+    def __add__(self, other: "DetectedBatch") -> "DetectedBatch":
+        """Two batches as one (the expert's time averaged over every image)."""
+        count = len(self.pixels) + len(other.pixels)
+        ms = (self.expert_ms * len(self.pixels) + other.expert_ms * len(other.pixels)) / max(count, 1)
+        return DetectedBatch(self.names + other.names, self.pixels + other.pixels, self.detections + other.detections, ms)
 
 
 class Inspector:
@@ -234,13 +252,19 @@ class Inspector:
         Every result also holds the map's :class:`~myriad.findings.Findings` and the ``grounded_answer``
         to ``ask`` built from them (without ``ask``: the verdict and every finding). An ``ask`` that is
         empty or over :data:`myriad.answers_text.MAX_QUESTION_CHARS` characters raises ConfigError.
+        The same as :meth:`answer` of :meth:`detect` (two stages a cluster may run on different workers).
         """
-        from myriad.answers_text import DEFAULT_QUESTION_TYPE, check_question, classify_question
-        from myriad.images import check_batch
+        from myriad.answers_text import check_question
 
         if ask is not None:
             check_question(ask, "ask")
-        question_type = DEFAULT_QUESTION_TYPE if ask is None else classify_question(ask)
+        return self.answer(self.detect(images, names), ask)
+
+    def detect(self, images: Sequence["np.ndarray | str | Path"], names: Sequence[str] | None = None) -> DetectedBatch:
+        """The expert's stage of :meth:`inspect`: each image scored and mapped (no LMM). An expert's error names
+        the image at fault."""
+        from myriad.images import check_batch
+
         if self.detector is None:
             if not self.zero_shot_only:
                 raise ConfigError(f"expert {self.expert_name!r} must be fitted on normal images first (fit())")
@@ -251,7 +275,21 @@ class Inspector:
         pixels = check_batch(images)
         t0 = time.perf_counter()
         detections = self._detect_naming_failures(pixels, names)
-        expert_ms = (time.perf_counter() - t0) * 1000 / len(pixels)
+        return DetectedBatch(names, pixels, detections, (time.perf_counter() - t0) * 1000 / len(pixels))
+
+    def answer(self, batch: DetectedBatch, ask: str | None = None) -> list[InspectionResult]:
+        """The LMM's stage of :meth:`inspect`: the verdict, the answers, the findings and the acceptance rules
+        for a batch :meth:`detect` scored (by this inspector or another loaded from the same profile)."""
+        from myriad.answers_text import DEFAULT_QUESTION_TYPE, check_question, classify_question
+
+        if ask is not None:
+            check_question(ask, "ask")
+        if self.detector is None:
+            raise ConfigError("call fit() (or use_profile()) before answering")
+        question_type = DEFAULT_QUESTION_TYPE if ask is None else classify_question(ask)
+        names, pixels, detections, expert_ms = batch.names, batch.pixels, batch.detections, batch.expert_ms
+        if not pixels:
+            return []
         answers: list[str] = [""] * len(pixels)
         expert_decisions = ["anomalous" if d.anomalous else "normal" for d in detections]
         decisions = list(expert_decisions)

@@ -60,7 +60,8 @@ def test_ray_rows_equal_the_single_process_rows(data, cluster, tmp_path, capsys)
     code, stdout, stderr = run_cli([*args, "-o", str(on_ray), "--engine", "ray", "--address", cluster.address,
                                     "--workers", "2"], capsys)
     assert code == 0, stderr
-    assert "ray: 2 inspecting actors on a cluster of 2 CPUs" in stderr
+    assert "ray: 2 expert actors on a cluster of 2 CPUs" in stderr
+    assert not (on_ray / "results.blocks").exists()  # merged into the results
     a, b = _rows(local), _rows(on_ray)
     assert a.keys() == b.keys() and len(a) == 25
     for key, row in a.items():
@@ -81,8 +82,7 @@ def test_a_worker_killed_mid_run_loses_no_image_and_repeats_none(data, cluster, 
     writer = ResultsWriter(tmp_path / "out", {"test": 1})
     delivered: list[int] = []
 
-    def on_rows(rows):
-        writer.append(rows)  # drops a redone batch's repeats
+    def on_rows(rows):  # shown only: the workers write each block's rows to its own file
         delivered.append(len(rows))
 
     settings = {"lmm": "none", "device": "cpu", "precision": "auto", "answers": "facts", "verdict": "either",
@@ -94,7 +94,8 @@ def test_a_worker_killed_mid_run_loses_no_image_and_repeats_none(data, cluster, 
     def run():
         try:
             result["ran"] = run_ray([(p, p.stem + "_overlay.png") for p in paths], data["profile"], settings,
-                                    tmp_path / "out", on_rows, RaySettings(workers=2, batch_size=2, pause_s=0.4))
+                                    tmp_path / "out", writer.blocks, on_rows,
+                                    RaySettings(workers=2, batch_size=2, pause_s=0.4))
         except BaseException as exc:  # noqa: BLE001 - reported by the assertion below
             result["error"] = exc
         finally:
@@ -106,19 +107,23 @@ def test_a_worker_killed_mid_run_loses_no_image_and_repeats_none(data, cluster, 
     victims = []
     while time.time() < deadline and not victims and not done.is_set():
         victims = [p for p in psutil.process_iter(["cmdline"])
-                   if "_InspectActor" in " ".join(p.info["cmdline"] or []) and delivered]
+                   if "_ExpertActor" in " ".join(p.info["cmdline"] or []) and delivered]
         time.sleep(0.05)
     assert victims, "no inspecting actor was seen running"
-    rows_at_kill = len(writer.rows)
+    rows_at_kill = sum(delivered)
     victims[0].kill()  # kill -9 of one actor's worker process, mid-run
     assert done.wait(240) and "error" not in result, result.get("error")
     ray.shutdown()
     assert rows_at_kill < len(paths)
-    assert sorted(Path(r["path"]).name for r in writer.rows) == sorted(p.name for p in paths)  # each image once
+    writer.merge_blocks()
+    merged = [json.loads(line) for line in writer.partial.read_text().splitlines()]
+    assert sorted(Path(r["path"]).name for r in merged) == sorted(p.name for p in paths)  # each image once
+    assert not writer.blocks.exists()
 
 
 def test_with_the_lmm_ray_gives_the_single_process_verdicts_and_answers(data, cluster, tmp_path, capsys):
-    """One row with Myriad-mini: each actor loads the LMM once; verdicts, margins and answers as in one process."""
+    """One row with Myriad-mini: expert actors score, Myriad actors (each loads the LMM once) answer; verdicts,
+    margins and answers as in one process."""
     pytest.importorskip("transformers")
     images = tmp_path / "two"
     images.mkdir()
@@ -129,6 +134,7 @@ def test_with_the_lmm_ray_gives_the_single_process_verdicts_and_answers(data, cl
     code, _, stderr = run_cli([*args, "-o", str(tmp_path / "ray"), "--engine", "ray", "--address", cluster.address,
                                "--workers", "1"], capsys)
     assert code == 0, stderr
+    assert "ray: 1 expert actor and 1 Myriad (LMM) actor on a cluster of 2 CPUs" in stderr
     a, b = _rows(tmp_path / "local"), _rows(tmp_path / "ray")
     for key, row in a.items():
         assert (row["decision"], row["answer"], row["verdict_source"]) == (b[key]["decision"], b[key]["answer"],

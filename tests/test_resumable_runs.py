@@ -38,9 +38,9 @@ def test_a_run_killed_mid_way_resumes_with_every_image_exactly_once(folders, tmp
     args = ["inspect", str(test), "--normal", str(normal), *EXPERT, "-o", str(out), "-b", "2"]
     script = (  # each batch takes a while, so that the kill lands mid-run
         "import time, myriad.inspection as m\n"
-        "original = m.Inspector.inspect\n"
+        "original = m.Inspector.detect\n"
         "def slow(self, *a, **k):\n    time.sleep(0.2)\n    return original(self, *a, **k)\n"
-        "m.Inspector.inspect = slow\n"
+        "m.Inspector.detect = slow\n"
         f"from myriad.cli import main\nmain({args!r})\n"
     )
     process = subprocess.Popen([sys.executable, "-c", script], stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
@@ -120,3 +120,21 @@ def test_the_summary_counts_and_warns_when_alarms_run_far_above_the_stated_rate(
     assert "far above the" in stderr and "drift of the line" in stderr
     code, stdout, stderr = run_cli(["inspect", str(normal), "--normal", str(normal), *EXPERT, "-o", str(tmp_path / "g")], capsys)
     assert code == 0 and "far above" not in stderr
+
+
+def test_block_files_of_a_killed_ray_run_are_merged_on_resume_each_image_once(tmp_path):
+    from myriad.errors import MyriadError
+    from myriad.run_results import ResultsWriter, check_output, write_block
+
+    out = tmp_path / "out"
+    writer = ResultsWriter(out, {"run": 1})
+    rows = [{"image": f"a{i}.png", "path": f"/lines/a{i}.png", "decision": "normal"} for i in range(6)]
+    first = write_block(writer.blocks, rows[:3])
+    assert write_block(writer.blocks, rows[:3]) == first  # a retried task replaces its file
+    write_block(writer.blocks, [rows[5], *rows[2:5]])  # regrouped by a retry: a2 is in two blocks
+    assert len(list(writer.blocks.glob("block-*.jsonl"))) == 2
+    with pytest.raises(MyriadError, match="unfinished Ray run .6 images done.*--resume"):
+        check_output(out, resume=False)
+    resumed = ResultsWriter(out, {"run": 1}, resume=True)
+    assert resumed.resumed and resumed.tally.images == 6 and not resumed.blocks.exists()
+    assert [r["image"] for r in _rows(out / "results.jsonl.part")] == sorted(r["image"] for r in rows)

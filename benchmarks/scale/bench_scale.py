@@ -1,5 +1,5 @@
 """Inspection at scale on this machine: time to the first answer with and without a profile, images per second in
-one process and on Ray with 1 and 2 actors, Ray's overhead per image, memory per actor, ``myriad --help``.
+one process and on Ray with 1 and 2 actors per stage, Ray's overhead per image, memory per actor, ``myriad --help``.
 
     .venv/bin/python benchmarks/scale/bench_scale.py --normal DATA/brick/train/good --images DATA/brick/test \\
         [--count 48] [--lmm mini] [--out benchmarks/results/scale]
@@ -9,10 +9,12 @@ Run it on a quiet machine (it records the load average). Every timing is wall-cl
 - **first answer**: a fresh ``myriad inspect ONE_IMAGE --normal NORMAL`` (fit and calibrate, then answer) against
   ``myriad inspect ONE_IMAGE --profile PROFILE`` (the profile ``myriad fit`` wrote), each a new process;
 - **throughput**: the same ``--count`` images inspected from the profile in one process (``myriad inspect``'s
-  loop, after loading) and with ``--engine ray`` on a local cluster of this machine's CPUs, 1 and 2 actors (after
-  the cluster and the actors started: their start-up is reported apart); Ray's overhead per image is the Ray run's
-  seconds per image minus the single process's, with one actor;
-- **memory per actor**: the largest resident set of an inspecting actor's process during the Ray runs;
+  loop, after loading) and with ``--engine ray`` on a local cluster of this machine's CPUs, 1 and 2 actors per
+  stage (expert actors, then Myriad actors holding the LMM; after the cluster and the actors started: their
+  start-up is reported apart); Ray's overhead per image is the Ray run's seconds per image minus the single
+  process's, with one actor per stage;
+- **memory per actor**: the largest resident set of an expert actor's and of a Myriad actor's process during the
+  Ray runs;
 - ``myriad --help``: the median of 5 runs (the CLI must stay instant: plugins and models load lazily).
 
 Images per day per node and for N nodes follow as a calculation from the measured rates (stated in the report,
@@ -53,10 +55,12 @@ def _images(folder: Path, count: int) -> list[Path]:
 
 
 class _ActorMemory:
-    """Samples the resident memory of inspecting actors' processes while a Ray run goes."""
+    """Samples the resident memory of the expert and Myriad actors' processes while a Ray run goes."""
+
+    KINDS = {"_ExpertActor": "expert", "_MyriadActor": "myriad"}
 
     def __init__(self) -> None:
-        self.peak_mib = 0.0
+        self.peak_mib = {"expert": 0.0, "myriad": 0.0}
         self._stop = threading.Event()
         self._thread = threading.Thread(target=self._run, daemon=True)
 
@@ -65,8 +69,10 @@ class _ActorMemory:
 
         while not self._stop.is_set():
             for process in psutil.process_iter(["cmdline", "memory_info"]):
-                if "_InspectActor" in " ".join(process.info["cmdline"] or []) and process.info["memory_info"]:
-                    self.peak_mib = max(self.peak_mib, process.info["memory_info"].rss / 2**20)
+                line = " ".join(process.info["cmdline"] or [])
+                for marker, kind in self.KINDS.items():
+                    if marker in line and process.info["memory_info"]:
+                        self.peak_mib[kind] = max(self.peak_mib[kind], process.info["memory_info"].rss / 2**20)
             time.sleep(0.2)
 
     def __enter__(self) -> "_ActorMemory":
@@ -138,8 +144,8 @@ def main() -> None:
                     first.append(time.perf_counter())
 
             with _ActorMemory() as memory:
-                ran = run_ray([(p, f"{i}.png") for i, p in enumerate(images)], profile, settings, out, on_rows,
-                              RaySettings(workers=workers, batch_size=args.batch))
+                ran = run_ray([(p, f"{i}.png") for i, p in enumerate(images)], profile, settings, out,
+                              out / "results.blocks", on_rows, RaySettings(workers=workers, batch_size=args.batch))
             total = time.perf_counter() - started
             # throughput after the first batch arrived (cluster, actors and the first batch are start-up)
             steady = (time.perf_counter() - first[0]) if first else total
@@ -147,7 +153,9 @@ def main() -> None:
                 "seconds_total": total, "seconds_after_first_batch": steady,
                 "images_per_s_total": len(images) / total,
                 "images_per_s_after_first_batch": (len(images) - args.batch) / steady if steady > 0 else None,
-                "actor_peak_rss_mib": memory.peak_mib, "cpus_per_worker": ran["cpus_per_worker"], "cluster_cpus": ran["cpus"],
+                "peak_rss_mib": memory.peak_mib, "cpus_per_actor": ran["cpus_per_actor"], "cluster_cpus": ran["cpus"],
+                "experts": ran["experts"], "myriad": ran["myriad"],
+                "blocks": len(list((out / "results.blocks").glob("block-*.jsonl"))),
             }
         r1 = result["ray"]["1"]
         result["ray_overhead_s_per_image"] = r1["seconds_total"] / len(images) - single_s / len(images)
@@ -165,35 +173,39 @@ def markdown(r: dict) -> str:
     single = r["single"]["images_per_s"]
     per_day = single * 86400
     r1, r2 = r["ray"]["1"], r["ray"]["2"]
+    expert_mib = max(r1["peak_rss_mib"]["expert"], r2["peak_rss_mib"]["expert"])
+    myriad_mib = max(r1["peak_rss_mib"]["myriad"], r2["peak_rss_mib"]["myriad"])
+    best = max(r1["images_per_s_after_first_batch"] or 0, r2["images_per_s_after_first_batch"] or 0)
     lines = [
         "# Inspection at scale", "",
         f"{r['images']} images, LMM {r['lmm']}, batch {r['batch']}; machine {r['machine']}; load average "
         f"{r['load_average_start'][0]:.1f} at the start, {r['load_average_end'][0]:.1f} at the end. "
-        "`benchmarks/scale/bench_scale.py`.", "",
+        "`benchmarks/scale/bench_scale.py`. On Ray the pipeline is read, expert actors (the profile), Myriad actors "
+        "(the LMM), one file written per block.", "",
         "| measure | value |", "|---|---:|",
         f"| `myriad --help` (median of 5) | {r['help_s']:.2f} s |",
         f"| `myriad fit` on the normals (profile written) | {r['fit_s']:.1f} s |",
         f"| first answer, fitting on the normals (`--normal`) | {r['first_answer_fit_s']:.1f} s |",
         f"| first answer from the profile (`--profile`) | {r['first_answer_profile_s']:.1f} s |",
         f"| one process, after loading | {single:.2f} images/s ({1000 / single:.0f} ms per image) |",
-        f"| Ray, 1 actor: whole run (cluster and actor start included) | {r1['images_per_s_total']:.2f} images/s |",
-        f"| Ray, 1 actor: after the first batch | {r1['images_per_s_after_first_batch'] or 0:.2f} images/s |",
-        f"| Ray, 2 actors: whole run | {r2['images_per_s_total']:.2f} images/s |",
-        f"| Ray, 2 actors: after the first batch | {r2['images_per_s_after_first_batch'] or 0:.2f} images/s |",
-        f"| Ray's overhead per image (1 actor, whole run, minus one process) | {1000 * r['ray_overhead_s_per_image']:.0f} ms |",
-        f"| memory per inspecting actor (largest RSS) | {max(r1['actor_peak_rss_mib'], r2['actor_peak_rss_mib']):.0f} MiB |",
+        f"| Ray, 1 actor per stage: whole run (cluster and actor start included) | {r1['images_per_s_total']:.2f} images/s |",
+        f"| Ray, 1 actor per stage: after the first batch | {r1['images_per_s_after_first_batch'] or 0:.2f} images/s |",
+        f"| Ray, 2 actors per stage: whole run | {r2['images_per_s_total']:.2f} images/s |",
+        f"| Ray, 2 actors per stage: after the first batch | {r2['images_per_s_after_first_batch'] or 0:.2f} images/s |",
+        f"| Ray's overhead per image (1 actor per stage, whole run, minus one process) | {1000 * r['ray_overhead_s_per_image']:.0f} ms |",
+        f"| memory per expert actor / per Myriad actor (largest RSS) | {expert_mib:.0f} / {myriad_mib:.0f} MiB |",
         "",
         f"**Images per day, worked out.** One process here: {single:.2f} images/s x 86,400 s = {per_day:,.0f} images a "
-        f"day per node of this kind ({r['machine']}). On Ray, after start-up, 2 actors made "
-        f"{r2['images_per_s_after_first_batch'] or 0:.2f} images/s x 86,400 = {(r2['images_per_s_after_first_batch'] or 0) * 86400:,.0f} "
-        f"a day (Ray gives an actor as many threads as CPUs it holds: 1 actor ran at {r1['images_per_s_after_first_batch'] or 0:.2f}, "
-        "one thread; one actor per core beats one process whose torch threads share the cores). N such nodes: N times "
-        "that, less the start-up (cluster, actors loading the profile and the LMM), which this run's length measures as "
-        f"{1000 * r['ray_overhead_s_per_image']:.0f} ms per image and which a long run spreads thin. What limits it: the "
-        "expert and the LMM, CPU-bound here, so actors beyond a node's cores add nothing; each actor holds its own "
-        f"copy of the profile and the LMM ({max(r1['actor_peak_rss_mib'], r2['actor_peak_rss_mib']):,.0f} MiB), so memory "
-        "caps actors per node before cores do on small machines; then reading images from the shared path, and the "
-        "driver, which writes every row (a few hundred bytes per image: not a limit below thousands of images per second).",
+        f"day per node of this kind ({r['machine']}). On Ray, after start-up, the better of the two pools made "
+        f"{best:.2f} images/s x 86,400 = {best * 86400:,.0f} a day on this node. N such nodes: N times that (the actors "
+        "of both stages spread over every node's CPUs), less the start-up (cluster, actors loading the profile and "
+        f"the LMM), which this run's length measures as {1000 * r['ray_overhead_s_per_image']:.0f} ms per image and "
+        "which a long run spreads thin. What limits it: the expert and the LMM, CPU-bound here, so actors beyond a "
+        "node's cores add nothing (with GPUs, one Myriad actor per GPU takes the LMM off the CPUs); memory, "
+        f"{expert_mib:,.0f} MiB per expert actor and {myriad_mib:,.0f} MiB per Myriad actor (it loads the profile too, "
+        "for the verdict's calibration and the rules), caps actors per node before cores do on small machines; then "
+        "reading images from the shared path, and writing: each block's rows go to their own file (a few hundred "
+        "bytes per image), merged once at the end.",
     ]
     return "\n".join(lines) + "\n"
 

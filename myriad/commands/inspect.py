@@ -76,7 +76,8 @@ def list_candidates(sources: tuple[Path, ...] | list[Path], what: str) -> list[P
 @click.option("--address", default=None, help="--engine ray: the cluster to join (e.g. HOST:6379 or ray://HOST:10001); "
               "default: RAY_ADDRESS, else a local cluster on this machine.")
 @click.option("--workers", type=click.IntRange(1), default=None,
-              help="--engine ray: inspecting actors [default: one per GPU with --device cuda, else one per CPU].")
+              help="--engine ray: actors of each stage (expert; with an LMM, Myriad too) [default: one per CPU, split "
+              "between the stages; with --device cuda one Myriad actor per GPU].")
 @click.option("--format", "formats", type=click.Choice(["jsonl", "parquet"]), default="jsonl", show_default=True,
               help="Results as JSON lines only, or also as Parquet (OUTPUT/results.parquet; needs pyarrow).")
 @precision_option
@@ -177,8 +178,9 @@ def inspect_command(
         else:
             _inspect_all(inspector, todo, batch_size, ask, output, shown)
     except BaseException:
+        writer.merge_blocks(str(p.resolve()) for p in test_paths)  # what Ray's workers finished is kept
         writer.discard_if_empty()  # nothing done: nothing left to resume
-        if created and not writer.rows:
+        if created and not writer.tally.images:
             import shutil
 
             shutil.rmtree(output, ignore_errors=True)
@@ -187,8 +189,8 @@ def inspect_command(
         shown.close()
     seconds = time.perf_counter() - started
     final = writer.finish()
-    click.echo(f"wrote {final} ({len(writer.rows)} images) and overlays in {output}")
-    for line in _summary(writer.rows, len(todo), seconds, inspector):
+    click.echo(f"wrote {final} ({writer.tally.images} images) and overlays in {output}")
+    for line in _summary(writer.tally, len(todo), seconds, inspector):
         click.echo(line, err=line.startswith("warning"))
     if calibration_note:
         click.echo(calibration_note)
@@ -223,8 +225,9 @@ def _inspect_on_ray(
     inspector: Any, profile_dir: Path | None, todo: list[Path], output: Path, identity: dict, batch_size: int,
     address: str | None, workers: int | None, precision: str, device: str, shown: Any,
 ) -> None:
-    """``--engine ray``: the actors load the profile (written to OUTPUT/profile first when fitted here); the rows
-    stream back and are written and shown here."""
+    """``--engine ray``: the actors load the profile (written to OUTPUT/profile first when fitted here) and write
+    each block's rows to its own file; the rows also stream back to be shown here, and the files are merged into the
+    results at the end."""
     from myriad.engines.ray_engine import RaySettings, run_ray
 
     if profile_dir is None:  # fitted in this process: the actors read it from OUTPUT (a path every node shares)
@@ -233,20 +236,28 @@ def _inspect_on_ray(
         profile_dir = save_profile(inspector, output / "profile", len(identity["normal"]), identity["normal"], force=True)
     settings = {k: identity[k] for k in ("lmm", "answers", "verdict", "ask", "rules")}
     settings.update(device=device, precision=precision)
-    ran = run_ray([(p, shown.overlay_names[p]) for p in todo], Path(profile_dir), settings, output, shown,
-                  RaySettings(address=address, workers=workers, batch_size=batch_size))
-    click.echo(f"ray: {ran['workers']} inspecting actors on a cluster of {ran['cpus']:g} CPUs and {ran['gpus']:g} GPUs",
-               err=True)
+    ran = run_ray([(p, shown.overlay_names[p]) for p in todo], Path(profile_dir), settings, output,
+                  shown.writer.blocks, shown, RaySettings(address=address, workers=workers, batch_size=batch_size))
+    shown.writer.merge_blocks(str(p.resolve()) for p in todo)
+    actors = _count(ran["experts"], "expert actor") + (f" and {_count(ran['myriad'], 'Myriad (LMM) actor')}" if ran["myriad"] else "")
+    click.echo(f"ray: {actors} on a cluster of {ran['cpus']:g} CPUs and {ran['gpus']:g} GPUs", err=True)
+
+
+def _count(n: int, noun: str) -> str:
+    return f"{n} {noun}{'' if n == 1 else 's'}"
 
 
 class _Delivered:
-    """Takes each batch's rows from either engine: writes them (the writer drops repeats), prints them, and moves
-    the progress bar (images per second, time left; drawn on a terminal)."""
+    """Takes each batch's rows from either engine: writes them (the writer drops repeats; on Ray the workers wrote
+    them), prints them, and moves the progress bar (images per second, time left; drawn on a terminal)."""
 
     def __init__(self, writer: Any, all_paths: list[Path], done: int, engine: str) -> None:
         from tqdm import tqdm
 
         self.writer = writer
+        #: on Ray the workers write the rows (merged at the end): here they are only shown, each image once
+        self.write = engine != "ray"
+        self.seen: set[str] = set()
         names = _display_names(all_paths)
         self.overlay_names = _unique_overlay_names(names)
         self.names = {str(p.resolve()): name for p, name in names.items()}
@@ -254,7 +265,11 @@ class _Delivered:
                         leave=False, dynamic_ncols=True)
 
     def __call__(self, rows: list[dict]) -> None:
-        written = self.writer.append(rows)
+        if self.write:
+            written = self.writer.append(rows)
+        else:
+            written = [r for r in rows if r["path"] not in self.seen and r["path"] not in self.writer.done]
+            self.seen.update(r["path"] for r in written)
         _show(written, [self.names[r["path"]] for r in written])
         self.bar.update(len(written))
 
@@ -271,23 +286,20 @@ def _show(rows: list[dict], shown: list[str]) -> None:
             click.echo(line, err=line.startswith("warning:"))
 
 
-def _summary(rows: list[dict], inspected: int, seconds: float, inspector: Any) -> list[str]:
-    """The run's summary: counts, alarms, errors, throughput, and a warning when alarms run far above the stated rate."""
+def _summary(tally: Any, inspected: int, seconds: float, inspector: Any) -> list[str]:
+    """The run's summary from its :class:`~myriad.run_results.RunTally`: counts, alarms, errors, throughput, and a
+    warning when alarms run far above the stated rate."""
     from scipy.stats import binomtest
 
-    errors = sum(1 for r in rows if "error" in r)
-    decided = [r for r in rows if "error" not in r]
-    alarms = sum(1 for r in decided if r.get("decision") == "anomalous")
-    reviews = sum(1 for r in decided if r.get("decision") == "review")
-    accepted = sum(1 for r in decided if r.get("rule") and r.get("decision") == "normal")
+    alarms, reviews, decided = tally.flagged, tally.review, tally.decided
     speed = f", {inspected / seconds:.2f} images/s" if inspected and seconds > 0 else ""
-    ruled = f", {reviews} for review, {accepted} alarms accepted by the rules" if any("rule" in r for r in decided) else ""
-    lines = [f"{len(rows)} images: {alarms} flagged, {len(decided) - alarms - reviews} normal, {errors} errors{ruled}; "
+    ruled = f", {reviews} for review, {tally.accepted} alarms accepted by the rules" if tally.ruled else ""
+    lines = [f"{tally.images} images: {alarms} flagged, {decided - alarms - reviews} normal, {tally.errors} errors{ruled}; "
              f"{inspected} inspected in this call in {seconds:.0f} s{speed}"]
     rate = inspector.verdict_false_alarm_rate
     if decided and rate:
-        share = alarms / len(decided)
-        p = binomtest(alarms, len(decided), min(max(rate, 1e-9), 1.0), alternative="greater").pvalue
+        share = alarms / decided
+        p = binomtest(alarms, decided, min(max(rate, 1e-9), 1.0), alternative="greater").pvalue
         if share > 2 * rate and p < 1e-3:
             lines.append(
                 f"warning: {_percent(share)} of the images were flagged, far above the {_percent(rate)} of good parts "

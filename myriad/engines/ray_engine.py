@@ -1,14 +1,24 @@
 """``myriad inspect --engine ray``: the same batch run on a Ray cluster, using every node it has.
 
-Ray Data reads the list of images, an actor pool inspects them (each actor loads the fitted
-profile, and the LMM, once), and the rows stream back to the driver, which writes them with
-the same :class:`~myriad.run_results.ResultsWriter` as the single-process run. Every actor runs
-:func:`myriad.batch_run.inspect_paths`, so rows and decisions are those of one process.
+A Ray Data pipeline of four stages:
 
-Exactly once: an actor that dies mid-batch is restarted by Ray and its batch redone; overlays
-have names fixed by their image path and are written atomically, so a redone batch replaces
-them; the driver keeps the first row of each image (by ``path``) and drops a repeat, and the
-results file is appended per delivered batch, so ``--resume`` works as in one process.
+1. **read**: the list of images, in blocks of ``--batch-size``;
+2. **expert actors** (each loads the fitted profile once): read the images and score them
+   (:func:`myriad.batch_run.detect_paths`);
+3. **Myriad actors** (each loads the profile's verdict and rules, and the LMM, once; one per GPU
+   with ``--device cuda``): the verdict, the answers, the findings, the overlays and the rows
+   (:func:`myriad.batch_run.answer_detected`). With ``--lmm none`` there is no LMM to hold, and the
+   expert actors make the rows themselves;
+4. **write**: each block's rows to its own file, named by the sha256 of its image paths and
+   written atomically (:func:`myriad.run_results.write_block`), so a retried task replaces its
+   file and never adds a row; the driver merges the files into the results when the run ends
+   (:meth:`myriad.run_results.ResultsWriter.merge_blocks`), and ``--resume`` merges those of a
+   run killed before that.
+
+Rows and decisions are those of one process: both stages are the functions the single-process
+run calls. The rows also stream back to the driver, which only shows them and moves the progress
+bar. An actor that dies mid-batch is restarted by Ray and its batch redone; overlays have names
+fixed by their image path and are written atomically, so a redone batch replaces them.
 
 Ray is an optional extra (``pip install 'myriad-iad[ray]'``): nothing imports it until this
 engine runs. Orchestration only.
@@ -19,46 +29,90 @@ from __future__ import annotations
 import json
 import logging
 import math
+import pickle
 import time
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Callable, Sequence
 
 from myriad.errors import MissingExtraError, MyriadError
 
-__all__ = ["RaySettings", "run_ray"]
+__all__ = ["ActorPlan", "RaySettings", "plan_actors", "run_ray"]
 
 
-class _InspectActor:
-    """One Ray actor: a fitted profile (and the LMM) loaded once, then batch after batch of paths to rows."""
+def _inspector(profile: str, settings: dict[str, Any], lmm: Any) -> Any:
+    """An inspector over the fitted ``profile`` (with the LMM ``lmm``; None: the expert alone) and the run's rules."""
+    from myriad.inspection import Inspector
+    from myriad.profiles import load_profile
 
-    def __init__(self, profile: str, settings: dict[str, Any], folder: str, pause_s: float = 0.0) -> None:
-        from myriad.inspection import Inspector
-        from myriad.profiles import load_profile
+    loaded = load_profile(profile)
+    inspector = Inspector(
+        loaded.expert, lmm=lmm, device=settings["device"], precision=settings["precision"],
+        answers=settings["answers"], verdict=settings["verdict"],
+    ).use_profile(loaded)
+    if settings.get("rules") is not None:
+        from myriad.acceptance import AcceptanceRules
 
-        loaded = load_profile(profile)
-        self.inspector = Inspector(
-            loaded.expert, lmm=settings["lmm"], device=settings["device"], precision=settings["precision"],
-            answers=settings["answers"], verdict=settings["verdict"],
-        ).use_profile(loaded)
-        if settings.get("rules") is not None:
-            from myriad.acceptance import AcceptanceRules
+        inspector.set_rules(AcceptanceRules.model_validate(settings["rules"]))
+    return inspector
 
-            self.inspector.set_rules(AcceptanceRules.model_validate(settings["rules"]))
-        self.ask = settings.get("ask")
-        self.folder = Path(folder)
-        self.pause_s = pause_s
+
+class _ExpertActor:
+    """Stage 2: the profile's expert loaded once, then batch after batch of paths to detections (or, when the run
+    has no LMM, straight to rows)."""
+
+    def __init__(self, profile: str, settings: dict[str, Any], folder: str, rows: bool, pause_s: float = 0.0) -> None:
+        self.inspector = _inspector(profile, settings, settings["lmm"] if rows else None)
+        self.rows, self.ask, self.folder, self.pause_s = rows, settings.get("ask"), Path(folder), pause_s
 
     def __call__(self, batch: dict[str, Any]) -> dict[str, Any]:
         import numpy as np
 
-        from myriad.batch_run import inspect_paths
+        from myriad.batch_run import detect_paths, inspect_paths
 
         if self.pause_s:
             time.sleep(self.pause_s)
         paths = [Path(str(p)) for p in batch["path"]]
-        rows = inspect_paths(self.inspector, paths, [str(n) for n in batch["overlay"]], self.ask, self.folder)
-        return {"path": np.asarray([str(p) for p in batch["path"]], dtype=object),
-                "row": np.asarray([json.dumps(r) for r in rows], dtype=object)}
+        if self.rows:
+            rows = inspect_paths(self.inspector, paths, [str(n) for n in batch["overlay"]], self.ask, self.folder)
+            return _rows_batch(batch, rows)
+        staged = detect_paths(self.inspector, paths).split()  # scored as one batch, passed on image by image
+        return {"path": batch["path"], "overlay": batch["overlay"],
+                "staged": np.asarray([pickle.dumps(one) for one in staged], dtype=object)}
+
+
+class _MyriadActor:
+    """Stage 3: the profile's verdict and rules and the LMM loaded once, then detections to rows."""
+
+    def __init__(self, profile: str, settings: dict[str, Any], folder: str) -> None:
+        self.inspector = _inspector(profile, settings, settings["lmm"])
+        self.ask, self.folder = settings.get("ask"), Path(folder)
+
+    def __call__(self, batch: dict[str, Any]) -> dict[str, Any]:
+        from myriad.batch_run import answer_detected
+
+        from myriad.batch_run import DetectedPaths
+
+        # each image's detections, pickled by this run's own expert actors; answered as one batch
+        staged = DetectedPaths.join([pickle.loads(blob) for blob in batch["staged"]])  # noqa: S301
+        rows = answer_detected(self.inspector, staged, [str(n) for n in batch["overlay"]], self.ask, self.folder)
+        return _rows_batch(batch, rows)
+
+
+def _rows_batch(batch: dict[str, Any], rows: list[dict[str, Any]]) -> dict[str, Any]:
+    """A Ray batch of rows (as JSON), one per image of ``batch``, in its order."""
+    import numpy as np
+
+    return {"path": np.asarray([str(p) for p in batch["path"]], dtype=object),
+            "row": np.asarray([json.dumps(r) for r in rows], dtype=object)}
+
+
+def _write_block(batch: dict[str, Any], blocks: str) -> dict[str, Any]:
+    """Stage 4: a block's rows to their own file (:func:`myriad.run_results.write_block`); passed on for the driver."""
+    from myriad.run_results import write_block
+
+    write_block(Path(blocks), [json.loads(r) for r in batch["row"]])
+    return batch
 
 
 class RaySettings:
@@ -119,17 +173,58 @@ def _connect(ray: Any, address: str | None) -> bool:
     return True
 
 
+@dataclass(frozen=True)
+class ActorPlan:
+    """How many actors of each stage, and what each holds: ``myriad`` is 0 when the run has no LMM (the expert
+    actors make the rows)."""
+
+    experts: int
+    expert_cpus: float
+    myriad: int
+    myriad_cpus: float
+    myriad_gpus: float
+
+
+def plan_actors(cpus: float, gpus: float, use_gpu: bool, has_lmm: bool, workers: int | None = None,
+                cpus_per_worker: float = 1.0) -> ActorPlan:
+    """The actor pools for a cluster of ``cpus`` CPUs and ``gpus`` GPUs.
+
+    One actor per CPU (measured: two one-thread actors beat one two-thread process on 2 cores,
+    ``benchmarks/results/scale.md``), split between the stages when there is an LMM (the expert and the
+    LMM take about the same time per image on a CPU); with ``--device cuda`` one Myriad actor per GPU and the
+    expert actors on the CPUs. ``workers`` fixes the actors of each stage. An actor pool that takes every CPU
+    starves Ray's read and write tasks, so the actors share all but half a CPU.
+    """
+    if not has_lmm:
+        experts = workers or (max(1, int(gpus)) if use_gpu else max(1, math.floor(cpus / cpus_per_worker)))
+        share = cpus_per_worker if use_gpu else min(cpus_per_worker, max(0.05, (cpus - 0.5) / experts))
+        return ActorPlan(experts, share, 0, 0.0, 0.0)
+    if use_gpu:
+        myriad = workers or max(1, int(gpus))
+        experts = workers or max(1, math.floor(max(cpus - myriad, 1.0) / cpus_per_worker))
+        share = min(cpus_per_worker, max(0.05, (cpus - 0.5) / (experts + myriad)))
+        return ActorPlan(experts, share, myriad, share, 1.0)
+    total = max(2, math.floor(cpus / cpus_per_worker))
+    experts = workers or math.ceil(total / 2)
+    myriad = workers or max(1, total - experts)
+    share = min(cpus_per_worker, max(0.05, (cpus - 0.5) / (experts + myriad)))
+    return ActorPlan(experts, share, myriad, share, 0.0)
+
+
 def run_ray(
     items: Sequence[tuple[Path, str]],
     profile: Path,
     settings: dict[str, Any],
     folder: Path,
+    blocks: Path,
     on_rows: Callable[[list[dict[str, Any]]], None],
     ray_settings: RaySettings | None = None,
 ) -> dict[str, Any]:
-    """Inspect ``items`` (path, overlay name) with the fitted ``profile`` on Ray; ``on_rows`` gets each delivered
-    batch's rows (the caller writes them). ``settings``: ``lmm``, ``device``, ``precision``, ``answers``,
-    ``verdict``, ``ask``, ``rules`` (as JSON). Returns what ran: actors, CPUs and GPUs of the cluster, seconds."""
+    """Inspect ``items`` (path, overlay name) with the fitted ``profile`` on Ray (see the module docstring): overlays
+    into ``folder``, each block's rows into a file under ``blocks`` (the caller merges them:
+    :meth:`myriad.run_results.ResultsWriter.merge_blocks`); ``on_rows`` gets each delivered block's rows to show.
+    ``settings``: ``lmm``, ``device``, ``precision``, ``answers``, ``verdict``, ``ask``, ``rules`` (as JSON).
+    Returns what ran: actors per stage, CPUs and GPUs of the cluster, seconds."""
     ray = _import_ray()
     rs = ray_settings or RaySettings()
     started_here = _connect(ray, rs.address)
@@ -142,31 +237,31 @@ def run_ray(
         use_gpu = str(settings.get("device", "cpu")).startswith("cuda")
         if use_gpu and gpus < 1:
             raise MyriadError("--device cuda: the Ray cluster has no GPU")
-        # one actor per CPU (measured: 2 one-thread actors beat one 2-thread process on 2 cores, benchmarks/results/
-        # scale.md); an actor pool that takes every CPU starves the read tasks, so the actors share all but half a CPU
-        workers = rs.workers or (int(gpus) if use_gpu else max(1, math.floor(cpus / rs.cpus_per_worker)))
-        cpus_per_worker = rs.cpus_per_worker
-        if not use_gpu and workers * cpus_per_worker > cpus - 0.5:
-            cpus_per_worker = max(0.05, (cpus - 0.5) / workers)
+        has_lmm = settings.get("lmm") not in (None, "none")
+        plan = plan_actors(cpus, gpus, use_gpu, has_lmm, rs.workers, rs.cpus_per_worker)
         started = time.perf_counter()
         if items:
+            common = {"profile": str(Path(profile).resolve()), "settings": settings, "folder": str(Path(folder).resolve())}
             dataset = ray.data.from_items(
                 [{"path": str(p), "overlay": name} for p, name in items],
                 override_num_blocks=max(1, math.ceil(len(items) / rs.batch_size)),
             )
-            rows = dataset.map_batches(
-                _InspectActor,
-                fn_constructor_kwargs={"profile": str(Path(profile).resolve()), "settings": settings,
-                                       "folder": str(Path(folder).resolve()), "pause_s": rs.pause_s},
-                batch_size=rs.batch_size,
-                compute=ray.data.ActorPoolStrategy(size=workers),
-                num_cpus=cpus_per_worker,
-                num_gpus=1 if use_gpu else 0,
+            staged = dataset.map_batches(
+                _ExpertActor, fn_constructor_kwargs={**common, "rows": not has_lmm, "pause_s": rs.pause_s},
+                batch_size=rs.batch_size, batch_format="numpy", compute=ray.data.ActorPoolStrategy(size=plan.experts),
+                num_cpus=plan.expert_cpus, num_gpus=1 if use_gpu and not has_lmm else 0,
             )
-            for batch in rows.iter_batches(batch_size=None, batch_format="numpy"):
+            rows = staged if not has_lmm else staged.map_batches(
+                _MyriadActor, fn_constructor_kwargs=common, batch_size=rs.batch_size, batch_format="numpy",
+                compute=ray.data.ActorPoolStrategy(size=plan.myriad), num_cpus=plan.myriad_cpus,
+                num_gpus=plan.myriad_gpus,
+            )
+            written = rows.map_batches(_write_block, fn_kwargs={"blocks": str(Path(blocks).resolve())},
+                                       batch_size=None, batch_format="numpy", num_cpus=0.1)
+            for batch in written.iter_batches(batch_size=None, batch_format="numpy"):
                 on_rows([json.loads(r) for r in batch["row"]])
-        return {"workers": workers, "cpus": cpus, "gpus": gpus, "cpus_per_worker": cpus_per_worker,
-                "seconds": time.perf_counter() - started}
+        return {"experts": plan.experts, "myriad": plan.myriad, "cpus": cpus, "gpus": gpus,
+                "cpus_per_actor": plan.expert_cpus, "seconds": time.perf_counter() - started}
     finally:
         if started_here:
             ray.shutdown()
