@@ -19,7 +19,7 @@ import threading
 from collections import OrderedDict
 from typing import Any, Callable, Hashable
 
-__all__ = ["DEFAULT_GROUP", "cached", "clear", "file_stamp"]
+__all__ = ["DEFAULT_GROUP", "cached", "cached_models", "clear", "file_stamp"]
 
 #: The group of :func:`cached` calls that name none.
 DEFAULT_GROUP = "models"
@@ -91,6 +91,12 @@ def cached(key: Hashable, build: Callable[[], Any], *, group: str = DEFAULT_GROU
 def _done_building(pool: _Group, key: Hashable, building: threading.Lock) -> None:
     if pool.building.get(key) is building:
         del pool.building[key]
+
+
+def cached_models() -> list[Any]:
+    """Every model the cache holds now (of every group), e.g. to leave shared models out of a memory count."""
+    with _LOCK:
+        return [value for pool in _GROUPS.values() for value in pool.entries.values()]
 
 
 def clear() -> None:

@@ -45,7 +45,8 @@ def _row_spec(text: str) -> tuple[str, str, Path]:
     return name, setting, Path(data)
 
 
-def run_row(name: str, setting: str, data: Path, expert: str, draws: int, model: Any, cache: Path) -> dict:
+def run_row(name: str, setting: str, data: Path, expert: str, draws: int, model: Any, cache: Path,
+            config: dict | None = None) -> dict:
     """Evaluate one row (cached as JSON): every test image's decisions and each fit's held-out margins."""
     if cache.is_file():
         return json.loads(cache.read_text())
@@ -73,7 +74,7 @@ def run_row(name: str, setting: str, data: Path, expert: str, draws: int, model:
     step = Recording(model)
     k_shot = None if setting == "one_class" else int(setting[:-4])
     settings = EvalSettings(expert=expert, data=data, k_shot=k_shot, runs=1 if k_shot is None else draws,
-                            examples=0, progress=False)
+                            examples=0, progress=False, config=dict(config or {}))
     started = time.perf_counter()
     result = evaluate(settings, steps=[step])
     fits = [{"category": c.name, "run": r.run, "fit_seconds": r.fit_seconds, "ms_per_image": r.ms_per_image,
@@ -259,6 +260,8 @@ def main() -> None:
     parser.add_argument("--expert", default="patchcore+global")
     parser.add_argument("--draws", type=int, default=2, help="few-shot reference draws per category")
     parser.add_argument("--lmm", default="mini")
+    parser.add_argument("--config", default="{}", help="the expert's config as JSON (e.g. the embedded backbone for "
+                        "an expert whose paper weights are not here)")
     args = parser.parse_args()
     out = Path(args.out)
     from myriad.inspection import load_lmm
@@ -268,11 +271,12 @@ def main() -> None:
     for spec in args.row:
         name, setting, data = _row_spec(spec)
         cache = out.parent / f"{out.name}_rows" / f"{name}_{setting}_{args.expert.replace('+', '-')}.json"
-        row = run_row(name, setting, data, args.expert, args.draws, model, cache)
+        row = run_row(name, setting, data, args.expert, args.draws, model, cache, json.loads(args.config))
         rows.append(row)
         summaries.append(summarise(row))
         print(f"{name} {setting}: {row['seconds']:.0f} s", flush=True)
-    about = (f"Expert {args.expert}, Myriad-mini ({args.lmm}), machine {platform.machine()}; few-shot rows pool "
+    config = f" (config {args.config})" if json.loads(args.config) else ""
+    about = (f"Expert {args.expert}{config}, Myriad-mini ({args.lmm}), machine {platform.machine()}; few-shot rows pool "
              f"{args.draws} reference draws. Rule `either` is the default verdict (docs/lmm.md, 'The verdict').")
     for row, summary in zip(rows, summaries):
         summary["buckets"] = buckets(row)

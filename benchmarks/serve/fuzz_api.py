@@ -7,7 +7,10 @@ seed, a bounded number of examples per operation and a wall-clock limit, then wr
 failed checks, and whether the server logged any traceback. A behaviour check, not a timing.
 
     .venv/bin/pip install schemathesis
-    .venv/bin/python benchmarks/serve/fuzz_api.py [--max-examples 30] [--time-limit 900]
+    .venv/bin/python benchmarks/serve/fuzz_api.py [--max-examples 30] [--time-limit 900] [--schemathesis PATH]
+
+(``--schemathesis``: the command from another environment, e.g. ``/tmp/fuzz/bin/schemathesis``, so that the
+project's environment stays as it is.)
 """
 
 from __future__ import annotations
@@ -85,11 +88,19 @@ def statuses(ndjson: Path) -> tuple[collections.Counter, int]:
     return counts, failures
 
 
+def _version(command: str) -> str:
+    """schemathesis' version, as its command reports it."""
+    out = subprocess.run([command, "--version"], capture_output=True, text=True, check=False).stdout
+    return out.strip().split()[-1] if out.strip() else "unknown"
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--max-examples", type=int, default=30, help="test cases per API operation and phase")
     parser.add_argument("--time-limit", type=float, default=900, help="seconds for the whole schemathesis run")
     parser.add_argument("--seed", type=int, default=15)
+    parser.add_argument("--schemathesis", default=str(Path(sys.executable).with_name("schemathesis")),
+                        help="the schemathesis command (default: the one beside this Python)")
     args = parser.parse_args()
 
     token = secrets.token_urlsafe(16)
@@ -109,7 +120,7 @@ def main() -> None:
         try:
             wait_ready(url, server)
             command = [
-                str(Path(sys.executable).with_name("schemathesis")), "run", f"{url}/openapi.json",
+                args.schemathesis, "run", f"{url}/openapi.json",
                 "--checks", CHECKS, "--max-examples", str(args.max_examples), "--seed", str(args.seed),
                 "--phases", "examples,coverage,fuzzing", "--header", f"Authorization: Bearer {token}",
                 "--request-timeout", "60", "--generation-database", "none", "--workers", "1",
@@ -130,11 +141,9 @@ def main() -> None:
         reports = sorted((tmp_path / "report").glob("*.ndjson"))
         counts, failures = statuses(reports[0]) if reports else (collections.Counter(), 0)
 
-    from importlib.metadata import version
-
     five_xx = sum(n for code, n in counts.items() if code >= 500)
     summary = {
-        "tool": f"schemathesis {version('schemathesis')}",
+        "tool": f"schemathesis {_version(args.schemathesis)}",
         "target": "myriad serve --lmm none --no-ui --data-root <3 normal images> (token required), 127.0.0.1",
         "checks": CHECKS.split(","),
         "phases": ["examples", "coverage", "fuzzing"],

@@ -2,12 +2,16 @@
 
 Modules, one job each:
 
-- :mod:`myriad.serve.limits`: upload, image, question and answer limits, per-request temporary files;
-- :mod:`myriad.serve.security`: Host, Origin and token checks, the streamed body limit, who owns a request;
+- :mod:`myriad.serve.limits`: upload, image, pixel-budget, question and answer limits, per-request temporary files;
+- :mod:`myriad.serve.security`: Host, Origin and token checks, who owns a request;
+- :mod:`myriad.serve.bodies`: each route's streamed body limit and the body timeouts;
+- :mod:`myriad.serve.connections`: the connection cap and the request-header deadline (uvicorn's h11 protocol);
+- :mod:`myriad.serve.memory`: the bytes a profile or a session holds;
 - :mod:`myriad.serve.experts`: which expert and which (bounded) expert settings a client may choose;
 - :mod:`myriad.serve.bounds`: the shared LMM with every answer capped in tokens and seconds;
 - :mod:`myriad.serve.errors`: errors that carry their HTTP status;
-- :mod:`myriad.serve.profiles`: the thread-safe store of fitted profiles and chat sessions, per client with quotas;
+- :mod:`myriad.serve.profiles`: the thread-safe store of fitted profiles and chat sessions, per client, with
+  quotas per token in count and bytes;
 - :mod:`myriad.serve.service`: the shared models, the inference lock and the calls into
   :class:`myriad.inspection.Inspector` (used by the API and the page alike);
 - :mod:`myriad.serve.render`: the overlay PNG of a result;

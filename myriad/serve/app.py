@@ -1,6 +1,6 @@
 """The FastAPI application: :func:`create_app` builds it around one :class:`InspectionService`.
 
-Routes (all JSON unless said; the schema is served at ``/openapi.json``, browsable at ``/docs``):
+Routes (all JSON unless said; the schema is served at ``/openapi.json``, browsable at ``/docs``; no ``/redoc``):
 
 - ``GET /api/health``, ``GET /api/experts``
 - ``GET /api/profiles``; ``POST /api/profiles/{name}`` fits a profile from uploaded normal images
@@ -12,6 +12,8 @@ Routes (all JSON unless said; the schema is served at ``/openapi.json``, browsab
   above and nothing else, unless built with ``ui=False``
 
 Profiles and sessions belong to the client that made them (see :mod:`myriad.serve.security`).
+Requests pass :class:`~myriad.serve.security.SecurityMiddleware` (Host, Origin, token, owner), then
+:class:`~myriad.serve.bodies.BodyGuardMiddleware` (the route's body limit, body timeouts).
 Every refusal is JSON ``{"detail": "<one line>"}`` (also for 422s), never a traceback.
 """
 
@@ -32,7 +34,17 @@ from myriad.errors import MyriadError
 from myriad.fusion import SEPARATOR
 from myriad.inspection import DEFAULT_PRECISION
 from myriad.serve.errors import ServeError, status_of
-from myriad.serve.limits import Limits, check_count, clip, display_name, load_checked_image, request_tempdir, save_upload
+from myriad.serve.bodies import BodyGuardMiddleware
+from myriad.serve.limits import (
+    Limits,
+    PixelBudget,
+    check_count,
+    clip,
+    display_name,
+    load_checked_image,
+    request_tempdir,
+    save_upload,
+)
 from myriad.serve.profiles import Session
 from myriad.serve.schemas import (
     AnswerOut,
@@ -58,10 +70,11 @@ _CODES = {
     401: "missing or wrong bearer token (servers started with --token)",
     403: "a cross-origin request, a server-side folder not allowed, or a file linking outside the data root",
     404: "unknown profile, session or expert (other clients' are unknown to you)",
+    408: "the request body stalled or came too slowly (--body-timeout-s, --request-timeout-s)",
     409: "not possible in the server's state (follow-ups without the LMM, or past the turn limit)",
-    413: "upload too large or too many files",
+    413: "body, upload or decoded pixels over the route's limit, too many files, or a profile over a client's memory share",
     422: "an invalid field: image, name, expert settings, question or folder",
-    429: "the server is full of other clients' recent profiles or sessions",
+    429: "the server is full (in count or memory) of other clients' recent profiles or sessions",
 }
 #: Path parameters as the schema documents them (the same rules the store applies).
 _NAME = PathParam(pattern=r"^[A-Za-z0-9][A-Za-z0-9._-]{0,63}$", description="profile name: 1 to 64 letters, digits, '._-'")
@@ -87,6 +100,8 @@ def create_app(
     max_sessions: int = 128,
     per_client_profiles: int | None = None,
     per_client_sessions: int | None = None,
+    max_memory_bytes: int = 2048 * 1024 * 1024,
+    per_client_memory_bytes: int | None = None,
     expert_config: dict[str, dict[str, Any]] | None = None,
     false_alarm_rate: float | None = None,
     answers: str = "facts",
@@ -111,11 +126,23 @@ def create_app(
     every client, read-only (a folder that does not load is a start-up error naming it).
     ``state_dir`` keeps clients' fitted profiles across restarts: each is saved there when fitted
     and every saved one is loaded back at start (one that no longer loads is logged and skipped).
+    ``max_profiles``, ``max_sessions`` and ``max_memory_bytes`` bound what the server keeps; the
+    ``per_client_*`` quotas bound each token (default: a quarter each; without tokens every request is one
+    principal, whose quota is then the whole).
     """
+    policy = policy or AccessPolicy()
     if service is None:
         from myriad.serve.profiles import ProfileStore
 
-        store = ProfileStore(max_profiles, max_sessions, per_client_profiles, per_client_sessions)
+        whole = not policy.token_required  # without tokens every request is one principal: its quota is the whole
+
+        def quota(given: int | None, total: int) -> int | None:
+            return given or (total if whole else None)
+
+        store = ProfileStore(
+            max_profiles, max_sessions, quota(per_client_profiles, max_profiles), quota(per_client_sessions, max_sessions),
+            max_bytes=max_memory_bytes, per_client_bytes=quota(per_client_memory_bytes, max_memory_bytes),
+        )
         options: dict[str, Any] = {
             "default_expert": expert,
             "device": device,
@@ -142,17 +169,16 @@ def create_app(
             log.warning("saved profile not loaded: %s", problem)
         if restored:
             log.info("%d saved profiles loaded from %s", restored, service.state_dir)
-    policy = policy or AccessPolicy()
-    if policy.max_body_bytes != service.limits.max_request_bytes:
-        policy = AccessPolicy(policy.tokens, policy.allowed_hosts, service.limits.max_request_bytes)
     app = FastAPI(
         title="Myriad",
         version=__version__,
         description="Industrial anomaly detection: vision experts produce anomaly maps, Myriad answers in text.",
+        redoc_url=None,
     )
     app.state.service = service
     app.state.policy = policy
-    app.add_middleware(SecurityMiddleware, policy=policy)
+    app.add_middleware(BodyGuardMiddleware, limits=service.limits)
+    app.add_middleware(SecurityMiddleware, policy=policy)  # added last: runs first
     _add_routes(app, service)
     _add_error_handlers(app)
 
@@ -234,7 +260,8 @@ def _add_routes(app: FastAPI, service: InspectionService) -> None:
 
     @app.get("/api/health", response_model=HealthOut, responses={400: _ERRORS[400]}, tags=["server"])
     def health() -> dict[str, Any]:
-        """Liveness, version, the loaded LMM, whether a token is needed, and how many profiles and sessions are held."""
+        """Liveness, version, the loaded LMM (never a path), whether a token is needed, and the profiles and sessions
+        held: how many, and the bytes they hold against the memory budget."""
         return {**service.health(), "token_required": app.state.policy.token_required}
 
     @app.get("/api/experts", response_model=list[ExpertOut], responses=_ERRORS, tags=["server"])
@@ -267,12 +294,13 @@ def _add_routes(app: FastAPI, service: InspectionService) -> None:
         else:
             files = files or []
             check_count(len(files), "normal images", limits)
+            budget = PixelBudget(limits)
             with request_tempdir() as tmp:
                 images = []
                 for i, upload in enumerate(files):
                     shown = display_name(upload.filename, i)
                     path = save_upload(upload.file, upload.filename, tmp, i, limits)
-                    images.append(load_checked_image(path, shown, limits))
+                    images.append(load_checked_image(path, shown, limits, budget))
         return service.fit_profile(name, images, expert=expert, config=settings, owner=_owner(request),
                                    from_folder=bool(folder)).describe()
 
@@ -306,7 +334,7 @@ def _add_routes(app: FastAPI, service: InspectionService) -> None:
         shown = display_name(file.filename)
         with request_tempdir() as tmp:
             path = save_upload(file.file, file.filename, tmp, 0, limits)
-            image = load_checked_image(path, shown, limits)
+            image = load_checked_image(path, shown, limits, PixelBudget(limits))
         return _inspection(app, service.inspect(profile, image, shown, ask, owner=owner))
 
     @app.get("/api/sessions/{session_id}", response_model=SessionOut, responses=_ERRORS, tags=["inspection"])

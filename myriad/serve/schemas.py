@@ -18,7 +18,8 @@ class HealthOut(BaseModel):
 
     status: str
     version: str
-    lmm: str = Field(description="'none' (expert-only answers), 'mini', a weights path, or 'injected'")
+    lmm: str = Field(description="'none' (expert-only answers), 'mini', 'weights file' (trained weights; the path is "
+                     "not shown), or 'injected'")
     answers: str = Field(
         "facts", description="answer route: 'facts' (the map's facts at Myriad's verdict; follow-ups work without "
         "an LMM too) or 'lmm' (the LMM's own text; follow-ups need it)"
@@ -32,6 +33,9 @@ class HealthOut(BaseModel):
     uptime_s: float
     profiles: int
     sessions: int
+    profile_bytes: int = Field(0, description="bytes the profiles hold (arrays and tensors; shared models left out)")
+    session_bytes: int = Field(0, description="bytes the sessions hold (images, maps, overlays, conversations)")
+    max_memory_bytes: int = Field(0, description="the memory budget of clients' profiles and sessions (--max-memory-mb)")
     token_required: bool = Field(description="whether /api/ requests need 'Authorization: Bearer <token>'")
 
 

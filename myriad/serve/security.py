@@ -9,12 +9,14 @@ In order, for every HTTP request:
    must be this server's own: a cross-site form or script is refused with 403 (CSRF).
 3. **Token**: with ``--token``, every ``/api/`` request except ``GET /api/health`` needs
    ``Authorization: Bearer <token>`` (401 otherwise).
-4. **Body size** is counted while it streams in; past the limit the request is answered 413 at
-   once and nothing more is read (a chunked upload with no Content-Length included).
 
-It also names the *owner* of the request (``scope["state"]["owner"]``): which token was given,
-plus the client id of the ``X-Myriad-Client`` header (the page sends a random one per tab), so that
-profiles and sessions belong to the client that made them.
+(Body sizes and timeouts come next, per route: :mod:`myriad.serve.bodies`.)
+
+It also names the *owner* of the request (``scope["state"]["owner"]``, ``"<principal>/<client id>"``):
+the *principal* is which token was given (``t0``, ``t1``, ...; ``local`` when the server needs none)
+and the client id comes from the ``X-Myriad-Client`` header (the page sends a random one per tab).
+Profiles and sessions belong to the owner that made them; quotas count by principal
+(:mod:`myriad.serve.profiles`), since a client chooses its id but not its token.
 """
 
 from __future__ import annotations
@@ -28,13 +30,13 @@ from dataclasses import dataclass, field
 from typing import Any, Awaitable, Callable, Iterable
 from urllib.parse import urlsplit
 
-from myriad.serve.limits import human_bytes
-
-__all__ = ["AccessPolicy", "SecurityMiddleware", "is_loopback", "CLIENT_HEADER"]
+__all__ = ["AccessPolicy", "SecurityMiddleware", "is_loopback", "CLIENT_HEADER", "MIN_TOKEN_CHARS", "check_bind", "check_tokens"]
 
 #: Header naming the client within one token (letters, digits, ``._-``, at most 64).
 CLIENT_HEADER = "x-myriad-client"
 LOOPBACK_NAMES = ("localhost", "127.0.0.1", "::1")
+#: Shortest token accepted at start-up (``openssl rand -hex 16`` gives 32 characters).
+MIN_TOKEN_CHARS = 16
 _CLIENT_ID = re.compile(r"^[A-Za-z0-9._-]{1,64}$")
 _UNSAFE_METHODS = {"POST", "PUT", "PATCH", "DELETE"}
 _PUBLIC = {("GET", "/api/health")}
@@ -61,19 +63,19 @@ def _is_wildcard(host: str) -> bool:
 
 @dataclass(frozen=True)
 class AccessPolicy:
-    """What the middleware lets in: tokens, host names, and the body limit."""
+    """What the middleware lets in: tokens and host names."""
 
-    #: bearer tokens; empty: no token needed (only allowed on loopback, see :func:`check_bind`)
+    #: bearer tokens, each taken whole; empty: no token needed (only allowed on loopback, see :func:`check_bind`)
     tokens: tuple[str, ...] = ()
-    #: host names (no port) a request's Host header may name; ``"*"`` allows any
+    #: host names (no port) a request's Host header may name; ``"*"`` allows any (only with a token)
     allowed_hosts: tuple[str, ...] = LOOPBACK_NAMES
-    #: largest request body, counted while streaming
-    max_body_bytes: int = 256 * 1024 * 1024
     _digests: tuple[bytes, ...] = field(default=(), init=False, repr=False)
 
     def __post_init__(self) -> None:
         if any(not t for t in self.tokens):
             raise ValueError("a token must not be empty")
+        if "*" in self.allowed_hosts and not self.tokens:
+            raise ValueError(_ANY_HOST_NEEDS_TOKEN)
         object.__setattr__(self, "_digests", tuple(hashlib.sha256(t.encode()).digest() for t in self.tokens))
 
     @classmethod
@@ -114,13 +116,34 @@ class AccessPolicy:
         return found
 
 
-def check_bind(host: str, tokens: Iterable[str]) -> None:
-    """Refuse to serve beyond loopback without a token: raises ValueError with a one-line reason."""
+_ANY_HOST_NEEDS_TOKEN = ("--allowed-host '*' lets any web site's page reach the server through DNS rebinding: "
+                         "give a token (--token, --token-file or MYRIAD_SERVE_TOKEN) or name the hosts")
+
+
+def check_bind(host: str, tokens: Iterable[str], allowed_hosts: Iterable[str] = ()) -> None:
+    """Refuse to serve beyond loopback, or to any Host name (``--allowed-host '*'``), without a token:
+    raises ValueError with a one-line reason."""
+    tokens = list(tokens)
     if not is_loopback(host) and not any(tokens):
         raise ValueError(
-            f"--host {host} is reachable from the network: give a token (--token or MYRIAD_SERVE_TOKEN) "
+            f"--host {host} is reachable from the network: give a token (--token, --token-file or MYRIAD_SERVE_TOKEN) "
             "so that only clients who know it can use the server"
         )
+    if "*" in [h.strip() for h in allowed_hosts] and not any(tokens):
+        raise ValueError(_ANY_HOST_NEEDS_TOKEN)
+
+
+def check_tokens(tokens: Iterable[str]) -> tuple[str, ...]:
+    """The tokens, each whole (never split on spaces); raises ValueError (one line) for one shorter than
+    :data:`MIN_TOKEN_CHARS` or with a line break, naming its position only (a token is never echoed)."""
+    checked = tuple(tokens)
+    for index, token in enumerate(checked, 1):
+        if len(token) < MIN_TOKEN_CHARS:
+            raise ValueError(f"token {index} has {len(token)} characters; a token needs at least {MIN_TOKEN_CHARS} "
+                             "(e.g. openssl rand -hex 16)")
+        if any(c in token for c in "\r\n\0"):
+            raise ValueError(f"token {index} holds a line break or NUL: give one token per --token or per line of --token-file")
+    return checked
 
 
 def same_origin(origin: str, host_header: str | None, scheme: str) -> bool:
@@ -174,15 +197,7 @@ class SecurityMiddleware:
             await _json(send, 400, f"{CLIENT_HEADER}: use 1 to 64 letters, digits, '.', '_' or '-'")
             return
         scope.setdefault("state", {})["owner"] = f"{token_owner or 'anonymous'}/{client or 'default'}"
-        length = headers.get("content-length")
-        if length is not None and length.isdigit() and int(length) > self.policy.max_body_bytes:
-            await _json(send, 413, self._too_large(int(length)))
-            return
-        await self.app(scope, *_limited(receive, send, self.policy.max_body_bytes, self._too_large, response_headers(path)))
-
-    def _too_large(self, size: int | None) -> str:
-        what = f"request body of {human_bytes(size)}" if size is not None else "request body"
-        return f"{what} is over the limit of {human_bytes(self.policy.max_body_bytes)}"
+        await self.app(scope, receive, _with_headers(send, response_headers(path)))
 
 
 def response_headers(path: str) -> list[tuple[bytes, bytes]]:
@@ -197,39 +212,15 @@ _PAGE_CSP = (b"default-src 'none'; script-src 'self'; style-src 'self'; img-src 
              b"base-uri 'none'; form-action 'none'; frame-ancestors 'none'")
 
 
-def _limited(
-    receive: Receive, send: Send, limit: int, message: Callable[[int | None], str], headers: list[tuple[bytes, bytes]]
-) -> tuple[Receive, Send]:
-    """``receive``/``send`` that answer 413 as soon as more than ``limit`` body bytes have arrived.
+def _with_headers(send: Send, headers: list[tuple[bytes, bytes]]) -> Send:
+    """``send`` that adds ``headers`` to the answer's start."""
 
-    The application then sees the client as gone (``http.disconnect``), stops reading, and its
-    own answer is dropped: the 413 is the only one sent.
-    """
-    state = {"read": 0, "started": False, "refused": False}
+    async def send_with_headers(message: dict) -> None:
+        if message["type"] == "http.response.start":
+            message = {**message, "headers": [*message.get("headers", []), *headers]}
+        await send(message)
 
-    async def limited_receive() -> dict:
-        if state["refused"]:
-            return {"type": "http.disconnect"}
-        message_in = await receive()
-        if message_in["type"] == "http.request":
-            state["read"] += len(message_in.get("body", b""))
-            if state["read"] > limit:
-                state["refused"] = True
-                if not state["started"]:
-                    state["started"] = True
-                    await _json(send, 413, message(None), extra=[(b"connection", b"close")])
-                return {"type": "http.disconnect"}
-        return message_in
-
-    async def guarded_send(message_out: dict) -> None:
-        if state["refused"]:
-            return
-        if message_out["type"] == "http.response.start":
-            state["started"] = True
-            message_out = {**message_out, "headers": [*message_out.get("headers", []), *headers]}
-        await send(message_out)
-
-    return limited_receive, guarded_send
+    return send_with_headers
 
 
 async def _json(send: Send, status: int, detail: str, extra: list[tuple[bytes, bytes]] | None = None) -> None:

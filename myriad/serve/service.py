@@ -5,13 +5,18 @@ the limits, and one lock around every model call: experts and the LMM are not re
 inference runs one request at a time while uploads, decoding and rendering run in parallel.
 It calls only the public :class:`myriad.inspection.Inspector` API. Every call names its *owner*
 (the client, see :mod:`myriad.serve.security`); profiles and sessions are per owner. Questions,
-turns per session and each answer's tokens and seconds are bounded by :class:`Limits`.
+turns per session and each answer's tokens and seconds are bounded by :class:`Limits`, and so are
+the decoded pixels of one request (:class:`myriad.serve.limits.PixelBudget`). Each fitted profile and
+each session is measured in bytes (:func:`myriad.serve.memory.held_bytes`, the shared LMM and the
+shared model cache left out) for the store's memory budget. A session keeps no fitted model: follow-ups
+are answered by a model-free inspector (the LMM, the answer route, the profile's false-alarm rate).
 """
 
 from __future__ import annotations
 
 import threading
 import time
+from dataclasses import dataclass
 from pathlib import Path
 from typing import TYPE_CHECKING, Any, Sequence
 
@@ -20,7 +25,7 @@ from myriad.inspection import DEFAULT_PRECISION
 from myriad.serve.bounds import BoundedModel
 from myriad.serve.errors import BadImageError, ConflictError, ForbiddenError, NotFoundError, ServeError, TooLargeError
 from myriad.serve.experts import check_expert_name, client_config, operator_config
-from myriad.serve.limits import Limits, check_count, check_file_size, clip, load_checked_image
+from myriad.serve.limits import Limits, PixelBudget, check_count, clip, decode_checked_image, open_regular_file
 from myriad.serve.profiles import Profile, ProfileStore, Session, check_profile_name
 
 DEFAULT_OWNER = "local/default"
@@ -85,7 +90,7 @@ class InspectionService:
         from myriad.inspection import load_lmm
 
         model = load_lmm(lmm, device, precision)
-        label = "none" if model is None else str(lmm)
+        label = "none" if model is None else ("mini" if str(lmm) == "mini" else "weights file")  # never a server path
         return cls(model, lmm_label=label, device=device, lmm_source=None if model is None else lmm, **kwargs)
 
     @property
@@ -171,7 +176,15 @@ class InspectionService:
         """A served profile from a loaded profile folder (:class:`myriad.profiles.Profile`), owned by ``owner``."""
         inspector = self._inspector(saved.expert, {}).use_profile(saved)
         return Profile(name=name, expert=saved.expert, config={}, mode=saved.detector.mode,
-                       num_normal=int(saved.record.get("num_normals", 0)), inspector=inspector, owner=owner)
+                       num_normal=int(saved.record.get("num_normals", 0)), inspector=inspector, owner=owner,
+                       nbytes=self.held_bytes(inspector))
+
+    def held_bytes(self, *items: Any) -> int:
+        """Bytes ``items`` hold (:func:`myriad.serve.memory.held_bytes`), the shared LMM and cached models left out."""
+        from myriad.model_cache import cached_models
+        from myriad.serve.memory import held_bytes
+
+        return held_bytes(*items, exclude=[self.raw_model, self.model, *cached_models()])
 
     def _state_folder(self, owner: str) -> Path:
         """The folder of ``owner``'s saved profiles under ``state_dir`` (named by a hash: owners are not paths)."""
@@ -265,9 +278,10 @@ class InspectionService:
             mode = Mode.ZERO_SHOT.value
         else:
             raise BadImageError(f"no normal images given: expert {expert!r} ({_modes(expert)}) needs normal reference images")
+        check_one_image_at_a_time(inspector, expert, len(images))
         profile = Profile(
             name=name, expert=expert, config=client, mode=mode, num_normal=len(images), inspector=inspector, fit_ms=fit_ms,
-            owner=owner,
+            owner=owner, nbytes=self.held_bytes(inspector),
         )
         self.store.put_profile(profile)
         self._persist(profile)
@@ -277,7 +291,9 @@ class InspectionService:
         """The normal images of a server-side folder under ``data_root`` (not recursive).
 
         The folder and every file in it are resolved (symbolic links followed) and must stay
-        under ``data_root``; a file that leads outside is refused (403) by name.
+        under ``data_root``; a file that leads outside is refused (403) by name. Each file is opened
+        once, without blocking, and read only if that opened file is a regular file within the byte
+        limit; the decoded pixels of the whole folder count against ``limits.max_request_pixels``.
         """
         from myriad.images import list_images
 
@@ -296,13 +312,14 @@ class InspectionService:
             raise TooLargeError(f"{len(files)} images in {clip(folder)}: the limit is {self.limits.max_folder_images} "
                                 "images per folder (--max-folder-images)")
         images = []
+        budget = PixelBudget(self.limits)
         for file in files:
             shown = str(file.relative_to(self.data_root))
             real = file.resolve()
-            if not real.is_relative_to(self.data_root) or not real.is_file():
+            if not real.is_relative_to(self.data_root):
                 raise ForbiddenError(f"{shown}: a link to a file outside the server's data root")
-            check_file_size(real, shown, self.limits)
-            images.append(load_checked_image(real, shown, self.limits))
+            with open_regular_file(real, shown, self.limits) as stream:
+                images.append(decode_checked_image(stream, shown, self.limits, budget))
         return images
 
     # -- inspection -------------------------------------------------------------------
@@ -329,10 +346,19 @@ class InspectionService:
         png = overlay_png(result)
         result.timings_ms["overlay"] = (time.perf_counter() - start) * 1000
         session = Session(
-            id=Session.new_id(), profile=profile.name, result=result, overlay_png=png, inspector=inspector, owner=owner
+            id=Session.new_id(), profile=profile.name, result=result, overlay_png=png, follow=self._follow_ups(profile),
+            owner=owner,
         )
+        session.nbytes = self.held_bytes(session)
         self.store.add_session(session)
         return session
+
+    def _follow_ups(self, profile: Profile) -> Any:
+        """An inspector that answers a session's follow-ups without ``profile``'s fitted model (a session must not
+        keep a refit or deleted profile alive): the shared LMM, the answer route, the profile's false-alarm rate."""
+        follow = self._inspector(profile.expert, {})
+        follow.detector = _Calibration(getattr(profile.inspector.detector, "false_alarm_rate", None))
+        return follow
 
     def ask(self, session_id: str, question: str, owner: str = DEFAULT_OWNER) -> str:
         """Answer a follow-up question about a session's image; the conversation continues (bounded in turns)."""
@@ -340,17 +366,19 @@ class InspectionService:
         if not question:
             raise ServeError("a follow-up needs a question", status=422)
         session = self.store.get_session(session_id, owner)
-        if session.inspector.answers == "lmm" and (not self.has_lmm or session.inspector.model is None):
+        if session.follow.answers == "lmm" and (not self.has_lmm or session.follow.model is None):
             raise ConflictError(
                 "follow-up questions of the 'lmm' answer route need the Myriad LMM; this server runs expert-only (--lmm none)"
             )
-        if len(session.turns) >= self.limits.max_turns:
-            raise ConflictError(
-                f"this session has had its {self.limits.max_turns} follow-up questions: inspect the image again for a new one"
-            )
-        with self._inference:
-            answer, session.conversation = session.inspector.follow_up(session.result, question, session.conversation)
+        with self._inference:  # counted and appended under one lock: concurrent asks cannot pass the limit
+            if len(session.turns) >= self.limits.max_turns:
+                raise ConflictError(
+                    f"this session has had its {self.limits.max_turns} follow-up questions (--max-turns): inspect the "
+                    "image again for a new one"
+                )
+            answer, session.conversation = session.follow.follow_up(session.result, question, session.conversation)
             session.turns.append((question, answer))
+        self.store.resize_session(session, self.held_bytes(session))
         return answer
 
     def health(self) -> dict[str, Any]:
@@ -368,6 +396,34 @@ class InspectionService:
             "uptime_s": round(time.time() - self.started, 1),
             **self.store.counts(),
         }
+
+
+@dataclass(frozen=True)
+class _Calibration:
+    """What a follow-up reads of a profile's detector: its false-alarm rate, and nothing that holds a model."""
+
+    false_alarm_rate: float | None
+
+
+def check_one_image_at_a_time(inspector: Any, expert: str, normals: int) -> None:
+    """Refuse (422) a profile that could not inspect one image: a transductive expert (MuSc scores images against
+    each other) without control normals to score each image beside (:class:`myriad.detector.Detector`)."""
+    from myriad.calibration import MIN_CONTROLS
+    from myriad.fusion import member_names
+    from myriad.plugins import get_expert_info
+
+    if inspector.detector is None:  # a zero-shot expert given no images: nothing to score an image beside
+        infos = [get_expert_info(name) for name in member_names(expert)]
+        lacking = [(i.name, int(getattr(i.load_factory(), "min_batch", 2))) for i in infos if i.transductive]
+    else:
+        members = getattr(inspector.detector, "members", None) or [inspector.detector]
+        lacking = [(m.expert_name, m.min_batch) for m in members if m.min_batch > 1 and not m.uses_controls]
+    for name, min_batch in lacking:
+        raise BadImageError(
+            f"expert {name!r} scores images against each other (at least {min_batch} per batch) and the server "
+            f"inspects one image at a time beside the profile's control normals: fit it on at least "
+            f"{max(MIN_CONTROLS, min_batch)} normal images (got {normals})"
+        )
 
 
 def _modes(expert: str) -> str:

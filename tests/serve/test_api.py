@@ -167,12 +167,14 @@ def test_profile_from_a_server_side_folder(client, samples):
     assert response.status_code == 422
 
 
-def test_a_zero_shot_expert_needs_no_normal_images(client):
+def test_a_transductive_zero_shot_expert_without_normals_is_refused_at_fit(client):
+    """MuSc scores images against each other: with no control normals it could never inspect one image (issue 29)."""
     if "musc" not in [e["name"] for e in client.get("/api/experts").json()]:
         pytest.skip("the musc plugin is not installed")
     response = client.post("/api/profiles/zero", data={"expert": "musc"})
-    assert response.status_code == 201, response.text
-    assert response.json()["mode"] == "zero_shot" and response.json()["num_normal"] == 0
+    assert response.status_code == 422, response.text
+    assert "scores images against each other" in response.json()["detail"] and "at least 2 normal images" in response.json()["detail"]
+    assert "zero" not in [p["name"] for p in client.get("/api/profiles").json()]
 
 
 def test_folders_are_off_without_a_data_root(samples):

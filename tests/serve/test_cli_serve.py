@@ -75,7 +75,7 @@ def test_help_warns_about_exposing_the_server(capsys):
 
 def test_serve_runs_uvicorn_and_answers_health_with_a_token_from_the_environment():
     port = free_port()
-    env = {**os.environ, "OMP_NUM_THREADS": "1", "MYRIAD_SERVE_TOKEN": "let-me-in"}
+    env = {**os.environ, "OMP_NUM_THREADS": "1", "MYRIAD_SERVE_TOKEN": "let me in, 16+ chars"}
     proc = subprocess.Popen(
         [sys.executable, "-m", "myriad", "serve", "--lmm", "none", "--no-ui", "--port", str(port), "--log-level", "warning",
          "--false-alarm-rate", "0.05"],
@@ -98,7 +98,7 @@ def test_serve_runs_uvicorn_and_answers_health_with_a_token_from_the_environment
         with pytest.raises(urllib.error.HTTPError) as refused:
             urllib.request.urlopen(request, timeout=5)
         assert refused.value.code == 401
-        request.add_header("Authorization", "Bearer let-me-in")
+        request.add_header("Authorization", "Bearer let me in, 16+ chars")
         with urllib.request.urlopen(request, timeout=5) as response:
             assert any(e["name"] == "patchcore" for e in json.loads(response.read()))
     finally:

@@ -2,14 +2,13 @@
 
 from __future__ import annotations
 
-import asyncio
 import json
 import os
 
 import pytest
 
 from .conftest import FAST_PATCHCORE, SINGLE, uploads
-from .crafted import bmp_header, eps_file, png_header
+from .crafted import bmp_header, chunked_inspect_upload, eps_file, png_header
 
 from fastapi.testclient import TestClient  # noqa: E402
 
@@ -61,35 +60,9 @@ def one_line_4xx(response, status: int) -> str:
 
 def test_a_chunked_upload_is_cut_off_while_it_streams(app):
     """No Content-Length: the body is counted as it arrives and refused once over the limit; the rest is never read."""
-    chunk = b"x" * 65536
-    limit = LIMITS.max_request_bytes
-    total_chunks = 16 * 1024  # 1 GiB offered
-    pulled = 0
-    sent: list[dict] = []
-
-    head = b'--xyz\r\nContent-Disposition: form-data; name="file"; filename="big.png"\r\nContent-Type: image/png\r\n\r\n'
-
-    async def receive() -> dict:
-        nonlocal pulled
-        pulled += 1
-        return {"type": "http.request", "body": head if pulled == 1 else chunk, "more_body": pulled < total_chunks}
-
-    async def send(message: dict) -> None:
-        sent.append(message)
-
-    scope = {
-        "type": "http", "asgi": {"version": "3.0"}, "http_version": "1.1", "method": "POST", "scheme": "http",
-        "path": "/api/profiles/parts/inspect", "raw_path": b"/api/profiles/parts/inspect", "query_string": b"",
-        "headers": [(b"host", b"localhost"), (b"content-type", b"multipart/form-data; boundary=xyz"),
-                    (b"transfer-encoding", b"chunked")],
-        "client": ("127.0.0.1", 5000), "server": ("127.0.0.1", 8000),
-    }
-    asyncio.run(app(scope, receive, send))
-    starts = [m for m in sent if m["type"] == "http.response.start"]
-    assert [m["status"] for m in starts] == [413]
-    body = b"".join(m.get("body", b"") for m in sent if m["type"] == "http.response.body")
-    assert "over the limit" in json.loads(body)["detail"]
-    assert pulled * len(chunk) <= limit + 2 * len(chunk)
+    pulled, status, detail = chunked_inspect_upload(app, total_chunks=16 * 1024)  # 1 GiB offered
+    assert status == 413 and "over the limit" in detail
+    assert pulled * 65536 <= LIMITS.max_request_bytes + 2 * 65536
 
 
 def test_declared_oversized_body_is_refused_before_reading(client, fitted):
@@ -147,8 +120,10 @@ def test_a_plain_folder_still_works(client):
 
 def test_validation_errors_are_one_string_and_never_echo_the_input(client, fitted):
     huge = "Q" * 100_000
+    too_big = client.post("/api/sessions/abc/ask", json={"question": huge})  # over the JSON route's 64 KiB body limit
+    assert "QQQQQQQQQQ" not in one_line_4xx(too_big, 413)
     answers = [
-        client.post("/api/sessions/abc/ask", json={"question": huge}),
+        client.post("/api/sessions/abc/ask", json={"question": huge[:20_000]}),
         client.post("/api/sessions/abc/ask", content=b"{not json", headers={"content-type": "application/json"}),
         client.post("/api/sessions/abc/ask", json={"nope": 1}),
         client.post(f"/api/profiles/{fitted}/inspect", data={"ask": "x"}),  # no file

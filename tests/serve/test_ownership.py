@@ -74,7 +74,7 @@ def test_sessions_have_per_client_quotas():
     ids = {}
     for owner in ("alice", "bob"):
         for i in range(4):
-            session = Session(id=f"{owner}{i}", profile="p", result=None, overlay_png=b"", inspector=None, owner=owner)
+            session = Session(id=f"{owner}{i}", profile="p", result=None, overlay_png=b"", follow=None, owner=owner)
             store.add_session(session)
             ids.setdefault(owner, []).append(session.id)
     assert [s.id for s in store.list_sessions("alice")] == ["alice2", "alice3"]
@@ -123,7 +123,7 @@ def test_questions_and_turns_are_bounded():
             return f"answer to {question}", conversation
 
     service = InspectionService(_FakeModel(), limits=Limits(max_question_chars=20, max_turns=2))
-    session = Session(id="s", profile="p", result=None, overlay_png=b"", inspector=Inspector(), owner="me")
+    session = Session(id="s", profile="p", result=None, overlay_png=b"", follow=Inspector(), owner="me")
     service.store.add_session(session)
     with pytest.raises(ServeError, match="question: 21 characters; the limit is 20"):
         service.ask("s", "q" * 21, owner="me")
