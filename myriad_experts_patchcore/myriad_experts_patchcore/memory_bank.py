@@ -18,6 +18,11 @@ Index kinds:
 
 ``dtype="float16"`` keeps the bank in half precision (FAISS fp16 scalar quantiser
 on CPU, ``useFloat16`` on GPU): half the memory, slower exact search on CPU.
+
+:meth:`MemoryBank.search_upper` answers from an IVF-Flat index beside the exact one (built on
+first use): each distance is to *a* bank vector, so never below the exact nearest one. The
+expert's ``search="certified"`` uses these upper bounds to search exactly only the patches
+that can hold an image's score (see the expert).
 """
 
 from __future__ import annotations
@@ -35,6 +40,14 @@ BankDtype = Literal["float32", "float16"]
 
 #: Smallest bank trained as IVF-PQ (FAISS wants ~39 training points per list and 256 per PQ code).
 IVFPQ_MIN_BANK = 10_000
+#: Smallest bank given the IVF-Flat index of :meth:`MemoryBank.search_upper` (smaller exact searches are cheap).
+UPPER_MIN_BANK = 4096
+#: Bank vectors per inverted list of that index, and the share of lists probed (measured on the default bank,
+#: ``benchmarks/results/patchcore_search.md``: 256 lists, 8 probed).
+UPPER_VECTORS_PER_LIST = 80
+UPPER_PROBED_SHARE = 1 / 32
+#: Distance FAISS reports when the probed lists held no vector (an upper bound with no information).
+NO_NEIGHBOUR = 1e30
 
 
 def faiss_has_gpu() -> bool:
@@ -79,6 +92,7 @@ class MemoryBank:
         self.pq_subquantizers = int(pq_subquantizers)
         self.ivf_probe = int(ivf_probe)
         self._index = self._build()
+        self._upper: object | None = None
 
     # -- construction -------------------------------------------------------------
     @property
@@ -151,6 +165,29 @@ class MemoryBank:
         return self._resources
 
     # -- search ---------------------------------------------------------------------
+    def search_upper(self, queries: "np.ndarray") -> "np.ndarray | None":
+        """Upper bounds of each query's squared distance to its nearest bank vector (``Q`` float32; at least
+        :data:`NO_NEIGHBOUR` where the probed lists were empty), from an IVF-Flat index built on first use; None
+        where it would not pay: a GPU or float16 bank, an approximate index, or under :data:`UPPER_MIN_BANK`."""
+        import numpy as np
+
+        if self.use_gpu or self.dtype != "float32" or self.kind != "flat" or self.size < UPPER_MIN_BANK:
+            return None
+        if self._upper is None:
+            import faiss
+
+            lists = max(1, min(self.ivf_lists, self.size // UPPER_VECTORS_PER_LIST))
+            index = faiss.IndexIVFFlat(faiss.IndexFlatL2(self.dim), self.dim, lists)
+            index.train(self.vectors())
+            self._add(index)
+            index.nprobe = max(1, round(lists * UPPER_PROBED_SHARE))
+            self._upper = index
+        queries = np.ascontiguousarray(queries, dtype=np.float32)
+        distances, indices = self._upper.search(queries, 1)  # type: ignore[attr-defined]
+        out = np.maximum(distances[:, 0], 0.0)
+        out[indices[:, 0] < 0] = np.float32(NO_NEIGHBOUR)
+        return out
+
     def search(self, queries: "np.ndarray", k: int = 1) -> tuple["np.ndarray", "np.ndarray"]:
         """Squared L2 distances and bank indices of the ``k`` nearest bank vectors of each query.
 

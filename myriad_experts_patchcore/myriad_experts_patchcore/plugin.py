@@ -56,6 +56,13 @@ class PatchCoreConfig(BaseModel):
     ivf_lists: int = Field(1024, ge=1, description="IVF-PQ: number of inverted lists")
     pq_subquantizers: int = Field(64, ge=1, description="IVF-PQ: PQ sub-quantizers (rounded to a divisor of D)")
     ivf_probe: int = Field(16, ge=1, description="IVF-PQ: lists visited per query")
+    search: Literal["exact", "certified"] = Field(
+        "exact",
+        description="exact: every patch searched exactly (FAISS flat); certified: an IVF index bounds every patch's "
+        "distance from above and only the patches that can hold the image score (the largest smoothed patch score) "
+        "are searched exactly, so image scores equal the exact ones; the map may read higher where patches were only "
+        "bounded (findings' extents too); flat index on the CPU only, with one neighbour and no reweighting",
+    )
     # -- scoring --------------------------------------------------------------------
     num_neighbors: int = Field(1, ge=1, le=1024, description="patch score = mean distance to this many bank neighbours")
     distance: Literal["squared", "euclidean"] = Field(

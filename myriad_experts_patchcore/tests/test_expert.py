@@ -240,3 +240,17 @@ def test_a_coreset_of_few_images_leaves_held_out_scores_to_the_folds(crops, fast
     images = crops(4, seed=12)
     expert = get_expert("patchcore", {**fast, "coreset_ratio": 0.1}).fit(images)
     assert 4 < HELDOUT_MIN_IMAGES and expert.heldout_predictions(images) is None
+
+
+def test_certified_search_gives_the_exact_image_scores(crops, add_scratch) -> None:
+    """search="certified": IVF upper bounds everywhere, exact search only where the image score can come from."""
+    config = {"image_size": 128, "device": "cpu", "num_threads": 1, "coreset_ratio": 1.0}
+    exact = get_expert("patchcore", config).fit(crops(24, size=128, seed=1))  # 24 x 256 patches: the IVF index pays
+    certified = get_expert("patchcore", {**config, "search": "certified"})
+    certified.load_state_tensors(exact.state_tensors(), exact.state_metadata())
+    assert certified.score_sigma == 1.0 and certified.baseline is not None  # the smoothed z-scores are certified
+    images = crops(4, size=128, seed=7) + [add_scratch(img, seed=s)[0] for s, img in enumerate(crops(3, size=128, seed=8))]
+    for a, b in zip(exact.predict(images), certified.predict(images)):
+        assert b.score == pytest.approx(a.score, rel=1e-5)
+        assert (b.anomaly_map >= a.anomaly_map - 1e-4).all()  # where patches were only bounded it may read higher
+    assert certified.bank._upper is not None  # the bound was used, not the exact fallback

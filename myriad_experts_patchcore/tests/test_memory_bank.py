@@ -78,3 +78,15 @@ def test_gpu_flat_index_matches_cpu() -> None:  # pragma: no cover - needs faiss
     d_gpu, i_gpu = MemoryBank(bank, use_gpu=True).search(queries, 1)
     d_cpu, i_cpu = MemoryBank(bank).search(queries, 1)
     np.testing.assert_allclose(d_gpu, d_cpu, rtol=1e-3)
+
+
+def test_upper_bounds_never_fall_below_the_exact_distances() -> None:
+    rng = np.random.default_rng(0)
+    bank = MemoryBank(rng.standard_normal((5000, 16)).astype(np.float32))
+    queries = rng.standard_normal((300, 16)).astype(np.float32)
+    exact, _ = bank.search(queries, 1)
+    upper = bank.search_upper(queries)
+    assert upper is not None and upper.shape == (300,)
+    assert (upper >= exact[:, 0] * (1 - 1e-5)).all() and np.mean(np.isclose(upper, exact[:, 0], rtol=1e-4)) > 0.25
+    assert MemoryBank(rng.standard_normal((1000, 16)).astype(np.float32)).search_upper(queries) is None  # small bank
+    assert MemoryBank(rng.standard_normal((5000, 16)).astype(np.float32), dtype="float16").search_upper(queries) is None
