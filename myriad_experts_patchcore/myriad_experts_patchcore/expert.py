@@ -553,12 +553,17 @@ class PatchCoreExpert(Expert):
 
     def _smoothed(self, grids: "np.ndarray") -> "torch.Tensor":
         """``B x h x w`` squared distances -> the smoothed scores whose maximum is the image score."""
+        from myriad_experts_patchcore.scoring import patch_scores
+
+        return self._smooth_scores(patch_scores(grids.reshape(-1, 1), self.config.distance).reshape(grids.shape))
+
+    def _smooth_scores(self, scores: "np.ndarray") -> "torch.Tensor":
+        """``B x h x w`` raw patch scores -> against the position baseline, smoothed by ``score_sigma``."""
         import numpy as np
         import torch
 
-        from myriad_experts_patchcore.scoring import gaussian_blur, patch_scores
+        from myriad_experts_patchcore.scoring import gaussian_blur
 
-        scores = patch_scores(grids.reshape(-1, 1), self.config.distance).reshape(grids.shape)
         if self.baseline is not None:
             scores = self.baseline.apply(scores)
         smoothed = torch.from_numpy(np.ascontiguousarray(scores, dtype=np.float32))
@@ -587,9 +592,6 @@ class PatchCoreExpert(Expert):
         self, chunk: list["np.ndarray"], grids: "np.ndarray", weights: "np.ndarray | None" = None
     ) -> list[Prediction]:
         """Maps and image scores of ``chunk`` from its ``B x h x w`` raw patch scores (the baseline applied here)."""
-        import numpy as np
-        import torch
-
         from myriad_experts_patchcore.scoring import anomaly_maps
 
         cfg = self.config
@@ -598,14 +600,8 @@ class PatchCoreExpert(Expert):
                 raise MyriadError(
                     f"patch grid {tuple(grids.shape[1:])} differs from the position baseline's {self.baseline.grid}"
                 )
-            grids = self.baseline.apply(grids)
-        sigma = self.score_sigma
-        patch_scores = torch.from_numpy(np.ascontiguousarray(grids, dtype=np.float32))
-        if sigma > 0:
-            from myriad_experts_patchcore.scoring import gaussian_blur
-
-            # the map is drawn from the same smoothed scores, so its peak is the image score the calibration judges
-            patch_scores = gaussian_blur(patch_scores, sigma)
+        # the map is drawn from the same smoothed scores, so its peak is the image score the calibration judges
+        patch_scores = self._smooth_scores(grids)
         image_scores = patch_scores.flatten(1).max(dim=1).values.numpy()
         if weights is not None:
             image_scores = image_scores * weights
