@@ -81,7 +81,7 @@ def _cpu_threads(n: int | None) -> Iterator[None]:
 HELDOUT_MIN_IMAGES = 50
 
 #: Rounds of ``search="certified"`` before an image is searched exactly in full (each round searches one smoothing
-#: window exactly; the default bank needed one or two on the realistic set).
+#: window exactly; on the default bank an image took 2-3 passes of the smoothing, the last one certifying).
 CERTIFY_ROUNDS = 32
 
 #: Fewest fitted images (groups) for ``position_baseline="auto"`` to fit a per-position baseline (position.py).
