@@ -54,7 +54,7 @@ class DetectedPaths:
             name: DetectedBatch([name], [pixels], [det], self.detected.expert_ms)
             for name, pixels, det in zip(self.detected.names, self.detected.pixels, self.detected.detections)
         }
-        return [DetectedPaths([p], {k: v for k, v in self.errors.items() if k == str(p)}, found.get(str(p)))
+        return [DetectedPaths([p], {str(p): self.errors[str(p)]} if str(p) in self.errors else {}, found.get(str(p)))
                 for p in self.paths]
 
     @classmethod

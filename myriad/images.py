@@ -13,7 +13,7 @@ from __future__ import annotations
 
 import contextlib
 from pathlib import Path
-from typing import TYPE_CHECKING, Iterable, Iterator, Literal, Sequence
+from typing import TYPE_CHECKING, BinaryIO, Iterable, Iterator, Literal, Sequence
 
 from myriad.errors import ImageError
 
@@ -55,7 +55,7 @@ def read_image_size(path: str | Path, max_pixels: int | None = None) -> tuple[in
     Raises :class:`ImageError` naming the file when it is missing, not one of
     :data:`IMAGE_FORMATS`, corrupt, or larger than ``max_pixels`` (default :data:`MAX_PIXELS`).
     """
-    with _open_checked(Path(path), max_pixels) as img:
+    with open_checked(Path(path), max_pixels) as img:
         return img.size
 
 
@@ -68,17 +68,23 @@ def load_image(path: str | Path, max_pixels: int | None = None) -> "np.ndarray":
     :data:`IMAGE_FORMATS`, or over ``max_pixels`` (default :data:`MAX_PIXELS`, checked from the
     header before decoding), are refused with an :class:`ImageError` naming the file.
     """
+    path = Path(path)
+    with open_checked(path, max_pixels) as img:
+        return decode_rgb(img, str(path))
+
+
+def decode_rgb(img: "object", source: str) -> "np.ndarray":
+    """Decode an image opened by :func:`open_checked` to RGB uint8 (:func:`to_rgb_array`); a decompression bomb or a
+    corrupt or truncated file is an :class:`ImageError` naming ``source``."""
     from PIL import Image
 
-    path = Path(path)
-    with _open_checked(path, max_pixels) as img:
-        try:
-            img.load()
-            return to_rgb_array(img, source=str(path))
-        except (Image.DecompressionBombError, Image.DecompressionBombWarning) as exc:
-            raise ImageError(f"{path}: image too large ({exc})") from exc
-        except (OSError, SyntaxError, ValueError) as exc:
-            raise ImageError(f"{path}: corrupt or truncated image: {exc}") from exc
+    try:
+        img.load()  # type: ignore[attr-defined]
+        return to_rgb_array(img, source=source)
+    except (Image.DecompressionBombError, Image.DecompressionBombWarning) as exc:
+        raise ImageError(f"{source}: image too large ({exc})") from exc
+    except (OSError, SyntaxError, ValueError) as exc:
+        raise ImageError(f"{source}: corrupt or truncated image: {exc}") from exc
 
 
 def check_pixels(width: int, height: int, source: str, max_pixels: int | None = None) -> None:
@@ -91,27 +97,30 @@ def check_pixels(width: int, height: int, source: str, max_pixels: int | None = 
 
 
 @contextlib.contextmanager
-def _open_checked(path: Path, max_pixels: int | None) -> Iterator["object"]:
-    """Open ``path`` lazily (header only) as one of :data:`IMAGE_FORMATS`, refusing it above the pixel limit."""
+def open_checked(source: "Path | BinaryIO", max_pixels: int | None = None, name: str | None = None) -> Iterator["object"]:
+    """Open a file, or an open binary stream, lazily (header only) as one of :data:`IMAGE_FORMATS`, refusing it above
+    the pixel limit; each :class:`ImageError` names ``name`` (default: the path)."""
     from PIL import Image, UnidentifiedImageError
 
-    if not path.exists():
-        raise ImageError(f"{path}: file not found")
-    if path.is_dir():
-        raise ImageError(f"{path}: is a folder, not an image")
+    shown = str(source) if name is None else name
+    if isinstance(source, Path):
+        if not source.exists():
+            raise ImageError(f"{shown}: file not found")
+        if source.is_dir():
+            raise ImageError(f"{shown}: is a folder, not an image")
     try:
-        img = Image.open(path, formats=IMAGE_FORMATS)
+        img = Image.open(source, formats=IMAGE_FORMATS)
     except Image.DecompressionBombError as exc:  # Pillow's own hard limit, far above ours
-        raise ImageError(f"{path}: image too large ({exc}); the limit is {MAX_PIXELS if max_pixels is None else max_pixels} pixels") from exc
+        raise ImageError(f"{shown}: image too large ({exc}); the limit is {MAX_PIXELS if max_pixels is None else max_pixels} pixels") from exc
     except UnidentifiedImageError as exc:
         raise ImageError(
-            f"{path}: not a readable image (unknown or corrupt format; accepted: {', '.join(IMAGE_FORMATS)})"
+            f"{shown}: not a readable image (unknown or corrupt format; accepted: {', '.join(IMAGE_FORMATS)})"
         ) from exc
     except (OSError, SyntaxError, ValueError) as exc:
-        raise ImageError(f"{path}: corrupt or truncated image: {exc}") from exc
+        raise ImageError(f"{shown}: corrupt or truncated image: {exc}") from exc
     with img:
         width, height = img.size
-        check_pixels(width, height, str(path), max_pixels)
+        check_pixels(width, height, shown, max_pixels)
         yield img
 
 

@@ -118,9 +118,11 @@ def read_blocks(blocks: Path) -> list[dict[str, Any]]:
 
 def check_output(output: Path, resume: bool) -> None:
     """Before any work: refuse to start over an unfinished run unless resuming (what :class:`ResultsWriter` would)."""
+    if resume:
+        return
     partial, blocks = Path(output) / PARTIAL_FILE, Path(output) / BLOCKS_DIR
     in_blocks = len({_row_key(r) for r in read_blocks(blocks)}) if blocks.is_dir() else 0
-    if resume or not (partial.exists() or in_blocks):
+    if not (partial.exists() or in_blocks):
         return
     count = (len(read_rows(partial)) if partial.exists() else 0) + in_blocks
     if in_blocks:
@@ -193,9 +195,7 @@ class ResultsWriter:
             return []
         rank = {key: i for i, key in enumerate(order)}
         rows = sorted(read_blocks(self.blocks), key=lambda r: (rank.get(_row_key(r), len(rank)), _row_key(r)))
-        seen: set[str] = set()
-        unique = [r for r in rows if not (_row_key(r) in seen or seen.add(_row_key(r)))]  # type: ignore[func-returns-value]
-        written = self.append(unique)
+        written = self.append(rows)  # each image once: the first of its rows
         shutil.rmtree(self.blocks, ignore_errors=True)
         return written
 
@@ -225,8 +225,13 @@ class ResultsWriter:
 
     def append(self, records: Iterable[dict[str, Any]]) -> list[dict[str, Any]]:
         """Write one batch's rows (Parquet first, then the JSONL rows in one flushed write); a row of an image
-        already written (a batch a retried task delivered again) is dropped. Returns the rows written."""
-        records = [r for r in records if _row_key(r) not in self.done]
+        already written, or already in the batch (a batch a retried task delivered again), is dropped. Returns the
+        rows written."""
+        fresh: dict[str, dict[str, Any]] = {}
+        for record in records:
+            if _row_key(record) not in self.done:
+                fresh.setdefault(_row_key(record), record)
+        records = list(fresh.values())
         if not records:
             return records
         if self.parquet:

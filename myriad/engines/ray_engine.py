@@ -89,9 +89,7 @@ class _MyriadActor:
         self.ask, self.folder = settings.get("ask"), Path(folder)
 
     def __call__(self, batch: dict[str, Any]) -> dict[str, Any]:
-        from myriad.batch_run import answer_detected
-
-        from myriad.batch_run import DetectedPaths
+        from myriad.batch_run import DetectedPaths, answer_detected
 
         # each image's detections, pickled by this run's own expert actors; answered as one batch
         staged = DetectedPaths.join([pickle.loads(blob) for blob in batch["staged"]])  # noqa: S301
@@ -175,14 +173,13 @@ def _connect(ray: Any, address: str | None) -> bool:
 
 @dataclass(frozen=True)
 class ActorPlan:
-    """How many actors of each stage, and what each holds: ``myriad`` is 0 when the run has no LMM (the expert
-    actors make the rows)."""
+    """How many actors of each stage and the CPUs each holds (every actor the same share): ``myriad`` is 0 when the
+    run has no LMM (the expert actors make the rows); ``myriad_gpus`` is each Myriad actor's GPU."""
 
     experts: int
-    expert_cpus: float
     myriad: int
-    myriad_cpus: float
-    myriad_gpus: float
+    cpus_per_actor: float
+    myriad_gpus: float = 0.0
 
 
 def plan_actors(cpus: float, gpus: float, use_gpu: bool, has_lmm: bool, workers: int | None = None,
@@ -195,20 +192,21 @@ def plan_actors(cpus: float, gpus: float, use_gpu: bool, has_lmm: bool, workers:
     expert actors on the CPUs. ``workers`` fixes the actors of each stage. An actor pool that takes every CPU
     starves Ray's read and write tasks, so the actors share all but half a CPU.
     """
+
+    def share(actors: int) -> float:
+        return min(cpus_per_worker, max(0.05, (cpus - 0.5) / actors))
+
     if not has_lmm:
         experts = workers or (max(1, int(gpus)) if use_gpu else max(1, math.floor(cpus / cpus_per_worker)))
-        share = cpus_per_worker if use_gpu else min(cpus_per_worker, max(0.05, (cpus - 0.5) / experts))
-        return ActorPlan(experts, share, 0, 0.0, 0.0)
+        return ActorPlan(experts, 0, cpus_per_worker if use_gpu else share(experts))
     if use_gpu:
         myriad = workers or max(1, int(gpus))
         experts = workers or max(1, math.floor(max(cpus - myriad, 1.0) / cpus_per_worker))
-        share = min(cpus_per_worker, max(0.05, (cpus - 0.5) / (experts + myriad)))
-        return ActorPlan(experts, share, myriad, share, 1.0)
+        return ActorPlan(experts, myriad, share(experts + myriad), 1.0)
     total = max(2, math.floor(cpus / cpus_per_worker))
     experts = workers or math.ceil(total / 2)
     myriad = workers or max(1, total - experts)
-    share = min(cpus_per_worker, max(0.05, (cpus - 0.5) / (experts + myriad)))
-    return ActorPlan(experts, share, myriad, share, 0.0)
+    return ActorPlan(experts, myriad, share(experts + myriad))
 
 
 def run_ray(
@@ -249,11 +247,11 @@ def run_ray(
             staged = dataset.map_batches(
                 _ExpertActor, fn_constructor_kwargs={**common, "rows": not has_lmm, "pause_s": rs.pause_s},
                 batch_size=rs.batch_size, batch_format="numpy", compute=ray.data.ActorPoolStrategy(size=plan.experts),
-                num_cpus=plan.expert_cpus, num_gpus=1 if use_gpu and not has_lmm else 0,
+                num_cpus=plan.cpus_per_actor, num_gpus=1 if use_gpu and not has_lmm else 0,
             )
             rows = staged if not has_lmm else staged.map_batches(
                 _MyriadActor, fn_constructor_kwargs=common, batch_size=rs.batch_size, batch_format="numpy",
-                compute=ray.data.ActorPoolStrategy(size=plan.myriad), num_cpus=plan.myriad_cpus,
+                compute=ray.data.ActorPoolStrategy(size=plan.myriad), num_cpus=plan.cpus_per_actor,
                 num_gpus=plan.myriad_gpus,
             )
             written = rows.map_batches(_write_block, fn_kwargs={"blocks": str(Path(blocks).resolve())},
@@ -261,7 +259,7 @@ def run_ray(
             for batch in written.iter_batches(batch_size=None, batch_format="numpy"):
                 on_rows([json.loads(r) for r in batch["row"]])
         return {"experts": plan.experts, "myriad": plan.myriad, "cpus": cpus, "gpus": gpus,
-                "cpus_per_actor": plan.expert_cpus, "seconds": time.perf_counter() - started}
+                "cpus_per_actor": plan.cpus_per_actor, "seconds": time.perf_counter() - started}
     finally:
         if started_here:
             ray.shutdown()

@@ -197,6 +197,10 @@ def open_regular_file(path: Path, name: str, limits: Limits) -> BinaryIO:
         raise
 
 
+#: Longest image error a client is sent (the file's name, what is wrong, and Pillow's words, cut).
+IMAGE_ERROR_CHARS = 300
+
+
 def load_checked_image(path: Path, name: str, limits: Limits, budget: PixelBudget | None = None) -> "np.ndarray":
     """Open ``path`` (a file of this request's own temporary folder) once and decode it with :func:`decode_checked_image`."""
     with open(path, "rb") as stream:
@@ -210,38 +214,17 @@ def decode_checked_image(stream: BinaryIO, name: str, limits: Limits, budget: Pi
     image of an accepted format or its size is outside the limits, and :class:`TooLargeError`
     (413) when its pixels would pass the request's ``budget``; no pixel is decoded before.
     """
-    from PIL import Image, UnidentifiedImageError
-
-    from myriad.images import IMAGE_FORMATS, check_pixels, to_rgb_array
+    from myriad.images import decode_rgb, open_checked
 
     try:
-        img = Image.open(stream, formats=IMAGE_FORMATS)
-    except Image.DecompressionBombError as exc:
-        raise BadImageError(f"{name}: image too large ({exc}); the limit is {limits.max_pixels} pixels") from None
-    except UnidentifiedImageError:
-        raise BadImageError(
-            f"{name}: not a readable image (unknown or corrupt format; accepted: {', '.join(IMAGE_FORMATS)})"
-        ) from None
-    except (OSError, SyntaxError, ValueError) as exc:
-        raise BadImageError(f"{name}: corrupt or truncated image: {clip(str(exc), 200)}") from None
-    with img:
-        width, height = img.size
-        try:
-            check_pixels(width, height, name, limits.max_pixels)
-        except ImageError as exc:
-            raise BadImageError(str(exc)) from None
-        if max(width, height) > limits.max_side:
-            raise BadImageError(f"{name}: the image is {width} x {height} pixels; the limit is {limits.max_side} pixels per side")
-        if min(width, height) < limits.min_side:
-            raise BadImageError(f"{name}: the image is {width} x {height} pixels; each side needs at least {limits.min_side}")
-        if budget is not None:
-            budget.take(width, height, name)
-        try:
-            img.load()
-            return to_rgb_array(img, source=name)
-        except (Image.DecompressionBombError, Image.DecompressionBombWarning) as exc:
-            raise BadImageError(f"{name}: image too large ({exc})") from None
-        except ImageError as exc:
-            raise BadImageError(str(exc)) from None
-        except (OSError, SyntaxError, ValueError) as exc:
-            raise BadImageError(f"{name}: corrupt or truncated image: {clip(str(exc), 200)}") from None
+        with open_checked(stream, limits.max_pixels, name) as img:
+            width, height = img.size
+            if max(width, height) > limits.max_side:
+                raise BadImageError(f"{name}: the image is {width} x {height} pixels; the limit is {limits.max_side} pixels per side")
+            if min(width, height) < limits.min_side:
+                raise BadImageError(f"{name}: the image is {width} x {height} pixels; each side needs at least {limits.min_side}")
+            if budget is not None:
+                budget.take(width, height, name)
+            return decode_rgb(img, name)
+    except ImageError as exc:  # Pillow's own words may be long: the client gets them cut
+        raise BadImageError(clip(str(exc), IMAGE_ERROR_CHARS)) from None
