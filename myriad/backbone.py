@@ -12,7 +12,7 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 from pathlib import Path
-from typing import TYPE_CHECKING, Sequence
+from typing import TYPE_CHECKING, Any, Sequence
 
 from myriad.errors import ConfigError, WeightsError
 
@@ -156,6 +156,10 @@ def default_normalisation(name: str) -> str:
     return "half" if is_embedded(name) else "imagenet"
 
 
+#: Pixels per torch forward pass on a CPU (a batch is run in pieces of this many; one 512 px image, two 256 px).
+CPU_PIXELS_PER_FORWARD = 2**17
+
+
 @dataclass(frozen=True)
 class FeatureInfo:
     """Channels and stride (reduction) of each returned feature map."""
@@ -185,10 +189,44 @@ class FeatureBackbone:
         self.model.to(self.device)
         info = self.model.feature_info
         self.info = FeatureInfo(tuple(info.channels()), tuple(info.reduction()))
+        #: the runtime the forward pass runs on (``"torch"`` until :meth:`use_runtime` hands it to another)
+        self.runtime = "torch"
+        self._runner: Any = None
+
+    def use_runtime(self, runtime: str = "auto") -> str:
+        """Run the forward pass on an inference runtime (:mod:`myriad.backbone_runtime`); returns the runtime in use.
+
+        Call it after any change to :attr:`model` (e.g. folded BatchNorm): the export is of the model as it is
+        then. CPU only (another device stays on torch); on any failure the backbone stays on torch and one
+        :class:`~myriad.backbone_runtime.BackboneRuntimeWarning` says why.
+        """
+        from myriad.backbone_runtime import accelerate, check_runtime
+
+        check_runtime(runtime)
+        self._runner = None
+        self.runtime = "torch"
+        if runtime == "torch" or self.device.type != "cpu":
+            return self.runtime
+        facts = {"backbone": self.name, "out_indices": list(self.out_indices), "outputs": len(self.out_indices)}
+        self._runner = accelerate(self.model, runtime, facts)
+        if self._runner is not None:
+            self.runtime = self._runner.runtime
+        return self.runtime
 
     def __call__(self, batch: "torch.Tensor") -> list["torch.Tensor"]:
         """Feature maps (one per out index) of a normalised ``B x 3 x H x W`` batch."""
         import torch
 
+        if self._runner is not None and batch.device.type == "cpu" and batch.dtype == torch.float32:
+            import numpy as np
+
+            maps = self._runner(np.ascontiguousarray(batch.detach().numpy()))
+            return [torch.from_numpy(m).permute(0, 3, 1, 2) for m in maps]  # channels-last NCHW views, no copy
         with torch.inference_mode():
-            return list(self.model(batch.to(self.device)))
+            if self.device.type != "cpu" or len(batch) <= 1:
+                return list(self.model(batch.to(self.device)))
+            # on a CPU, torch runs these CNNs fastest a few images at a time (measured on Lite0: 512 px 46 ms per
+            # image at batch 8, 20 ms one at a time; 256 px 18 ms vs 8 ms two at a time): the activations stay in cache
+            step = max(1, CPU_PIXELS_PER_FORWARD // (int(batch.shape[-2]) * int(batch.shape[-1])))
+            parts = [self.model(batch[i : i + step]) for i in range(0, len(batch), step)]
+            return [torch.cat([part[j] for part in parts]) for j in range(len(parts[0]))]

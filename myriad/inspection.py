@@ -298,11 +298,14 @@ class Inspector:
         margins: list[float | None] = [None] * len(pixels)
         sources = ["expert"] * len(pixels)
         if self.model is not None:
-            from myriad.lmm.prompting import parse_answer
+            from myriad.lmm.prompting import answer_decided, parse_answer
             from myriad.lmm_verdict import ask_lmm
 
             t1 = time.perf_counter()
-            answers, lmm_margins = ask_lmm(self.model, pixels, detections, None if facts else ask, self.device)
+            # facts: the verdict needs the first token's margin and the paper's answer only its first word, so
+            # decoding stops once that word is decided (the model's own words are kept up to there)
+            generation = {"max_new_tokens": 8, "stop_fn": answer_decided} if facts else {}
+            answers, lmm_margins = ask_lmm(self.model, pixels, detections, None if facts else ask, self.device, **generation)
             margins = list(lmm_margins)
             labels = [parse_answer(a) for a in answers]
             if facts:  # the verdict rule decides (an LMM answer without a verdict leaves the expert's)

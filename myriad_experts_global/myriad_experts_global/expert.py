@@ -47,19 +47,21 @@ class GroupModel:
         return (self.gaussian.distances(samples) - self.null_mean) / self.null_std
 
 
-def _backbone(name: str, layers: tuple[int, ...], weights: str | None, device: str) -> "FeatureBackbone":
-    """A frozen :class:`~myriad.backbone.FeatureBackbone`, shared by experts of this process."""
+def _backbone(name: str, layers: tuple[int, ...], weights: str | None, device: str, runtime: str = "torch") -> "FeatureBackbone":
+    """A frozen :class:`~myriad.backbone.FeatureBackbone` on ``runtime``, shared by experts of this process."""
     from myriad.api import FeatureBackbone, cached, file_stamp
 
     def build() -> FeatureBackbone:
         try:
-            return FeatureBackbone(name, out_indices=layers, weights=weights, device=device)
+            backbone = FeatureBackbone(name, out_indices=layers, weights=weights, device=device)
         except MyriadError:
             raise
         except (IndexError, ValueError, AssertionError, RuntimeError) as exc:
             raise ConfigError(f"backbone {name!r} cannot return stages layers={list(layers)}: {exc}") from exc
+        backbone.use_runtime(runtime)
+        return backbone
 
-    return cached(("global-backbone", name, layers, file_stamp(weights), device), build)
+    return cached(("global-backbone", name, layers, file_stamp(weights), device, runtime), build)
 
 
 class GlobalStatsExpert(Expert):
@@ -99,7 +101,7 @@ class GlobalStatsExpert(Expert):
 
         cfg = self.config
         return (cfg.backbone, file_stamp(cfg.weights), tuple(cfg.layers), cfg.image_size, self.window,
-                cfg.window_stride, tuple(cfg.groups))
+                cfg.window_stride, tuple(cfg.groups), cfg.runtime)
 
     def _cached_statistics(self, images: list["np.ndarray"], store: bool) -> dict[str, "np.ndarray"]:
         """:meth:`_statistics` through the process's statistics cache (fits store, predictions only read)."""
@@ -145,7 +147,7 @@ class GlobalStatsExpert(Expert):
         try:
             with torch.inference_mode():
                 if "cnn" in out:
-                    backbone = _backbone(cfg.backbone, tuple(cfg.layers), cfg.weights, self.device)
+                    backbone = _backbone(cfg.backbone, tuple(cfg.layers), cfg.weights, self.device, cfg.runtime)
                     for start in range(0, len(images), cfg.batch_size):
                         batch = to_tensor(images[start : start + cfg.batch_size], cfg.image_size, backbone.normalisation)
                         try:

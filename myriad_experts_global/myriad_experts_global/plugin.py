@@ -49,6 +49,11 @@ class GlobalStatsConfig(BaseModel):
         description="MiB of fitted images' window statistics kept for a few minutes, so the calibration folds and the "
         "final fit compute them once per image instead of once per fold (0 = off); same scores up to float rounding",
     )
+    runtime: Literal["auto", "torch", "openvino", "onnxruntime"] = Field(
+        "auto",
+        description="what runs the frozen backbone on the CPU: auto (OpenVINO if installed, else ONNX Runtime if "
+        "installed, else torch), or one of them; checked against torch before use (myriad.backbone_runtime)",
+    )
     device: str = Field("auto", description="'auto' (cuda if available), 'cpu', 'cuda' or 'cuda:N'")
     num_threads: Optional[int] = Field(None, ge=1, description="CPU threads for torch (None = leave as is)")
 

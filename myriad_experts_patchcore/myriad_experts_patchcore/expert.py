@@ -12,7 +12,7 @@ Over 400 lines on purpose: it is the one class a user configures (fit, predict, 
 from __future__ import annotations
 
 import contextlib
-from typing import TYPE_CHECKING, Any, Iterator, Sequence
+from typing import TYPE_CHECKING, Any, Callable, Iterator, Sequence
 
 from myriad.api import ConfigError, Expert, Mode, MyriadError, Prediction, WeightsError, cached, nearest_outside_group
 
@@ -84,6 +84,9 @@ HELDOUT_MIN_IMAGES = 50
 #: window exactly; on the default bank an image took 2-3 passes of the smoothing, the last one certifying).
 CERTIFY_ROUNDS = 32
 
+#: Share of the IVF lists probed for the held-out bounds of ``heldout_search="bounded"``.
+HELDOUT_PROBED_SHARE = 1 / 8
+
 #: Fewest fitted images (groups) for ``position_baseline="auto"`` to fit a per-position baseline (position.py).
 POSITION_BASELINE_MIN_IMAGES = 20
 
@@ -93,7 +96,7 @@ _BACKBONE_GROUP = "patchcore-backbones"
 _BACKBONE_CACHE_SIZE = 3
 
 
-def _shared_backbone(name: str, layers: tuple[int, ...], weights: str | None, device: str) -> Any:
+def _shared_backbone(name: str, layers: tuple[int, ...], weights: str | None, device: str, runtime: str = "torch") -> Any:
     """A :class:`~myriad.backbone.FeatureBackbone` with BatchNorm folded, built once per process.
 
     The models are frozen and only run under ``inference_mode``, so experts can share
@@ -105,11 +108,12 @@ def _shared_backbone(name: str, layers: tuple[int, ...], weights: str | None, de
     if weights is not None and os.path.isfile(weights):
         info = os.stat(weights)
         stamp = (os.path.abspath(weights), info.st_size, info.st_mtime_ns)
-    key = (name, tuple(layers), weights, stamp, device)
-    return cached(key, lambda: _build_backbone(name, layers, weights, device), group=_BACKBONE_GROUP, keep=_BACKBONE_CACHE_SIZE)
+    key = (name, tuple(layers), weights, stamp, device, runtime)
+    return cached(key, lambda: _build_backbone(name, layers, weights, device, runtime), group=_BACKBONE_GROUP,
+                  keep=_BACKBONE_CACHE_SIZE)
 
 
-def _build_backbone(name: str, layers: tuple[int, ...], weights: str | None, device: str) -> Any:
+def _build_backbone(name: str, layers: tuple[int, ...], weights: str | None, device: str, runtime: str = "torch") -> Any:
     import torch
 
     from myriad.api import FeatureBackbone
@@ -126,6 +130,7 @@ def _build_backbone(name: str, layers: tuple[int, ...], weights: str | None, dev
     backbone.model = fold_batchnorm(backbone.model, check_input=probe)
     if backbone.device.type == "cpu":
         backbone.model = backbone.model.to(memory_format=torch.channels_last)
+    backbone.use_runtime(runtime)
     return backbone
 
 
@@ -199,7 +204,7 @@ class PatchCoreExpert(Expert):
         from myriad_experts_patchcore.features import PatchFeatureExtractor
 
         cfg = self.config
-        backbone = _shared_backbone(cfg.backbone, self.layers, cfg.weights, self.device)
+        backbone = _shared_backbone(cfg.backbone, self.layers, cfg.weights, self.device, cfg.runtime)
         return PatchFeatureExtractor(backbone, cfg.image_size, cfg.aggregation, cfg.embed_dim)
 
     # -- features ---------------------------------------------------------------------
@@ -245,7 +250,7 @@ class PatchCoreExpert(Expert):
             stamp = (os.path.abspath(cfg.weights), info.st_size, info.st_mtime_ns)
         return (
             cfg.backbone, cfg.weights, stamp, tuple(self.layers), cfg.image_size, cfg.aggregation, cfg.embed_dim,
-            self._bfloat16,
+            self._bfloat16, cfg.runtime,
         )
 
     def _patch_rows(self, chunk: list["np.ndarray"], store: bool) -> tuple["np.ndarray", tuple[int, int]]:
@@ -369,36 +374,88 @@ class PatchCoreExpert(Expert):
                 "position_baseline='robust-z' needs mode='one_class' and reweight=False (it is fitted on the "
                 "normal images scored leave-one-out); use position_baseline='none' or 'auto'"
             )
-        grids = self._heldout_patch_grids(images, groups)
-        if grids is None:
+        cfg = self.config
+        bounded = cfg.heldout_search == "bounded" and cfg.num_neighbors == 1
+        found = self._heldout_patch_grids(images, groups, bounded=bounded)
+        if found is None:
             raise ConfigError(
                 "position_baseline='robust-z': an image (or photo) owns nearly the whole memory bank, so it cannot "
                 "be scored without its own patches; fit on more images or use position_baseline='none'"
             )
-        self._heldout_grids = (tuple(int(g) for g in groups), grids)
+        grids, bounds = found
         self.baseline = fit_position_baseline(grids)
+        if bounds is not None:
+            grids = self._certified_heldout(images, groups, bounds)
+        self._heldout_grids = (tuple(int(g) for g in groups), grids)
 
-    def _heldout_patch_grids(self, images: list["np.ndarray"], groups: "np.ndarray") -> "np.ndarray | None":
-        """``N x h x w`` raw patch scores of the fitted images, each against the bank without its group's rows."""
+    def _heldout_patch_grids(
+        self, images: list["np.ndarray"], groups: "np.ndarray", bounded: bool = False
+    ) -> "tuple[np.ndarray, np.ndarray | None] | None":
+        """``N x h x w`` raw patch scores of the fitted images, each against the bank without its group's rows,
+        and, when ``bounded`` (``heldout_search="bounded"``), the ``N x P`` squared distances they came from: upper
+        bounds from the IVF index (:data:`HELDOUT_PROBED_SHARE` of its lists), exact where it had none. None when
+        a group owns nearly the whole bank."""
         import numpy as np
 
+        from myriad_experts_patchcore.memory_bank import NO_NEIGHBOUR
         from myriad_experts_patchcore.scoring import patch_scores
 
         cfg = self.config
         assert self.bank is not None and self.bank_owner is not None
         owner_group = groups[self.bank_owner]
         out: list[np.ndarray] = []
+        bounds: list[np.ndarray] | None = [] if bounded else None
         with _cpu_threads(cfg.num_threads):
             with self.progress_stage("held-out scores", len(images), unit="img") as stage:
                 for start in range(0, len(images), cfg.batch_size):
                     chunk = images[start : start + cfg.batch_size]
                     rows, grid = self._patch_rows(chunk, store=False)
                     row_group = np.repeat(groups[start : start + len(chunk)], grid[0] * grid[1])
-                    sq = nearest_outside_group(self.bank.search, rows, row_group, owner_group, cfg.num_neighbors)
+                    upper = None
+                    if bounds is not None:
+                        upper = self.bank.search_upper(rows, HELDOUT_PROBED_SHARE, outside=(row_group, owner_group))
+                    if upper is None:
+                        bounds = None
+                        sq = nearest_outside_group(self.bank.search, rows, row_group, owner_group, cfg.num_neighbors)
+                    else:
+                        sq = upper[:, None]
+                        empty = np.flatnonzero(upper >= NO_NEIGHBOUR)
+                        if empty.size:  # no foreign vector among the probed candidates: search those exactly
+                            sq[empty] = nearest_outside_group(self.bank.search, rows[empty], row_group[empty], owner_group, 1)
                     if sq is None:
                         return None
+                    if bounds is not None:
+                        bounds.append(sq[:, 0].reshape(len(chunk), -1).copy())
                     out.append(patch_scores(sq, cfg.distance).reshape(len(chunk), *grid))
                     stage.advance(len(chunk))
+        return np.concatenate(out, axis=0), None if bounds is None else np.concatenate(bounds, axis=0)
+
+    def _certified_heldout(self, images: list["np.ndarray"], groups: "np.ndarray", bounds: "np.ndarray") -> "np.ndarray":
+        """The held-out grids from their bounds (:meth:`_heldout_patch_grids`), certified (:meth:`_certify`) against
+        the fitted baseline: each held-out image's score equals the exact held-out search's."""
+        import numpy as np
+
+        from myriad_experts_patchcore.scoring import patch_scores
+
+        cfg = self.config
+        assert self.bank is not None and self.bank_owner is not None and self.grid is not None
+        owner_group = groups[self.bank_owner]
+        grid = self.grid
+        per = grid[0] * grid[1]
+        out: list[np.ndarray] = []
+        with _cpu_threads(cfg.num_threads):
+            for start in range(0, len(images), cfg.batch_size):
+                chunk = images[start : start + cfg.batch_size]
+                rows, grid = self._patch_rows(chunk, store=False)
+
+                def exact(i: int, cells: "np.ndarray", start: int = start, rows: "np.ndarray" = rows) -> "np.ndarray":
+                    group = np.full(len(cells), groups[start + i])
+                    found = nearest_outside_group(self.bank.search, rows[i * per + cells], group, owner_group, 1)  # type: ignore[union-attr]
+                    assert found is not None  # every row had a foreign neighbour in the bounded pass
+                    return found[:, 0]
+
+                sq = self._certify(bounds[start : start + len(chunk)].copy(), grid, exact)
+                out.append(patch_scores(sq.reshape(-1, 1), cfg.distance).reshape(len(chunk), *grid))
         return np.concatenate(out, axis=0)
 
     @staticmethod
@@ -484,9 +541,10 @@ class PatchCoreExpert(Expert):
         if cached_grids is not None and cached_grids[0] == tuple(int(g) for g in groups_array):
             grids = cached_grids[1]
         else:
-            grids = self._heldout_patch_grids(images, groups_array)
-            if grids is None:
+            found = self._heldout_patch_grids(images, groups_array)
+            if found is None:
                 return None
+            grids = found[0]
         out: list[Prediction] = []
         for start in range(0, len(images), cfg.batch_size):
             chunk = images[start : start + cfg.batch_size]
@@ -505,21 +563,38 @@ class PatchCoreExpert(Expert):
         return self._predictions(chunk, sq, grid, rows=rows, nearest=nearest)
 
     def _certified(self, rows: "np.ndarray", sq: "np.ndarray", grid: tuple[int, int]) -> "np.ndarray":
-        """``B x P`` squared distances, exact wherever an image's score can come from (``search="certified"``).
+        """``B x P`` squared distances, exact wherever an image's score can come from (``search="certified"``);
+        ``sq`` holds upper bounds (:meth:`MemoryBank.search_upper`), see :meth:`_certify`."""
+        per = grid[0] * grid[1]
 
-        ``sq`` holds upper bounds (:meth:`MemoryBank.search_upper`). The image score is the largest smoothed
-        patch score, and the baseline and the smoothing only ever raise a score with a patch's distance, so the
-        smoothed grid of the bounds bounds the exact one everywhere. Repeatedly: take the position of the largest
-        smoothed bound; when every patch its smoothing reaches is exact, that value is exact and no position can
-        exceed it (the image score is exact); otherwise search those patches exactly and look again. After
-        :data:`CERTIFY_ROUNDS` rounds the image is searched exactly in full.
+        def exact(i: int, cells: "np.ndarray") -> "np.ndarray":
+            return self.bank.search(rows[i * per + cells], 1)[0][:, 0]  # type: ignore[union-attr]
+
+        return self._certify(sq, grid, exact, self.config.certify_level)
+
+    def _certify(
+        self,
+        sq: "np.ndarray",
+        grid: tuple[int, int],
+        exact_search: "Callable[[int, np.ndarray], np.ndarray]",
+        level: float | None = None,
+    ) -> "np.ndarray":
+        """Make ``sq`` (``B x P`` upper bounds of squared distances) exact wherever each image's score can come from.
+
+        The image score is the largest smoothed patch score, and the baseline and the smoothing only ever raise a
+        score with a patch's distance, so the smoothed grid of the bounds bounds the exact one everywhere.
+        Repeatedly: take the position of the largest smoothed bound; when every patch its smoothing reaches is
+        exact, that value is exact and no position can exceed it (the image score is exact); otherwise search
+        those patches exactly (``exact_search(image, cells)``) and look again. After :data:`CERTIFY_ROUNDS` rounds
+        the image is searched exactly in full. With a position baseline and a ``level``, every patch the smoothing
+        of a position whose bound reads at least ``level`` reaches is searched exactly too.
         """
         import numpy as np
+        from scipy.ndimage import binary_dilation
 
         from myriad_experts_patchcore.memory_bank import NO_NEIGHBOUR
         from myriad_experts_patchcore.scoring import gaussian_kernel1d
 
-        assert self.bank is not None
         h, w = grid
         per = h * w
         exact = np.zeros(sq.shape, dtype=bool)
@@ -529,8 +604,7 @@ class PatchCoreExpert(Expert):
         def settle(i: int, cells: "np.ndarray") -> None:
             need = cells[~exact[i, cells]]
             if need.size:
-                found, _ = self.bank.search(rows[i * per + need], 1)  # type: ignore[union-attr]
-                sq[i, need] = found[:, 0]
+                sq[i, need] = exact_search(i, need)
                 exact[i, need] = True
 
         for i in range(len(sq)):
@@ -549,6 +623,13 @@ class PatchCoreExpert(Expert):
                 settle(i, cells)
             else:
                 settle(i, np.arange(per))
+            if self.baseline is not None and level is not None:
+                # the map too: exact wherever its bound reads at or above the level (every patch the smoothing
+                # of such a position reaches), so below the level it reads at most the level
+                hot = self._smoothed(sq[i].reshape(1, h, w))[0].numpy() >= level
+                if radius and hot.any():
+                    hot = binary_dilation(hot, np.ones((2 * radius + 1, 2 * radius + 1), dtype=bool))
+                settle(i, np.flatnonzero(hot.ravel()))
         return sq
 
     def _smoothed(self, grids: "np.ndarray") -> "torch.Tensor":

@@ -46,6 +46,8 @@ UPPER_MIN_BANK = 4096
 #: ``benchmarks/results/patchcore_search.md``: 256 lists, 8 probed).
 UPPER_VECTORS_PER_LIST = 80
 UPPER_PROBED_SHARE = 1 / 32
+#: Nearest candidates of the probed lists read for a bound outside the query's own group.
+OUTSIDE_CANDIDATES = 8
 #: Distance FAISS reports when the probed lists held no vector (an upper bound with no information).
 NO_NEIGHBOUR = 1e30
 
@@ -165,10 +167,20 @@ class MemoryBank:
         return self._resources
 
     # -- search ---------------------------------------------------------------------
-    def search_upper(self, queries: "np.ndarray") -> "np.ndarray | None":
+    def search_upper(
+        self,
+        queries: "np.ndarray",
+        probed_share: float = UPPER_PROBED_SHARE,
+        outside: "tuple[np.ndarray, np.ndarray] | None" = None,
+    ) -> "np.ndarray | None":
         """Upper bounds of each query's squared distance to its nearest bank vector (``Q`` float32; at least
         :data:`NO_NEIGHBOUR` where the probed lists were empty), from an IVF-Flat index built on first use; None
-        where it would not pay: a GPU or float16 bank, an approximate index, or under :data:`UPPER_MIN_BANK`."""
+        where it would not pay: a GPU or float16 bank, an approximate index, or under :data:`UPPER_MIN_BANK`.
+
+        ``probed_share`` of the lists is searched. ``outside = (query_group, owner_group)``: bounds to the nearest
+        vector owned by another group (``owner_group[j]`` put bank row ``j`` there), from the
+        :data:`OUTSIDE_CANDIDATES` nearest of the probed lists (:data:`NO_NEIGHBOUR` where all are the query's own).
+        """
         import numpy as np
 
         if self.use_gpu or self.dtype != "float32" or self.kind != "flat" or self.size < UPPER_MIN_BANK:
@@ -180,13 +192,21 @@ class MemoryBank:
             index = faiss.IndexIVFFlat(faiss.IndexFlatL2(self.dim), self.dim, lists)
             index.train(self.vectors())
             self._add(index)
-            index.nprobe = max(1, round(lists * UPPER_PROBED_SHARE))
             self._upper = index
+        import faiss
+
         queries = np.ascontiguousarray(queries, dtype=np.float32)
-        distances, indices = self._upper.search(queries, 1)  # type: ignore[attr-defined]
-        out = np.maximum(distances[:, 0], 0.0)
-        out[indices[:, 0] < 0] = np.float32(NO_NEIGHBOUR)
-        return out
+        index = self._upper
+        params = faiss.SearchParametersIVF(nprobe=max(1, min(index.nlist, round(index.nlist * probed_share))))  # type: ignore[attr-defined]
+        k = 1 if outside is None else min(OUTSIDE_CANDIDATES, self.size)
+        distances, indices = index.search(queries, k, params=params)  # type: ignore[attr-defined]
+        valid = indices >= 0
+        if outside is not None:
+            query_group, owner_group = outside
+            owner = np.where(valid, np.asarray(owner_group)[np.maximum(indices, 0)], -1)
+            valid &= owner != np.asarray(query_group)[:, None]
+        distances = np.where(valid, np.maximum(distances, 0.0), np.float32(NO_NEIGHBOUR))
+        return distances.min(axis=1).astype(np.float32, copy=False)
 
     def search(self, queries: "np.ndarray", k: int = 1) -> tuple["np.ndarray", "np.ndarray"]:
         """Squared L2 distances and bank indices of the ``k`` nearest bank vectors of each query.

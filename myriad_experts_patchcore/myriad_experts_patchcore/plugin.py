@@ -56,12 +56,31 @@ class PatchCoreConfig(BaseModel):
     ivf_lists: int = Field(1024, ge=1, description="IVF-PQ: number of inverted lists")
     pq_subquantizers: int = Field(64, ge=1, description="IVF-PQ: PQ sub-quantizers (rounded to a divisor of D)")
     ivf_probe: int = Field(16, ge=1, description="IVF-PQ: lists visited per query")
+    runtime: Literal["auto", "torch", "openvino", "onnxruntime"] = Field(
+        "auto",
+        description="what runs the frozen backbone on the CPU: auto (OpenVINO if installed, else ONNX Runtime if "
+        "installed, else torch), or one of them; the export is cached and checked against torch before use "
+        "(myriad.backbone_runtime); not part of the fitted state",
+    )
     search: Literal["exact", "certified"] = Field(
-        "exact",
+        "certified",
         description="exact: every patch searched exactly (FAISS flat); certified: an IVF index bounds every patch's "
         "distance from above and only the patches that can hold the image score (the largest smoothed patch score) "
         "are searched exactly, so image scores equal the exact ones; the map may read higher where patches were only "
         "bounded (findings' extents too); flat index on the CPU only, with one neighbour and no reweighting",
+    )
+    heldout_search: Literal["exact", "bounded"] = Field(
+        "bounded",
+        description="how the fit scores each normal without its own patches (the position baseline and the "
+        "calibration's held-out scores): exact (FAISS flat); bounded: upper bounds from an IVF index for the "
+        "baseline, then every held-out image score certified exact against that baseline, as search='certified' "
+        "does (one neighbour; a flat float32 bank on the CPU, else exact)",
+    )
+    certify_level: Optional[float] = Field(
+        None,
+        description="certified search with a position baseline: every patch whose smoothed bound reads at or above "
+        "this many deviations of the normal patches at its position is searched exactly too, so the map is exact "
+        "wherever it reads at least this level and below it elsewhere; None: only the image score is exact",
     )
     # -- scoring --------------------------------------------------------------------
     num_neighbors: int = Field(1, ge=1, le=1024, description="patch score = mean distance to this many bank neighbours")

@@ -254,3 +254,22 @@ def test_certified_search_gives_the_exact_image_scores(crops, add_scratch) -> No
         assert b.score == pytest.approx(a.score, rel=1e-5)
         assert (b.anomaly_map >= a.anomaly_map - 1e-4).all()  # where patches were only bounded it may read higher
     assert certified.bank._upper is not None  # the bound was used, not the exact fallback
+
+
+def test_bounded_heldout_search_keeps_every_heldout_image_score(crops) -> None:
+    """heldout_search="bounded": the baseline is fitted on IVF upper bounds, then each held-out image's score is
+    certified: equal to the exact held-out search's under the same baseline (its map may read higher)."""
+    config = {"image_size": 128, "device": "cpu", "num_threads": 1, "coreset_ratio": 1.0, "position_baseline": "robust-z"}
+    images = crops(24, size=128, seed=1)  # 24 x 256 patches: the IVF index pays
+    bounded = get_expert("patchcore", {**config, "heldout_search": "bounded"}).fit(images)
+    assert bounded.bank._upper is not None  # the bounds were used
+    fitted_grids = bounded._heldout_grids[1]
+    exact_grids, no_bounds = bounded._heldout_patch_grids(images, np.arange(len(images)), bounded=False)
+    assert no_bounds is None and (fitted_grids >= exact_grids - 1e-2).all()  # never below the exact (float rounding)
+    certified = [p.score for p in bounded._grid_predictions(images, fitted_grids)]
+    exact = [p.score for p in bounded._grid_predictions(images, exact_grids)]
+    assert certified == pytest.approx(exact, rel=1e-5)
+    held = bounded.heldout_predictions(images)
+    assert [p.score for p in held] == pytest.approx(exact, rel=1e-5)
+    exact_fit = get_expert("patchcore", {**config, "heldout_search": "exact"}).fit(images)
+    assert np.allclose(exact_fit._heldout_grids[1], exact_grids, rtol=1e-5, atol=1e-5)
