@@ -45,9 +45,11 @@ demo: install
 # Every test: the core's (tests/), the tutorial plugin's and each plugin folder's own (myriad_experts_*/tests),
 # which run alone too (`pytest myriad_experts_musc/tests` needs only the core and that plugin).
 TEST_PATHS := tests docs/tutorial_plugin/tests $(sort $(wildcard myriad_experts_*/tests))
+# -rs lists every skip with its reason; PYTEST_ARGS adds options (CI: a JUnit report for .ci/check_skips.py).
+PYTEST_ARGS ?=
 
 test: install-test
-	$(PY) -m pytest -q $(TEST_PATHS)
+	$(PY) -m pytest -q -rs $(PYTEST_ARGS) $(TEST_PATHS)
 
 clean:
 	rm -rf $(VENV) $(DEMO_DIR)

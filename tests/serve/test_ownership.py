@@ -97,9 +97,13 @@ class _FakeModel:
         return "A scratch."
 
 
-def test_answers_are_bounded_in_tokens_and_seconds():
+def test_answers_are_bounded_in_tokens_and_seconds(monkeypatch):
+    """The deadline is the behaviour under test: a fake monotonic clock moves past it, no sleeping."""
+    from myriad.serve import bounds
     from myriad.serve.bounds import BoundedModel
 
+    clock = [1000.0]
+    monkeypatch.setattr(bounds.time, "monotonic", lambda: clock[0])
     fake = _FakeModel()
     bounded = BoundedModel(fake, max_new_tokens=16, max_seconds=0.05)
     assert bounded.config is fake.config  # everything else is the model's own
@@ -108,7 +112,9 @@ def test_answers_are_bounded_in_tokens_and_seconds():
     assert [c["max_new_tokens"] for c in fake.calls] == [16, 4]
     stop = fake.calls[0]["stop_fn"]
     assert stop("partial answer") is False
-    time.sleep(0.08)
+    clock[0] += 0.05
+    assert stop("partial answer") is False  # exactly at the deadline: still running
+    clock[0] += 0.001
     assert stop("partial answer") is True
 
 

@@ -6,3 +6,4 @@ from myriad.testing import ExpertContractTests
 class TestColourStats(ExpertContractTests):
     expert_name = "colour-stats"
     config = {"size": 32}
+    more_configs = ({"size": 17, "blur": 0.0}, {"mode": "one_class", "size": 48})
