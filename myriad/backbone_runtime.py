@@ -24,7 +24,7 @@ import warnings
 from pathlib import Path
 from typing import TYPE_CHECKING, Any, Sequence
 
-from myriad.errors import ConfigError
+from myriad.errors import ConfigError, MyriadWarning
 
 if TYPE_CHECKING:  # pragma: no cover
     import numpy as np
@@ -44,7 +44,7 @@ LAYOUT = "nhwc"
 _PACKAGE = {"openvino": "openvino", "onnxruntime": "onnxruntime"}
 
 
-class BackboneRuntimeWarning(RuntimeWarning):
+class BackboneRuntimeWarning(MyriadWarning, RuntimeWarning):
     """A backbone stays on torch (the reason is the message, one line)."""
 
 

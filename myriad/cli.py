@@ -55,8 +55,20 @@ def cli() -> None:
 
 
 def main(argv: list[str] | None = None) -> None:
-    """Entry point of the ``myriad`` console script: MyriadErrors print as one line, exit 1."""
-    from myriad.errors import MyriadError
+    """Entry point of the ``myriad`` console script: MyriadErrors print as one line, exit 1; MyriadWarnings print as
+    one line (``Warning: ...``) and the command goes on."""
+    import warnings
+
+    from myriad.errors import MyriadError, MyriadWarning
+
+    plain = warnings.formatwarning
+
+    def one_line(message: Warning | str, category: type[Warning], *args: object, **kwargs: object) -> str:
+        if issubclass(category, MyriadWarning):
+            return f"Warning: {message}\n"
+        return plain(message, category, *args, **kwargs)  # type: ignore[arg-type]
+
+    warnings.formatwarning = one_line  # type: ignore[assignment]
 
     try:
         cli.main(args=argv, prog_name="myriad", standalone_mode=False)

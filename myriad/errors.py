@@ -63,3 +63,7 @@ class PluginError(MyriadError):
 
     def __hash__(self) -> int:
         return hash((self.distribution, self.entry_point, self.error))
+
+
+class MyriadWarning(UserWarning):
+    """Something worked, differently than asked (the message says how and why, in one line)."""

@@ -100,3 +100,15 @@ def test_torch_and_unknown_runtimes() -> None:
         assert backbone.use_runtime("torch") == "torch"
     with pytest.raises(ConfigError, match="runtime 'tensorrt'"):
         backbone.use_runtime("tensorrt")
+
+
+def test_the_cli_prints_a_myriad_warning_as_one_line(monkeypatch, capsys) -> None:
+    from myriad import cli
+    from myriad.errors import MyriadWarning
+
+    monkeypatch.setattr(warnings, "formatwarning", warnings.formatwarning)  # restored after the test
+    cli.main(["--help"])
+    capsys.readouterr()
+    text = warnings.formatwarning(BackboneRuntimeWarning("x.onnx: runtime failed"), BackboneRuntimeWarning, "f.py", 3)
+    assert text == "Warning: x.onnx: runtime failed\n" and issubclass(BackboneRuntimeWarning, MyriadWarning)
+    assert "f.py:3" in warnings.formatwarning(UserWarning("other"), UserWarning, "f.py", 3)  # others as Python prints them

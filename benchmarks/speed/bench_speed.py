@@ -1,7 +1,8 @@
 """Before and after, in one run: the default expert's speed, its AUROC per family, and Myriad's verdicts.
 
-Each way is an expert config (``--way NAME=JSON``; default ``before``: PatchCore's exact FAISS search and every
-backbone on torch; ``after``: what ships). Per dev set and category the ways run back to back on the same
+Each way (``--way NAME=JSON``) is an expert config and how Myriad answers (default ``before``: PatchCore's exact
+FAISS search at fit and test and every backbone on torch, the LMM's whole answer, as ``myriad inspect`` ran;
+``after``: what ships). Per dev set and category the ways run back to back on the same
 machine (category by category, so a slower stretch of the machine hits both), each as ``myriad eval --lmm``
 runs it (:func:`myriad.evaluation.runner.evaluate` with the LMM step): the expert fitted with its calibration,
 the verdict calibrated on the held-out normals, every test image scored at batch 8 and answered by Myriad-mini.
@@ -26,8 +27,11 @@ import time
 from pathlib import Path
 from typing import Any
 
-BEFORE = {"patchcore": {"search": "exact", "runtime": "torch"}, "global": {"runtime": "torch"}}
-AFTER: dict[str, Any] = {}
+#: Each way: the expert's config and how the LMM answers (``full``: the whole answer, as ``myriad inspect`` did;
+#: ``decided``: until its first word is decided, as ``myriad inspect`` does now with grounded answers).
+BEFORE = {"expert": {"patchcore": {"search": "exact", "heldout_search": "exact", "runtime": "torch"},
+                     "global": {"runtime": "torch"}}, "lmm": "full"}
+AFTER: dict[str, Any] = {"expert": {}, "lmm": "decided"}
 
 
 def cpu_facts() -> dict[str, Any]:
@@ -47,20 +51,29 @@ def cpu_facts() -> dict[str, Any]:
     return facts
 
 
-def run_way(data: Path, category: str, expert: str, config: dict, model: Any, cache: Path, latency_images: int) -> dict:
+def run_way(data: Path, category: str, expert: str, way: dict, model: Any, cache: Path, latency_images: int) -> dict:
     """One dev-set category under one way: per-image records, fit/LMM times, single-image latency (cached)."""
     if cache.is_file():
         return json.loads(cache.read_text())
     from myriad.evaluation.lmm_step import LMMStep
     from myriad.evaluation.runner import EvalSettings, evaluate
     from myriad.images import load_image
+    from myriad.lmm.prompting import answer_decided
+    from myriad.lmm_verdict import ask_lmm
 
     kept: dict[str, Any] = {}
+    config = way.get("expert", {})
+    decided = way.get("lmm", "full") == "decided"
 
     class Keeping(LMMStep):
         def fitted(self, category: Any, detector: Any, normal_images: Any) -> None:
             super().fitted(category, detector, normal_images)
             kept["detector"] = detector
+
+        def _ask(self, images: Any, detections: Any) -> tuple[list[str], list[float]]:
+            if not decided:
+                return super()._ask(images, detections)
+            return ask_lmm(self.model, images, detections, None, self.device, max_new_tokens=8, stop_fn=answer_decided)
 
     step = Keeping(model) if model is not None else None
     settings = EvalSettings(expert=expert, data=data, categories=(category,), examples=0, progress=False, config=config)
@@ -90,11 +103,12 @@ def run_way(data: Path, category: str, expert: str, config: dict, model: Any, ca
     return row
 
 
-def warm_up(data: Path, category: str, expert: str, config: dict) -> None:
+def warm_up(data: Path, category: str, expert: str, way: dict) -> None:
     """Load what a way's first fit would load (backbones, a runtime's export, FAISS), untimed."""
     from myriad.fusion import make_detector
     from myriad.images import load_image
 
+    config = way.get("expert", {})
     normals = [load_image(p) for p in sorted((data / category / "train" / "good").glob("*.png"))[:12]]
     # no feature caches: the timed fit must compute every image's features itself
     members = expert.split("+")
@@ -190,7 +204,8 @@ def markdown(summaries: list[dict], ways: list[str], about: str) -> str:
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--row", action="append", required=True, help="NAME=DATA (repeatable)")
-    parser.add_argument("--way", action="append", help="NAME=JSON expert config (repeatable; default before/after)")
+    parser.add_argument("--way", action="append", help='NAME=JSON: {"expert": CONFIG, "lmm": "full" | "decided"} '
+                        "(repeatable; default before / after)")
     parser.add_argument("--expert", default="patchcore+global")
     parser.add_argument("--lmm", default="mini", help="Myriad weights ('none': the expert only)")
     parser.add_argument("--categories", default=None, help="comma-separated subset of each dev set's categories")
