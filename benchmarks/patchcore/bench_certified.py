@@ -33,6 +33,8 @@ def main() -> None:
     parser.add_argument("--normals", type=int, default=200)
     parser.add_argument("--images", type=int, default=48)
     parser.add_argument("--levels", default="none,3,2,1", help="certify_level values, comma-separated ('none')")
+    parser.add_argument("--shares", default="", help="comma-separated probed shares of the IVF lists to try too "
+                        "(e.g. 0.125; the default share always runs)")
     parser.add_argument("--threads", type=int, default=2)
     parser.add_argument("--out", type=Path, required=True)
     args = parser.parse_args()
@@ -68,6 +70,8 @@ def main() -> None:
         patches = None
         ways: list[tuple[str, dict]] = [("exact", {"search": "exact"})]
         ways += [(f"certified, level {lv}", {"search": "certified", "certify_level": lv}) for lv in levels]
+        ways += [(f"certified, probed {sh}, level {lv}", {"search": "certified", "certify_level": lv, "certify_probed_share": float(sh)})
+                 for sh in filter(None, args.shares.split(",")) for lv in levels]
         outputs: dict[str, Any] = {}
         for name, update in ways * 2:  # twice: the second pass is timed warm
             expert.config = base.model_copy(update=update)

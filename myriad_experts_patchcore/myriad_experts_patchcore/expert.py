@@ -80,9 +80,9 @@ def _cpu_threads(n: int | None) -> Iterator[None]:
 #: ones in 3 of 5 default dev-set categories. A bank that keeps every patch (coreset_ratio 1, few-shot) is exact.
 HELDOUT_MIN_IMAGES = 50
 
-#: Rounds of ``search="certified"`` before an image is searched exactly in full (each round searches one smoothing
-#: window exactly; on the default bank an image took 2-3 passes of the smoothing, the last one certifying).
-CERTIFY_ROUNDS = 32
+#: Rounds of ``search="certified"`` before an image is searched exactly in full (each round searches the windows
+#: of the highest open positions exactly, one in the first round and twice as many in each next one).
+CERTIFY_ROUNDS = 12
 
 #: Share of the IVF lists probed for the held-out bounds of ``heldout_search="bounded"``.
 HELDOUT_PROBED_SHARE = 1 / 8
@@ -555,7 +555,7 @@ class PatchCoreExpert(Expert):
         assert self.bank is not None
         cfg = self.config
         if cfg.search == "certified" and cfg.num_neighbors == 1 and not cfg.reweight:
-            upper = self.bank.search_upper(rows)
+            upper = self.bank.search_upper(rows, cfg.certify_probed_share)
             if upper is not None:
                 sq = self._certified(rows, upper.reshape(len(chunk), grid[0] * grid[1]), grid)
                 return self._predictions(chunk, sq.reshape(-1, 1), grid)
@@ -583,14 +583,15 @@ class PatchCoreExpert(Expert):
 
         The image score is the largest smoothed patch score, and the baseline and the smoothing only ever raise a
         score with a patch's distance, so the smoothed grid of the bounds bounds the exact one everywhere.
-        Repeatedly: take the position of the largest smoothed bound; when every patch its smoothing reaches is
-        exact, that value is exact and no position can exceed it (the image score is exact); otherwise search
-        those patches exactly (``exact_search(image, cells)``) and look again. After :data:`CERTIFY_ROUNDS` rounds
-        the image is searched exactly in full. With a position baseline and a ``level``, every patch the smoothing
+        A position's value is exact once every patch its smoothing reaches is exact. Repeatedly: the best exact
+        value is a lower bound of the image score; when no position whose value is still open has a bound above
+        it, it is the image score; otherwise the patches under the highest such positions are searched exactly
+        (``exact_search(image, cells)``; one window in the first round, twice as many each next round) and the
+        grid is smoothed again. After :data:`CERTIFY_ROUNDS` rounds the image is searched exactly in full. With a position baseline and a ``level``, every patch the smoothing
         of a position whose bound reads at least ``level`` reaches is searched exactly too.
         """
         import numpy as np
-        from scipy.ndimage import binary_dilation
+        from scipy.ndimage import binary_dilation, minimum_filter
 
         from myriad_experts_patchcore.memory_bank import NO_NEIGHBOUR
         from myriad_experts_patchcore.scoring import gaussian_kernel1d
@@ -607,20 +608,26 @@ class PatchCoreExpert(Expert):
                 sq[i, need] = exact_search(i, need)
                 exact[i, need] = True
 
+        window = np.ones((2 * radius + 1, 2 * radius + 1), dtype=bool)
         for i in range(len(sq)):
             settle(i, np.flatnonzero(sq[i] >= NO_NEIGHBOUR))  # the probed lists were empty: no bound to use
+            if 2 * radius + 1 >= min(h, w):  # the smoothing reaches (reflects over) the whole grid
+                settle(i, np.arange(per))
+            widths = 1
             for _ in range(CERTIFY_ROUNDS):
-                peak = int(self._smoothed(sq[i].reshape(1, h, w)).flatten().argmax())
-                if 2 * radius + 1 >= min(h, w):  # the smoothing reaches (reflects over) the whole grid
-                    cells = np.arange(per)
-                else:
-                    y, x = divmod(peak, w)
-                    ys = np.arange(max(0, y - radius), min(h, y + radius + 1))
-                    xs = np.arange(max(0, x - radius), min(w, x + radius + 1))
-                    cells = (ys[:, None] * w + xs[None, :]).ravel()
-                if exact[i, cells].all():
+                smoothed = self._smoothed(sq[i].reshape(1, h, w))[0].numpy()
+                # a position's smoothed value is exact when every patch its window reaches is exact
+                known = minimum_filter(exact[i].reshape(h, w), footprint=window, mode="nearest")
+                best = float(smoothed[known].max()) if known.any() else -np.inf
+                open_ = np.flatnonzero(~known.ravel() & (smoothed.ravel() > best))
+                if not open_.size:  # no position whose value is open can exceed the best exact one
                     break
-                settle(i, cells)
+                # the windows of the highest open positions, twice as many each round
+                top = open_[np.argsort(smoothed.ravel()[open_])[::-1][:widths]]
+                mask = np.zeros(per, dtype=bool)
+                mask[top] = True
+                settle(i, np.flatnonzero(binary_dilation(mask.reshape(h, w), window) if radius else mask))
+                widths *= 2
             else:
                 settle(i, np.arange(per))
             if self.baseline is not None and level is not None:
@@ -628,7 +635,7 @@ class PatchCoreExpert(Expert):
                 # of such a position reaches), so below the level it reads at most the level
                 hot = self._smoothed(sq[i].reshape(1, h, w))[0].numpy() >= level
                 if radius and hot.any():
-                    hot = binary_dilation(hot, np.ones((2 * radius + 1, 2 * radius + 1), dtype=bool))
+                    hot = binary_dilation(hot, window)
                 settle(i, np.flatnonzero(hot.ravel()))
         return sq
 
