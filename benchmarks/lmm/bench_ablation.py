@@ -30,9 +30,8 @@ from bench_verdict import _row_spec, summarise  # noqa: E402
 
 
 def _steps(models: dict[str, Any], calibrations: dict[str, list[dict]]) -> list[Any]:
-    """One evaluation step per model, each writing its own keys (``NAME:margin`` ...) into the records."""
+    """One evaluation step per model, each writing its own keys (``NAME:lmm_margin`` ...) into the records."""
     from myriad.evaluation.lmm_step import LMMStep
-    from myriad.lmm.prompting import parse_answer
     from myriad.lmm_verdict import heldout_flags
 
     class Step(LMMStep):
@@ -48,25 +47,10 @@ def _steps(models: dict[str, Any], calibrations: dict[str, list[dict]]) -> list[
                 "seconds": round(self.calibration_seconds, 3),
             })
 
-        def process(self, category: Any, samples: Any, images: Any, detections: Any, records: Any) -> None:
-            from myriad.verdict import VerdictCalibration
-
-            start = time.perf_counter()
-            answers, margins = self._ask(images, detections)
-            calibration = self.calibration or VerdictCalibration.uncalibrated(self.verdict_rule)
-            for record, answer, margin, det in zip(records, answers, margins, detections):
-                label = parse_answer(answer)
-                verdict, source = calibration.decide(bool(det.anomalous), margin, label)
-                record.extra[f"{self.name}:lmm_decision"] = label
-                record.extra[f"{self.name}:lmm_margin"] = round(margin, 4)
-                record.extra[f"{self.name}:verdict"] = "anomalous" if verdict else "normal"
-                record.extra[f"{self.name}:verdict_source"] = source
-            self.seconds += time.perf_counter() - start
-
         def metrics(self, records: Any) -> dict:
             return {}
 
-    return [Step(model, name=name) for name, model in models.items()]
+    return [Step(model, name=name, extra_prefix=f"{name}:") for name, model in models.items()]
 
 
 def run_row(name: str, setting: str, data: Path, expert: str, draws: int, models: dict[str, Any], cache: Path) -> dict:

@@ -40,6 +40,8 @@ class LMMStep:
     max_new_tokens: int | None = None
     verdict_rule: str = DEFAULT_VERDICT_RULE
     false_alarm_rate: float | None = None
+    #: put before every key this step writes into ``record.extra`` (several LMM steps on one run: ``"NAME:"``)
+    extra_prefix: str = ""
     seconds: float = field(default=0.0, init=False)
     calibration: VerdictCalibration | None = field(default=None, init=False)
     calibration_seconds: float = field(default=0.0, init=False)
@@ -89,19 +91,21 @@ class LMMStep:
         for record, answer, margin, det in zip(records, answers, margins, detections):
             label = parse_answer(answer)
             verdict, source = calibration.decide(bool(det.anomalous), margin, label)
-            record.extra["lmm_answer"] = answer
-            record.extra["lmm_decision"] = label
-            record.extra["lmm_margin"] = round(margin, 4)
-            record.extra["verdict"] = "anomalous" if verdict else "normal"
-            record.extra["verdict_source"] = source
+            p = self.extra_prefix
+            record.extra[f"{p}lmm_answer"] = answer
+            record.extra[f"{p}lmm_decision"] = label
+            record.extra[f"{p}lmm_margin"] = round(margin, 4)
+            record.extra[f"{p}verdict"] = "anomalous" if verdict else "normal"
+            record.extra[f"{p}verdict_source"] = source
         self.seconds += time.perf_counter() - start
 
     def metrics(self, records: Sequence["ImageRecord"]) -> dict[str, float | None]:
         """The raw answers' ``accuracy`` (unknown excluded), ``accuracy_all``, ``unknown``; the verdict's metrics."""
-        decided = [r for r in records if r.extra.get("lmm_decision") in ("anomalous", "normal")]
-        correct = sum((r.extra["lmm_decision"] == "anomalous") == bool(r.label) for r in decided)
+        p = self.extra_prefix
+        decided = [r for r in records if r.extra.get(f"{p}lmm_decision") in ("anomalous", "normal")]
+        correct = sum((r.extra[f"{p}lmm_decision"] == "anomalous") == bool(r.label) for r in decided)
         unknown = len(records) - len(decided)
-        verdicts = [(r.extra.get("verdict") == "anomalous", bool(r.label)) for r in records if "verdict" in r.extra]
+        verdicts = [(r.extra.get(f"{p}verdict") == "anomalous", bool(r.label)) for r in records if f"{p}verdict" in r.extra]
         positives = [v for v, label in verdicts if label]
         negatives = [v for v, label in verdicts if not label]
         balanced = None
