@@ -75,7 +75,7 @@ def main() -> None:
     tests = [load_image(p) for p in sorted((root / "test").rglob("*.png"))[::4][:32]]
     _timed_fit_and_detect(args.expert, config, base[:12], tests[:2])  # warm up: backbones, exports, FAISS
     by_normals = []
-    for count in (int(n) for n in args.normals.split(",")):
+    for count in (int(n) for n in args.normals.split(",") if n):
         row = {"normals": count, **_timed_fit_and_detect(args.expert, config, _variants(base, count), tests)}
         by_normals.append(row)
         print(json.dumps(row), flush=True)
@@ -83,7 +83,7 @@ def main() -> None:
     photo = np.stack([photo] * 3, axis=-1) if photo.ndim == 2 else photo[..., :3]
     rng = np.random.default_rng(0)
     by_size = []
-    for size in (int(s) for s in args.sizes.split(",")):
+    for size in (int(s) for s in args.sizes.split(",") if s):
         def crop(seed: int, size: int = size) -> Any:
             r = np.random.default_rng(seed)
             side = int(r.integers(photo.shape[0] * 3 // 4, photo.shape[0]))
