@@ -41,7 +41,6 @@ PARITY_TOLERANCE = 1e-4
 OPSET = 17
 #: Layout of the exported outputs (part of the cache key).
 LAYOUT = "nhwc"
-_PACKAGE = {"openvino": "openvino", "onnxruntime": "onnxruntime"}
 
 
 class BackboneRuntimeWarning(MyriadWarning, RuntimeWarning):
@@ -57,7 +56,7 @@ def check_runtime(runtime: str) -> str:
 
 def installed_runtimes() -> list[str]:
     """The inference runtimes importable here (a cheap check: nothing is imported)."""
-    return [name for name in AUTO_ORDER if importlib.util.find_spec(_PACKAGE[name]) is not None]
+    return [name for name in AUTO_ORDER if importlib.util.find_spec(name) is not None]  # each is its package's name
 
 
 def resolve_runtime(runtime: str) -> str:

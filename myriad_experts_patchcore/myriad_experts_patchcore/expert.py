@@ -587,8 +587,9 @@ class PatchCoreExpert(Expert):
         value is a lower bound of the image score; when no position whose value is still open has a bound above
         it, it is the image score; otherwise the patches under the highest such positions are searched exactly
         (``exact_search(image, cells)``; one window in the first round, twice as many each next round) and the
-        grid is smoothed again. After :data:`CERTIFY_ROUNDS` rounds the image is searched exactly in full. With a position baseline and a ``level``, every patch the smoothing
-        of a position whose bound reads at least ``level`` reaches is searched exactly too.
+        grid is smoothed again. After :data:`CERTIFY_ROUNDS` rounds the image is searched exactly in full. With a
+        position baseline and a ``level``, every patch the smoothing of a position whose bound reads at least
+        ``level`` reaches is searched exactly too.
         """
         import numpy as np
         from scipy.ndimage import binary_dilation, minimum_filter

@@ -185,16 +185,14 @@ class MemoryBank:
 
         if self.use_gpu or self.dtype != "float32" or self.kind != "flat" or self.size < UPPER_MIN_BANK:
             return None
-        if self._upper is None:
-            import faiss
+        import faiss
 
+        if self._upper is None:
             lists = max(1, min(self.ivf_lists, self.size // UPPER_VECTORS_PER_LIST))
             index = faiss.IndexIVFFlat(faiss.IndexFlatL2(self.dim), self.dim, lists)
             index.train(self.vectors())
             self._add(index)
             self._upper = index
-        import faiss
-
         queries = np.ascontiguousarray(queries, dtype=np.float32)
         index = self._upper
         params = faiss.SearchParametersIVF(nprobe=max(1, min(index.nlist, round(index.nlist * probed_share))))  # type: ignore[attr-defined]
